@@ -1,0 +1,46 @@
+"""
+Picks the instance a request goes to from a discovery snapshot.
+
+Balancers keep their own small state keyed by (datacenter, service), never
+inside the snapshot, so a new snapshot from Consul does not reset the
+rotation.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from zope.interface import Interface, implementer
+
+from restygate.discovery import Instance, Snapshot
+
+__all__ = ["IBalancer", "RoundRobin"]
+
+
+class IBalancer(Interface):
+    """
+    A strategy for choosing among a service's instances.
+    """
+
+    def pick(snapshot: Snapshot) -> Instance:
+        """
+        One instance of a non-empty snapshot.
+        """
+
+
+@implementer(IBalancer)
+class RoundRobin:
+    """
+    Each (datacenter, service) in turn, over whatever its current snapshot
+    holds.
+    """
+
+    def __init__(self) -> None:
+        self._next: Dict[Tuple[str, str], int] = {}
+
+    def pick(self, snapshot: Snapshot) -> Instance:
+        key = (snapshot.dc, snapshot.service)
+        turn = self._next.get(key, 0)
+        self._next[key] = (turn + 1) & 0x3FFFFFFF
+        instances = snapshot.instances
+        return instances[turn % len(instances)]

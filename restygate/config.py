@@ -1,0 +1,294 @@
+"""
+One immutable, validated configuration for a running gateway.
+
+Values come in layers -- built-in defaults, then the environment, then a TOML
+file, then the command line -- and every layer uses the same key names as the
+long command-line options (C{pool-size}, C{server-name}...).  L{build} merges
+the layers and validates everything once, so the rest of the code never sees a
+malformed value; a reload builds a new L{Config} the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on PyPy 3.9
+    import tomli as tomllib
+
+from twisted.internet import endpoints
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConsulAddress",
+    "build",
+    "load_toml",
+    "DEFAULTS",
+    "KEYS",
+]
+
+
+class ConfigError(ValueError):
+    """
+    A configuration value is unusable; the message names the key and says why,
+    in one line fit to show an operator.
+    """
+
+
+@dataclass(frozen=True)
+class ConsulAddress:
+    """
+    Where the Consul agent's HTTP API listens.
+    """
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.base_url
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    Everything a gateway needs to start, already validated.
+    """
+
+    listen: Tuple[str, ...]
+    consul: ConsulAddress
+    consul_token: Optional[str]
+    pool_size: int
+    server_names: Tuple[str, ...]
+    tags: Tuple[str, ...]
+    upstream_timeout: float
+    connect_timeout: float
+    catalog: Optional[str]
+    watch_idle_timeout: float
+    consul_wait: float
+    discovery_timeout: float
+    config_file: Optional[str] = None
+
+    def __repr__(self) -> str:
+        # The token must never reach a log line, even through a repr.
+        token = "<set>" if self.consul_token else None
+        return (
+            f"Config(listen={self.listen!r}, consul={self.consul.base_url!r}, "
+            f"consul_token={token!r}, pool_size={self.pool_size!r}, "
+            f"server_names={self.server_names!r}, tags={self.tags!r}, "
+            f"upstream_timeout={self.upstream_timeout!r}, "
+            f"connect_timeout={self.connect_timeout!r}, catalog={self.catalog!r}, "
+            f"watch_idle_timeout={self.watch_idle_timeout!r}, "
+            f"consul_wait={self.consul_wait!r}, "
+            f"discovery_timeout={self.discovery_timeout!r})"
+        )
+
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]+))(?::(?P<port>[^:]*))?$")
+_SERVER_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.?$")
+_TAG = re.compile(r"^[^\x00-\x20\x7f]+$")
+
+
+def parse_consul_address(value: str) -> ConsulAddress:
+    """
+    Parse C{HOST:PORT}, C{HOST}, C{[v6]:PORT} or C{http(s)://HOST:PORT}.
+    """
+    text = value.strip()
+    scheme = "http"
+    match = re.match(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>.*)$", text)
+    if match is not None:
+        scheme = match.group("scheme").lower()
+        text = match.group("rest").rstrip("/")
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"consul: scheme must be http or https, not {scheme!r}")
+    default_port = 8500
+    hp = _HOST_PORT.match(text)
+    if hp is None:
+        raise ConfigError(f"consul: expected HOST:PORT or http(s)://HOST:PORT, got {value!r}")
+    host = hp.group("v6") or hp.group("host")
+    port = _port("consul", hp.group("port"), default_port)
+    return ConsulAddress(scheme, host, port)
+
+
+def _port(key: str, text: Optional[str], default: int) -> int:
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{key}: port must be a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def _listen(value: Any) -> Tuple[str, ...]:
+    from twisted.internet import reactor
+
+    ports = _strings("listen", value)
+    if not ports:
+        raise ConfigError("listen: at least one listener is needed")
+    for description in ports:
+        try:
+            endpoints.serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError, OSError) as e:
+            raise ConfigError(f"listen: bad endpoint {description!r}: {e}") from None
+    return ports
+
+
+def _strings(key: str, value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{key}: expected a string or a list of strings, got {value!r}")
+
+
+def _server_names(value: Any) -> Tuple[str, ...]:
+    names = _strings("server-name", value)
+    for name in names:
+        if not _SERVER_NAME.match(name):
+            raise ConfigError(f"server-name: {name!r} is not a host name (a leading '*.' is allowed)")
+    return tuple(name.lower().rstrip(".") for name in names)
+
+
+def _tags(value: Any) -> Tuple[str, ...]:
+    tags = _strings("tag", value)
+    for tag in tags:
+        if not _TAG.match(tag):
+            raise ConfigError(f"tag: {tag!r} must be non-empty, without spaces or control characters")
+    return tags
+
+
+def _number(key: str, minimum: float, maximum: float = float("inf")) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}") from None
+        if isinstance(value, bool) or not minimum < number <= maximum or number != number:
+            raise ConfigError(f"{key}: must be more than {minimum:g} and at most {maximum:g}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _pool_size(value: Any) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"pool-size: expected a whole number of at least 1, got {value!r}")
+    return int(text)
+
+
+def _optional_string(key: str) -> Callable[[Any], Optional[str]]:
+    def parse(value: Any) -> Optional[str]:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+
+    return parse
+
+
+def _catalog(value: Any) -> Optional[str]:
+    path = _optional_string("catalog")(value)
+    if path is not None and not os.path.isfile(path):
+        raise ConfigError(f"catalog: no such file {path!r}")
+    return path
+
+
+def _consul(value: Any) -> ConsulAddress:
+    if not isinstance(value, str):
+        raise ConfigError(f"consul: expected a string, got {value!r}")
+    return parse_consul_address(value)
+
+
+# key -> (Config field, parser).  The keys are the long option names and the
+# TOML keys alike, so one table drives the command line, the file and reload.
+KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
+    "listen": ("listen", _listen),
+    "consul": ("consul", _consul),
+    "consul-token": ("consul_token", _optional_string("consul-token")),
+    "pool-size": ("pool_size", _pool_size),
+    "server-name": ("server_names", _server_names),
+    "tag": ("tags", _tags),
+    "upstream-timeout": ("upstream_timeout", _number("upstream-timeout", 0)),
+    "connect-timeout": ("connect_timeout", _number("connect-timeout", 0)),
+    "catalog": ("catalog", _catalog),
+    "watch-idle-timeout": ("watch_idle_timeout", _number("watch-idle-timeout", 0)),
+    "consul-wait": ("consul_wait", _number("consul-wait", 0, 600)),
+    "discovery-timeout": ("discovery_timeout", _number("discovery-timeout", 0)),
+}
+
+DEFAULTS: Mapping[str, Any] = {
+    "listen": ["tcp:8080"],
+    "consul": "127.0.0.1:8500",
+    "consul-token": None,
+    "pool-size": 64,
+    "server-name": [],
+    "tag": [],
+    "upstream-timeout": 60,
+    "connect-timeout": 5,
+    "catalog": None,
+    "watch-idle-timeout": 600,
+    "consul-wait": 60,
+    "discovery-timeout": 5,
+}
+
+
+def from_environment(environ: Mapping[str, str]) -> Dict[str, Any]:
+    """
+    The layer the environment gives: Consul's address and token, under our
+    historical name and under the names Consul's own tools use.
+    """
+    layer: Dict[str, Any] = {}
+    address = environ.get("CONSUL_ADDR") or environ.get("CONSUL_HTTP_ADDR")
+    if address:
+        layer["consul"] = address
+    token = environ.get("CONSUL_HTTP_TOKEN")
+    if token:
+        layer["consul-token"] = token
+    return layer
+
+
+def load_toml(path: str) -> Dict[str, Any]:
+    """
+    Read a config file's layer, refusing keys we do not know so that a typo
+    is an error instead of a silently ignored setting.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config: no such file {path!r}") from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path!r}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: {path}: invalid TOML: {e}") from None
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"config: {path}: unknown key {unknown[0]!r}")
+    return data
+
+
+def build(
+    layers: Sequence[Mapping[str, Any]], config_file: Optional[str] = None
+) -> Config:
+    """
+    Merge layers (later ones win) over L{DEFAULTS} and validate the result.
+    """
+    merged: Dict[str, Any] = dict(DEFAULTS)
+    for layer in layers:
+        for key, value in layer.items():
+            if value is not None:
+                merged[key] = value
+    values = {field: parse(merged[key]) for key, (field, parse) in KEYS.items()}
+    return Config(config_file=config_file, **values)

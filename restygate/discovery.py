@@ -1,0 +1,96 @@
+"""
+What discovery hands the data path: immutable snapshots of a service's
+usable instances, and the one interface every source of them provides.
+
+Consul (L{restygate.registry}) and the static catalog file
+(L{restygate.catalog}) are two implementations of L{IDiscovery}; the proxy
+knows only this module.  A snapshot is replaced whole when its source learns
+something new, never changed in place, so a request holding one is never
+surprised halfway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Tuple
+
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+__all__ = [
+    "Instance",
+    "Snapshot",
+    "IDiscovery",
+    "DiscoveryError",
+    "UnknownDatacenter",
+    "DiscoveryUnavailable",
+]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """
+    One place a service can be reached.
+    """
+
+    address: str
+    port: int
+    tags: Tuple[str, ...] = ()
+    meta: Tuple[Tuple[str, str], ...] = ()
+    id: str = ""
+    node: str = ""
+    # Precomputed once so the data path does not format strings per request.
+    netloc: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        object.__setattr__(self, "netloc", f"{host}:{self.port}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """
+    The usable instances of one (datacenter, service), as last learned.
+    """
+
+    dc: str
+    service: str
+    instances: Tuple[Instance, ...]
+    index: int = 0
+
+
+class DiscoveryError(Exception):
+    """
+    Discovery could not say where a service is.
+    """
+
+
+class UnknownDatacenter(DiscoveryError):
+    """
+    The datacenter does not exist (Consul: C{No path to datacenter}).
+    """
+
+    def __init__(self, dc: str) -> None:
+        super().__init__(f"unknown datacenter {dc!r}")
+        self.dc = dc
+
+
+class DiscoveryUnavailable(DiscoveryError):
+    """
+    No answer about the service yet: the source is down, erring, or slower
+    than the discovery timeout, and there is no earlier answer to fall back on.
+    """
+
+
+class IDiscovery(Interface):
+    """
+    A source of service instances.
+    """
+
+    def lookup(dc: str, service: str) -> Deferred[Snapshot]:
+        """
+        The current snapshot of C{service} in C{dc}, waiting (bounded) for the
+        first answer when the pair was not known yet.
+
+        Fails with L{UnknownDatacenter} or L{DiscoveryUnavailable}.
+        """

@@ -1,0 +1,317 @@
+"""
+The gateway resource: routes a request, picks an instance, forwards it, and
+relays the answer.
+
+This module owns the HTTP forwarding rules: which headers are hop-by-hop and
+stripped both ways, which C{X-Forwarded-*} headers the upstream gets, and how
+each failure maps to a status (route errors 400/404, no instance 503, an
+upstream that fails before answering 502, one that is too slow 504).  An
+upstream's own answer, 404 and 500 included, is relayed untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, FrozenSet, Optional, Tuple
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from restygate.accesslog import log_access
+from restygate.balancer import IBalancer
+from restygate.discovery import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
+from restygate.errors import send_error
+from restygate.routing import Route, RouteError, host_matches, parse_target
+from restygate.site import GatewayRequest
+from restygate.streams import ResponseRelay
+from restygate.upstream import Upstream
+
+__all__ = ["GatewayResource", "forward_headers", "response_headers"]
+
+log = Logger()
+
+HOP_BY_HOP: FrozenSet[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Set by the gateway from what it knows, never passed on from the client.
+_OURS: FrozenSet[bytes] = frozenset(
+    {b"x-real-ip", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix", b"expect"}
+)
+
+
+def _dropped(headers: Headers, always: FrozenSet[bytes]) -> FrozenSet[bytes]:
+    named = headers.getRawHeaders(b"connection")
+    if not named:
+        return always
+    tokens = {t.strip().lower() for value in named for t in value.split(b",")}
+    return always | tokens
+
+
+def forward_headers(request: Request, route: Route, client_ip: str, has_body: bool) -> Headers:
+    """
+    The headers the upstream gets: the client's, minus hop-by-hop ones (and
+    the body framing, which the upstream client redoes for a streamed body),
+    plus the C{X-Forwarded-*} set.
+    """
+    incoming = request.requestHeaders
+    drop = _dropped(incoming, HOP_BY_HOP | _OURS)
+    if has_body:
+        drop = drop | {b"content-length"}
+    out = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        if name.lower() not in drop:
+            out.setRawHeaders(name, values)
+    ip = client_ip.encode("ascii")
+    earlier = incoming.getRawHeaders(b"x-forwarded-for")
+    out.setRawHeaders(b"X-Forwarded-For", [b", ".join([*earlier, ip]) if earlier else ip])
+    out.setRawHeaders(b"X-Real-IP", [ip])
+    host = incoming.getRawHeaders(b"host")
+    if host:
+        out.setRawHeaders(b"X-Forwarded-Host", [host[0]])
+    out.setRawHeaders(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
+    out.setRawHeaders(b"X-Forwarded-Prefix", [route.prefix.encode("ascii")])
+    return out
+
+
+def response_headers(upstream: Headers, into: Headers) -> None:
+    """
+    Copy an upstream response's end-to-end headers, repeats included.
+    """
+    drop = _dropped(upstream, HOP_BY_HOP)
+    for name, values in upstream.getAllRawHeaders():
+        if name.lower() not in drop:
+            into.setRawHeaders(name, values)
+
+
+def _upstream_error(failure: Failure) -> Tuple[int, str]:
+    if failure.check(ConnectError, DNSLookupError):
+        return 502, "upstream unreachable"
+    if failure.check(ResponseFailed):
+        return 502, "upstream closed the connection before answering"
+    return 502, "upstream failed"
+
+
+class Exchange:
+    """
+    One request's trip through the gateway, from routing to the last byte.
+    """
+
+    def __init__(self, gateway: GatewayResource, request: GatewayRequest) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.started = gateway.clock.seconds()
+        self.route: Optional[Route] = None
+        self.instance: Optional[Instance] = None
+        self._pending: Optional[Deferred[Any]] = None
+        self._relay: Optional[ResponseRelay] = None
+        self._timer: Optional[IDelayedCall] = None
+        self.timed_out = False
+        request.notifyFinish().addBoth(self._finished)
+
+    def run(self) -> None:
+        request = self.request
+        gateway = self.gateway
+        try:
+            if gateway.server_names and not host_matches(
+                request.getHeader(b"host") or b"", gateway.server_names
+            ):
+                send_error(request, 404, "unknown server name")
+                return
+            self.route = route = parse_target(request.uri)
+        except RouteError as e:
+            send_error(request, e.status, e.message)
+            return
+        self._pending = d = gateway.discovery.lookup(route.dc, route.service)
+        d.addCallbacks(self._forward, self._discovery_failed)
+        d.addErrback(self._crashed)
+
+    def _discovery_failed(self, failure: Failure) -> None:
+        self._pending = None
+        route = self.route
+        assert route is not None
+        if failure.check(UnknownDatacenter):
+            send_error(self.request, 404, "unknown datacenter", datacenter=route.dc)
+        elif failure.check(DiscoveryUnavailable):
+            send_error(
+                self.request, 503, "service discovery unavailable",
+                datacenter=route.dc, service=route.service,
+            )
+        elif not failure.check(CancelledError):
+            failure.raiseException()
+
+    def _forward(self, snapshot: Snapshot) -> None:
+        self._pending = None
+        request = self.request
+        route = self.route
+        assert route is not None
+        if request.finished or request.channel is None:
+            return
+        if not snapshot.instances:
+            send_error(
+                request, 503, "no passing instance",
+                datacenter=route.dc, service=route.service,
+            )
+            return
+        gateway = self.gateway
+        self.instance = instance = gateway.balancer.pick(snapshot)
+        body = request.body
+        headers = forward_headers(request, route, _client_ip(request), body is not None)
+        try:
+            d = gateway.upstream.request(instance, request.method, route.target, headers, body)
+        except ValueError as e:
+            send_error(request, 400, f"cannot forward this request: {e}")
+            return
+        self._pending = d
+        self._timer = gateway.clock.callLater(gateway.upstream_timeout, self._timed_out)
+        d.addCallbacks(self._respond, self._upstream_failed)
+        d.addErrback(self._crashed)
+
+    def _timed_out(self) -> None:
+        # Cancelling the agent's request aborts its connection; the failure
+        # that results says "cancelled", so remember why it was cancelled.
+        self._timer = None
+        self.timed_out = True
+        if self._pending is not None:
+            self._pending.cancel()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _respond(self, response: IResponse) -> None:
+        self._stop_timer()
+        self._pending = None
+        request = self.request
+        if request.channel is None:
+            response.deliverBody(_Discard())
+            return
+        request.setResponseCode(response.code, response.phrase)
+        response_headers(response.headers, request.responseHeaders)
+        # Twisted's client keeps Content-Length out of response.headers (it
+        # is framing, except on HEAD); restore it so the client gets the same
+        # framing instead of chunks.
+        if (
+            response.length is not UNKNOWN_LENGTH
+            and response.code not in NO_BODY_CODES
+            and request.method != b"HEAD"
+        ):
+            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
+        self._relay = ResponseRelay(request, self._relayed)
+        response.deliverBody(self._relay)
+
+    def _relayed(self, failure: Optional[Failure]) -> None:
+        if failure is not None and self.request.channel is not None:
+            log.warn(
+                "upstream {upstream} cut the response body short: {error}",
+                upstream=self._upstream_name(), error=failure.getErrorMessage(),
+            )
+
+    def _upstream_failed(self, failure: Failure) -> None:
+        self._stop_timer()
+        self._pending = None
+        if self.request.channel is None:
+            return
+        status, message = (504, "upstream timed out") if self.timed_out else _upstream_error(failure)
+        log.warn(
+            "{dc}/{service}: upstream {upstream} failed: {error}",
+            dc=self.route.dc if self.route else "-",
+            service=self.route.service if self.route else "-",
+            upstream=self._upstream_name(), error=_reason(failure),
+        )
+        send_error(self.request, status, message, upstream=self._upstream_name())
+
+    def _crashed(self, failure: Failure) -> None:
+        log.failure("internal error routing {uri!r}", failure, uri=self.request.uri)
+        send_error(self.request, 500, "internal error")
+
+    def _finished(self, result: Any) -> None:
+        # The client is done or gone: nothing we still wait for matters.
+        self._stop_timer()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+        if self._relay is not None and isinstance(result, Failure):
+            self._relay.stop()
+        route = self.route
+        log_access(
+            self.request,
+            self.gateway.clock.seconds() - self.started,
+            self._upstream_name(),
+            route.dc if route else None,
+            route.service if route else None,
+        )
+
+    def _upstream_name(self) -> Optional[str]:
+        return self.instance.netloc if self.instance is not None else None
+
+
+def _reason(failure: Failure) -> str:
+    if failure.check(ResponseFailed):
+        reasons = getattr(failure.value, "reasons", None) or []
+        return "; ".join(r.getErrorMessage() for r in reasons) or failure.getErrorMessage()
+    return failure.getErrorMessage()
+
+
+def _client_ip(request: Request) -> str:
+    return str(getattr(request.getClientAddress(), "host", "") or "unknown")
+
+
+class _Discard(Protocol):
+    """
+    Swallows a response nobody is waiting for any more, closing its
+    connection rather than reading a body no one wants.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.stopProducing()
+
+
+class GatewayResource(Resource):
+    """
+    The root and only resource of a gateway L{Site}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        discovery: IDiscovery,
+        balancer: IBalancer,
+        upstream: Upstream,
+        clock: IReactorTime,
+        upstream_timeout: float,
+        server_names: Tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.discovery = discovery
+        self.balancer = balancer
+        self.upstream = upstream
+        self.clock = clock
+        self.upstream_timeout = upstream_timeout
+        self.server_names = server_names
+
+    def render(self, request: GatewayRequest) -> int:
+        Exchange(self, request).run()
+        return NOT_DONE_YET

@@ -1,0 +1,102 @@
+"""
+The routing contract: which request targets the gateway serves and how they
+map to a datacenter, a service and the path sent upstream.
+
+C{/<dc>/<service>} and C{/<dc>/<service>/<rest>} go to C{/<rest>} (C{/} when
+empty) on an instance of C{<service>} in C{<dc>}; the query string travels
+byte for byte.  Names are checked against Consul's allowed characters before
+they go anywhere near a Consul URL, and on the raw, still percent-encoded
+path, so an encoded C{/}, C{?} or NUL can never smuggle itself into a name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Tuple
+
+__all__ = ["Route", "RouteError", "parse_target", "host_matches"]
+
+# Consul's service and datacenter names: letters, digits, '-', '_', '.'.
+_NAME = re.compile(rb"[A-Za-z0-9_.\-]{1,255}")
+
+
+class RouteError(Exception):
+    """
+    The request target cannot be routed; carries the HTTP status to answer.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Route:
+    """
+    Where a request goes: the datacenter, the service, and the request
+    target (path and query, exactly as the client sent them) for the upstream.
+    """
+
+    dc: str
+    service: str
+    target: bytes
+
+    @property
+    def prefix(self) -> str:
+        return f"/{self.dc}/{self.service}"
+
+
+def _name(kind: str, raw: bytes) -> str:
+    if not _NAME.fullmatch(raw) or b".." in raw:
+        raise RouteError(
+            400,
+            f"invalid {kind} name: use letters, digits, '-', '_' and '.' only",
+        )
+    return raw.decode("ascii")
+
+
+def parse_target(uri: bytes) -> Route:
+    """
+    Split an origin-form request target into a L{Route}.
+
+    @raise RouteError: 400 for a target that is not origin-form or has bad
+        names, 404 when it does not name both a datacenter and a service.
+    """
+    path, question, query = uri.partition(b"?")
+    if not path.startswith(b"/"):
+        raise RouteError(400, "request target must be a path (origin-form)")
+    parts = path.split(b"/", 3)
+    if len(parts) < 3 or not parts[1] or not parts[2]:
+        raise RouteError(404, "no route: expected /<datacenter>/<service>/<path>")
+    dc = _name("datacenter", parts[1])
+    service = _name("service", parts[2])
+    rest = b"/" + parts[3] if len(parts) == 4 else b"/"
+    return Route(dc, service, rest + question + query)
+
+
+def split_host(host: bytes) -> bytes:
+    """
+    The host part of a Host header, lowercased, without port or final dot.
+    """
+    host = host.strip().lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    return host.rsplit(b":", 1)[0].rstrip(b".")
+
+
+def host_matches(host: bytes, names: Tuple[str, ...]) -> bool:
+    """
+    Whether a Host header names one of the configured server names; a name
+    C{*.example.com} matches any host below C{example.com} but not itself.
+    """
+    wanted = split_host(host).decode("ascii", "replace")
+    for name in names:
+        if name.startswith("*."):
+            if wanted.endswith(name[1:]) and len(wanted) > len(name) - 1:
+                return True
+        elif wanted == name:
+            return True
+    return False

@@ -1,0 +1,158 @@
+"""
+Assembles a running gateway from a L{Config}: discovery, balancer, upstream
+pool, the HTTP site and its listeners, as one L{MultiService}.
+
+Children stop in reverse order of addition, so the listeners (added last)
+stop accepting before the pools and watchers they depend on go away.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from restygate import __version__
+from restygate.balancer import RoundRobin
+from restygate.catalog import StaticCatalog
+from restygate.config import Config
+from restygate.consul import ConsulClient
+from restygate.proxy import GatewayResource
+from restygate.registry import ConsulDiscovery
+from restygate.site import GatewaySite
+from restygate.upstream import Upstream
+
+__all__ = ["make_gateway", "Gateway", "Listener"]
+
+log = Logger()
+
+
+class _Closing(Service):
+    """
+    Closes a pool's idle connections when the gateway stops.
+    """
+
+    def __init__(self, close: Any) -> None:
+        self._close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        result: Deferred[None] = self._close()
+        return result
+
+
+class Listener(Service):
+    """
+    Listens on one endpoint description and keeps the port, so that tests,
+    the status page and shutdown can reach it.
+
+    It listens in C{privilegedStartService}, before twistd drops privileges,
+    and a port that cannot be had ends the start with one line instead of a
+    traceback.
+    """
+
+    def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
+        self.description = description
+        self.port: Optional[IListeningPort] = None
+        self._endpoint = serverFromString(reactor, description)
+        self._factory = factory
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        outcome: List[Any] = []
+        self._endpoint.listen(self._factory).addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            raise SystemExit(
+                f"restygate: cannot listen on {self.description}: {outcome[0].getErrorMessage()}"
+            )
+        if outcome:
+            self.port = outcome[0]
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        stopping: Any = port.stopListening()
+        return stopping if isinstance(stopping, Deferred) else succeed(None)
+
+
+class _Announce(Service):
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def startService(self) -> None:
+        super().startService()
+        source = (
+            f"static catalog {self._config.catalog}"
+            if self._config.catalog
+            else f"Consul at {self._config.consul.base_url}"
+        )
+        log.info(
+            "restygate {version} listening on {listen}, discovery from {source}",
+            version=__version__, listen=", ".join(self._config.listen), source=source,
+        )
+
+
+class Gateway(MultiService):
+    """
+    A running gateway: its parts stay reachable for the admin side and tests.
+    """
+
+    resource: GatewayResource
+    listeners: List[Listener]
+
+
+def make_gateway(config: Config, reactor: Any = None) -> Gateway:
+    """
+    The whole gateway for C{config}, ready to start.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    root = Gateway()
+    _Announce(config).setServiceParent(root)
+    if config.catalog:
+        discovery: Any = StaticCatalog(config.catalog, reactor, config.tags)
+    else:
+        consul = ConsulClient(reactor, config.consul, config.consul_token)
+        _Closing(consul.close).setServiceParent(root)
+        discovery = ConsulDiscovery(
+            consul,
+            reactor,
+            tags=config.tags,
+            wait=config.consul_wait,
+            discovery_timeout=config.discovery_timeout,
+            idle_timeout=config.watch_idle_timeout,
+        )
+    discovery.setServiceParent(root)
+    upstream = Upstream(reactor, config.pool_size, config.connect_timeout)
+    _Closing(upstream.close).setServiceParent(root)
+    resource = GatewayResource(
+        discovery,
+        RoundRobin(),
+        upstream,
+        reactor,
+        config.upstream_timeout,
+        config.server_names,
+    )
+    site = GatewaySite(resource, reactor=reactor)
+    root.resource = resource
+    root.listeners = [Listener(description, site, reactor) for description in config.listen]
+    for listener in root.listeners:
+        listener.setServiceParent(root)
+    return root

@@ -1,0 +1,177 @@
+"""
+Bodies streamed through the gateway, in both directions, with backpressure.
+
+L{RequestBody} takes the client's upload from the HTTP channel as it arrives
+and produces it to the upstream request; L{ResponseRelay} takes the upstream
+response body and writes it to the client.  Neither holds more than a small
+window in memory: when the receiving side cannot keep up, the sending side's
+transport is paused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Set
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from restygate.errors import abort
+
+__all__ = ["RequestBody", "ResponseRelay"]
+
+# Bytes of upload kept while no upstream connection takes them yet; past it
+# the client is paused.  Small: the window is all we promise to hold.
+WINDOW = 64 * 1024
+
+
+@implementer(IBodyProducer)
+class RequestBody:
+    """
+    A request body in flight: the HTTP channel writes into it as a file (it
+    stands in for C{Request.content}), the upstream HTTP client consumes it
+    as an L{IBodyProducer}.
+
+    @ivar received: bytes of body received from the client so far.
+    """
+
+    def __init__(self, length: Optional[int], client: IPushProducer) -> None:
+        self.length = UNKNOWN_LENGTH if length is None else length
+        self.received = 0
+        self.complete = False
+        self._client = client
+        self._paused_by: Set[str] = set()
+        self._pending: List[bytes] = []
+        self._pending_size = 0
+        self._consumer: Optional[IConsumer] = None
+        self._done: Optional[Deferred[None]] = None
+        self._abandoned = False
+
+    # -- the channel's side ---------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._abandoned:
+            return
+        if self._consumer is not None and not self._pending:
+            self._consumer.write(data)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > WINDOW:
+            self._pause("window")
+
+    def finish(self) -> None:
+        """
+        The client sent the whole body.
+        """
+        self.complete = True
+        if self._consumer is not None and not self._pending:
+            self._succeed()
+
+    def close(self) -> None:
+        """
+        The request is over; if the body never completed, the client went
+        away mid-upload and the upstream request must fail rather than send
+        a short body.
+        """
+        if not self.complete and self._done is not None:
+            done, self._done = self._done, None
+            done.errback(Failure(ConnectionLost("client closed the connection during the upload")))
+        self._abandoned = True
+        self._pending = []
+
+    # -- the upstream client's side -------------------------------------------
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._consumer = consumer
+        self._done = Deferred()
+        done = self._done
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        for data in pending:
+            consumer.write(data)
+        self._resume("window")
+        if self.complete:
+            self._succeed()
+        return done
+
+    def pauseProducing(self) -> None:
+        self._pause("upstream")
+
+    def resumeProducing(self) -> None:
+        self._resume("upstream")
+
+    def stopProducing(self) -> None:
+        # The upstream request is over before the body is (it failed, or the
+        # upstream answered early).  Per IBodyProducer, our Deferred must not
+        # fire now; the rest of the upload is read and dropped.
+        self._done = None
+        self._abandoned = True
+        self._pending = []
+        self._paused_by.clear()
+        self._client.resumeProducing()
+
+    def _succeed(self) -> None:
+        if self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused_by:
+            self._client.pauseProducing()
+        self._paused_by.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason in self._paused_by:
+            self._paused_by.discard(reason)
+            if not self._paused_by:
+                self._client.resumeProducing()
+
+
+class ResponseRelay(Protocol):
+    """
+    Writes an upstream response body to the client as it arrives.
+
+    C{on_done} is called once with L{None} when the body was relayed whole, or
+    with the failure that cut it short; in that case the client connection is
+    aborted, because a truncated body must never look complete.
+    """
+
+    def __init__(self, request: Request, on_done: Callable[[Optional[Failure]], None]) -> None:
+        self._request = request
+        self._on_done = on_done
+
+    def connectionMade(self) -> None:
+        if self._request.channel is not None:
+            self._request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._request.channel is not None:
+            self._request.write(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:
+        request = self._request
+        if request.channel is None:
+            self._on_done(reason)
+            return
+        request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            request.finish()
+            self._on_done(None)
+        else:
+            abort(request)
+            self._on_done(reason)
+
+    def stop(self) -> None:
+        """
+        The client is gone: stop reading the upstream body (which closes that
+        upstream connection; its state is unknown, so it cannot be pooled).
+        """
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()

@@ -1,0 +1,110 @@
+"""
+The C{twistd restygate} command: options and the service maker.
+
+C{Options} reads the command line; L{Options.postOptions} layers it over the
+config file, the environment and the defaults (L{restygate.config.build}) and
+validates once.  A bad value ends the start with one line naming the key, not
+a usage dump or a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from restygate import __version__
+from restygate.catalog import load_catalog
+from restygate.config import Config, ConfigError, build, from_environment, load_toml
+from restygate.service import make_gateway
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Route /<datacenter>/<service>/<path> to the passing instances Consul "
+        "knows for <service> in <datacenter>."
+    )
+
+    optParameters = [
+        ["consul", None, None, "Consul agent: HOST:PORT or http(s)://HOST:PORT [env CONSUL_ADDR, default 127.0.0.1:8500]."],
+        ["consul-token", None, None, "Consul ACL token, sent as X-Consul-Token [env CONSUL_HTTP_TOKEN]."],
+        ["pool-size", None, None, "Idle keep-alive connections kept per upstream instance [64]."],
+        ["upstream-timeout", None, None, "Seconds to wait for an upstream's response headers; then 504 [60]."],
+        ["connect-timeout", None, None, "Seconds to wait for an upstream TCP connection; then 502 [5]."],
+        ["catalog", None, None, "Static catalog TOML file to use instead of Consul."],
+        ["watch-idle-timeout", None, None, "Stop watching a service nobody asked for in this many seconds [600]."],
+        ["consul-wait", None, None, "Seconds a Consul blocking query may wait for a change [60]."],
+        ["discovery-timeout", None, None, "Seconds a first request for a service waits for Consul [5]."],
+        ["config", "c", None, "TOML config file; its keys are these option names."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["server-name"] = []
+        self["tag"] = []
+        self.config: Optional[Config] = None
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this Twisted endpoint (repeatable) [tcp:8080].
+        """
+        self["listen"].append(description)
+
+    def opt_server_name(self, name: str) -> None:
+        """
+        Serve only requests whose Host is this name; '*.' wildcards allowed (repeatable).
+        """
+        self["server-name"].append(name)
+
+    def opt_tag(self, tag: str) -> None:
+        """
+        Use only instances carrying this Consul tag (repeatable; all must match).
+        """
+        self["tag"].append(tag)
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        print(f"restygate {__version__}")  # noqa: T201 - the one place stdout is the interface
+        raise SystemExit(0)
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        try:
+            super().parseOptions(options)
+        except ConfigError as e:
+            raise SystemExit(f"restygate: {e}") from None
+
+    def postOptions(self) -> None:
+        self.config = load(self, os.environ)
+
+
+def load(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """
+    Build the config for these parsed options: command line over file over
+    environment over defaults.
+    """
+    command_line = {key: options.get(key) for key in options if key != "config"}
+    for repeatable in ("listen", "server-name", "tag"):
+        if not command_line.get(repeatable):
+            command_line[repeatable] = None
+    path = options.get("config")
+    layers = [from_environment(environ)]
+    if path:
+        layers.append(load_toml(path))
+    layers.append(command_line)
+    config = build(layers, config_file=path)
+    if config.catalog:
+        load_catalog(config.catalog, config.tags)
+    return config
+
+
+def makeService(options: Options) -> IService:
+    assert options.config is not None
+    return make_gateway(options.config)

@@ -1,0 +1,251 @@
+"""
+Keeps one (datacenter, service) fresh with a chain of Consul blocking queries.
+
+Each answer schedules the next query, so an idle gateway sends Consul about
+one request per watched service per wait period, and a health change reaches
+routing as soon as Consul answers.  The loop follows Consul's client rules:
+an index that goes backwards (a snapshot restore) resets the watch, an index
+below 1 is treated as 1, answers that come back too fast are rate-limited so
+a broken cluster degrades to polling instead of a hot loop, and errors back
+off exponentially with jitter.  Through all of it the last good snapshot
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from restygate.consul import ConsulError, HealthAnswer
+from restygate.discovery import DiscoveryUnavailable, Snapshot, UnknownDatacenter
+
+__all__ = ["Watcher", "HealthSource", "TokenBucket", "Backoff"]
+
+log = Logger()
+
+
+class HealthSource(Protocol):
+    """
+    What a watcher needs from a Consul client.
+    """
+
+    def health_service(
+        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float
+    ) -> Deferred[HealthAnswer]: ...
+
+
+class TokenBucket:
+    """
+    Allows C{burst} queries at once and C{rate} per second after that, so
+    answers that come back immediately (index resets, flapping services,
+    an agent that ignores C{index}) cannot drive a hot loop.
+    """
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._updated: Optional[float] = None
+
+    def delay(self, now: float) -> float:
+        """
+        Take a token: how long to wait before the next query may start.
+        """
+        if self._updated is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        self._tokens -= 1
+        if self._tokens >= 0:
+            return 0.0
+        return -self._tokens / self._rate
+
+
+class Backoff:
+    """
+    Exponential backoff with full jitter, capped.
+    """
+
+    def __init__(self, base: float, cap: float, rng: random.Random) -> None:
+        self._base = base
+        self._cap = cap
+        self._rng = rng
+        self.failures = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        ceiling: float = min(self._cap, self._base * 2.0 ** min(self.failures - 1, 32))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Watcher:
+    """
+    The blocking-query loop for one (dc, service).
+
+    @ivar snapshot: the last good answer, or L{None} before the first.
+    """
+
+    def __init__(
+        self,
+        dc: str,
+        service: str,
+        source: HealthSource,
+        clock: IReactorTime,
+        tags: Tuple[str, ...] = (),
+        wait: float = 60.0,
+        rng: Optional[random.Random] = None,
+        on_unknown_datacenter: Optional[Callable[[Watcher], None]] = None,
+    ) -> None:
+        self.dc = dc
+        self.service = service
+        self.tags = tags
+        self.snapshot: Optional[Snapshot] = None
+        self.last_used = clock.seconds()
+        self.last_success: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self._source = source
+        self._clock = clock
+        self._wait = wait
+        self._index = 0
+        self._rng = rng or random.Random()
+        self._bucket = TokenBucket(rate=2.0, burst=3.0)
+        self._backoff = Backoff(base=0.5, cap=30.0, rng=self._rng)
+        self._on_unknown_datacenter = on_unknown_datacenter
+        self._waiters: List[Deferred[Snapshot]] = []
+        self._inflight: Optional[Deferred[HealthAnswer]] = None
+        self._next: Optional[IDelayedCall] = None
+        self._running = False
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def errors(self) -> int:
+        return self._backoff.failures
+
+    def start(self) -> None:
+        if not self._running:
+            self._running = True
+            self._query()
+
+    def stop(self) -> None:
+        self._running = False
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        if self._inflight is not None:
+            self._inflight.cancel()
+        self._fail_waiters(DiscoveryUnavailable(f"stopped watching {self.dc}/{self.service}"))
+
+    def first_snapshot(self, timeout: float) -> Deferred[Snapshot]:
+        """
+        The snapshot as soon as there is one; fails with
+        L{DiscoveryUnavailable} after C{timeout} seconds or on a Consul error.
+        """
+        if self.snapshot is not None:
+            return succeed(self.snapshot)
+        if not self._running:
+            return fail(DiscoveryUnavailable(f"not watching {self.dc}/{self.service}"))
+        d: Deferred[Snapshot] = Deferred(lambda d: self._waiters.remove(d))
+        self._waiters.append(d)
+        d.addTimeout(timeout, self._clock)
+        d.addErrback(self._timed_out)
+        return d
+
+    def _timed_out(self, failure: Failure) -> Failure:
+        if failure.check(TimeoutError, CancelledError):
+            raise DiscoveryUnavailable(
+                f"no answer from discovery about {self.dc}/{self.service} in time"
+            )
+        return failure
+
+    def _query(self) -> None:
+        self._next = None
+        if not self._running:
+            return
+        self._inflight = d = self._source.health_service(
+            self.dc, self.service, self.tags, self._index, self._wait
+        )
+        handled: Deferred[Optional[float]] = d.addCallbacks(self._answered, self._failed)
+        # A bug in the handlers above must not end the loop for good.
+        handled.addErrback(self._crashed).addCallback(self._schedule)
+
+    def _schedule(self, delay: Optional[float]) -> None:
+        self._inflight = None
+        if delay is not None and self._running:
+            self._next = self._clock.callLater(delay, self._query)
+
+    def _answered(self, answer: HealthAnswer) -> float:
+        now = self._clock.seconds()
+        if answer.index < self._index:
+            log.info(
+                "Consul index for {dc}/{service} went backwards ({old} -> {new}); resetting the watch",
+                dc=self.dc, service=self.service, old=self._index, new=answer.index,
+            )
+            self._index = 0
+        else:
+            self._index = max(answer.index, 1)
+        if self._backoff.failures:
+            log.info("Consul answers again for {dc}/{service}", dc=self.dc, service=self.service)
+        self._backoff.reset()
+        self.last_success = now
+        self.last_error = None
+        current = self.snapshot
+        # Spurious wake-ups (index moved, members did not) keep the snapshot
+        # object, so nothing downstream sees churn.
+        snapshot = current
+        if snapshot is None or snapshot.instances != answer.instances:
+            self.snapshot = snapshot = Snapshot(self.dc, self.service, answer.instances, self._index)
+            if current is not None:
+                log.info(
+                    "{dc}/{service}: {count} passing instance(s)",
+                    dc=self.dc, service=self.service, count=len(answer.instances),
+                )
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(snapshot)
+        return self._bucket.delay(now)
+
+    def _failed(self, failure: Failure) -> Optional[float]:
+        if not self._running:
+            return None
+        if failure.check(UnknownDatacenter) and self.snapshot is None:
+            self._fail_waiters(UnknownDatacenter(self.dc))
+            if self._on_unknown_datacenter is not None:
+                self._running = False
+                self._on_unknown_datacenter(self)
+                return None
+        self.last_error = _describe(failure)
+        delay = self._backoff.next()
+        log.warn(
+            "Consul query for {dc}/{service} failed ({error}); {serving}, retrying in {delay:.1f}s",
+            dc=self.dc, service=self.service, error=self.last_error, delay=delay,
+            serving="serving the last known instances" if self.snapshot else "no instances known yet",
+        )
+        self._fail_waiters(DiscoveryUnavailable(f"discovery failed for {self.dc}/{self.service}: {self.last_error}"))
+        return delay
+
+    def _crashed(self, failure: Failure) -> float:
+        log.failure("watcher for {dc}/{service} crashed", failure, dc=self.dc, service=self.service)
+        return self._backoff.next()
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(error)
+
+
+def _describe(failure: Failure) -> str:
+    if failure.check(ConsulError, UnknownDatacenter):
+        return str(failure.value)
+    if failure.check(TimeoutError, CancelledError):
+        return "timed out"
+    return f"{type(failure.value).__name__}: {failure.value}"
