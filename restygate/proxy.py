@@ -11,7 +11,7 @@ upstream's own answer, 404 and 500 included, is relayed untouched.
 
 from __future__ import annotations
 
-from typing import Any, FrozenSet, Optional, Tuple
+from typing import Any, FrozenSet, Optional, Sequence, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -26,10 +26,10 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from restygate.accesslog import log_access
 from restygate.balancer import IBalancer
 from restygate.discovery import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
 from restygate.errors import send_error
+from restygate.observe import Completed, RequestObserver
 from restygate.routing import Route, RouteError, host_matches, parse_target
 from restygate.site import GatewayRequest
 from restygate.streams import ResponseRelay
@@ -126,6 +126,11 @@ class Exchange:
         self._relay: Optional[ResponseRelay] = None
         self._timer: Optional[IDelayedCall] = None
         self.timed_out = False
+        self.retries = 0
+        self.error: Optional[str] = None
+        self.upstream_sent: Optional[float] = None
+        self.upstream_latency: Optional[float] = None
+        self._cut_short = False
         request.notifyFinish().addBoth(self._finished)
 
     def run(self) -> None:
@@ -135,11 +140,11 @@ class Exchange:
             if gateway.server_names and not host_matches(
                 request.getHeader(b"host") or b"", gateway.server_names
             ):
-                send_error(request, 404, "unknown server name")
+                self._fail(404, "unknown server name")
                 return
             self.route = route = parse_target(request.uri)
         except RouteError as e:
-            send_error(request, e.status, e.message)
+            self._fail(e.status, e.message)
             return
         self._pending = d = gateway.discovery.lookup(route.dc, route.service)
         d.addCallbacks(self._forward, self._discovery_failed)
@@ -150,10 +155,10 @@ class Exchange:
         route = self.route
         assert route is not None
         if failure.check(UnknownDatacenter):
-            send_error(self.request, 404, "unknown datacenter", datacenter=route.dc)
+            self._fail(404, "unknown datacenter", datacenter=route.dc)
         elif failure.check(DiscoveryUnavailable):
-            send_error(
-                self.request, 503, "service discovery unavailable",
+            self._fail(
+                503, "service discovery unavailable",
                 datacenter=route.dc, service=route.service,
             )
         elif not failure.check(CancelledError):
@@ -167,8 +172,8 @@ class Exchange:
         if request.finished or request.channel is None:
             return
         if not snapshot.instances:
-            send_error(
-                request, 503, "no passing instance",
+            self._fail(
+                503, "no passing instance",
                 datacenter=route.dc, service=route.service,
             )
             return
@@ -179,9 +184,10 @@ class Exchange:
         try:
             d = gateway.upstream.request(instance, request.method, route.target, headers, body)
         except ValueError as e:
-            send_error(request, 400, f"cannot forward this request: {e}")
+            self._fail(400, f"cannot forward this request: {e}")
             return
         self._pending = d
+        self.upstream_sent = gateway.clock.seconds()
         self._timer = gateway.clock.callLater(gateway.upstream_timeout, self._timed_out)
         d.addCallbacks(self._respond, self._upstream_failed)
         d.addErrback(self._crashed)
@@ -202,6 +208,8 @@ class Exchange:
     def _respond(self, response: IResponse) -> None:
         self._stop_timer()
         self._pending = None
+        if self.upstream_sent is not None:
+            self.upstream_latency = self.gateway.clock.seconds() - self.upstream_sent
         request = self.request
         if request.channel is None:
             response.deliverBody(_Discard())
@@ -221,6 +229,7 @@ class Exchange:
         response.deliverBody(self._relay)
 
     def _relayed(self, failure: Optional[Failure]) -> None:
+        self._cut_short = failure is not None
         if failure is not None and self.request.channel is not None:
             log.warn(
                 "upstream {upstream} cut the response body short: {error}",
@@ -239,11 +248,11 @@ class Exchange:
             service=self.route.service if self.route else "-",
             upstream=self._upstream_name(), error=_reason(failure),
         )
-        send_error(self.request, status, message, upstream=self._upstream_name())
+        self._fail(status, message, upstream=self._upstream_name())
 
     def _crashed(self, failure: Failure) -> None:
         log.failure("internal error routing {uri!r}", failure, uri=self.request.uri)
-        send_error(self.request, 500, "internal error")
+        self._fail(500, "internal error")
 
     def _finished(self, result: Any) -> None:
         # The client is done or gone: nothing we still wait for matters.
@@ -253,14 +262,33 @@ class Exchange:
             pending.cancel()
         if self._relay is not None and isinstance(result, Failure):
             self._relay.stop()
+        self.gateway.completed(self._record(isinstance(result, Failure)))
+
+    def _record(self, aborted: bool) -> Completed:
+        request = self.request
         route = self.route
-        log_access(
-            self.request,
-            self.gateway.clock.seconds() - self.started,
-            self._upstream_name(),
-            route.dc if route else None,
-            route.service if route else None,
+        return Completed(
+            started=self.started,
+            duration=self.gateway.clock.seconds() - self.started,
+            client=_client_ip(request),
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1"),
+            proto=(request.clientproto or b"-").decode("latin-1"),
+            host=(request.getHeader(b"host") or b"").decode("latin-1"),
+            status=request.code,
+            bytes_sent=request.sentLength,
+            dc=route.dc if route else None,
+            service=route.service if route else None,
+            upstream=self._upstream_name(),
+            upstream_latency=self.upstream_latency,
+            retries=self.retries,
+            error=self.error,
+            aborted=aborted or self._cut_short,
         )
+
+    def _fail(self, status: int, error: str, **details: Any) -> None:
+        self.error = error
+        send_error(self.request, status, error, **details)
 
     def _upstream_name(self) -> Optional[str]:
         return self.instance.netloc if self.instance is not None else None
@@ -303,14 +331,23 @@ class GatewayResource(Resource):
         clock: IReactorTime,
         upstream_timeout: float,
         server_names: Tuple[str, ...] = (),
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
         super().__init__()
+        self.observers = list(observers)
         self.discovery = discovery
         self.balancer = balancer
         self.upstream = upstream
         self.clock = clock
         self.upstream_timeout = upstream_timeout
         self.server_names = server_names
+
+    def completed(self, record: Completed) -> None:
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                log.failure("request observer {observer!r} failed", observer=observer)
 
     def render(self, request: GatewayRequest) -> int:
         Exchange(self, request).run()

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from restygate import __version__
+from restygate.accesslog import log_access
 from restygate.balancer import RoundRobin
 from restygate.catalog import StaticCatalog
 from restygate.config import Config
@@ -149,6 +150,7 @@ def make_gateway(config: Config, reactor: Any = None) -> Gateway:
         reactor,
         config.upstream_timeout,
         config.server_names,
+        observers=[log_access],
     )
     site = GatewaySite(resource, reactor=reactor)
     root.resource = resource
