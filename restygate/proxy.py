@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from restygate.balancer import IBalancer
+from restygate.config import Config
 from restygate.discovery import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
 from restygate.errors import send_error
 from restygate.observe import Completed, RequestObserver
@@ -137,9 +138,8 @@ class Exchange:
         request = self.request
         gateway = self.gateway
         try:
-            if gateway.server_names and not host_matches(
-                request.getHeader(b"host") or b"", gateway.server_names
-            ):
+            names = gateway.config.server_names
+            if names and not host_matches(request.getHeader(b"host") or b"", names):
                 self._fail(404, "unknown server name")
                 return
             self.route = route = parse_target(request.uri)
@@ -188,7 +188,7 @@ class Exchange:
             return
         self._pending = d
         self.upstream_sent = gateway.clock.seconds()
-        self._timer = gateway.clock.callLater(gateway.upstream_timeout, self._timed_out)
+        self._timer = gateway.clock.callLater(gateway.config.upstream_timeout, self._timed_out)
         d.addCallbacks(self._respond, self._upstream_failed)
         d.addErrback(self._crashed)
 
@@ -329,8 +329,7 @@ class GatewayResource(Resource):
         balancer: IBalancer,
         upstream: Upstream,
         clock: IReactorTime,
-        upstream_timeout: float,
-        server_names: Tuple[str, ...] = (),
+        config: Config,
         observers: Sequence[RequestObserver] = (),
     ) -> None:
         super().__init__()
@@ -339,8 +338,8 @@ class GatewayResource(Resource):
         self.balancer = balancer
         self.upstream = upstream
         self.clock = clock
-        self.upstream_timeout = upstream_timeout
-        self.server_names = server_names
+        # Replaced whole on reload; each request reads it once per use.
+        self.config = config
 
     def completed(self, record: Completed) -> None:
         for observer in self.observers:

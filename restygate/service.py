@@ -148,8 +148,7 @@ def make_gateway(config: Config, reactor: Any = None) -> Gateway:
         RoundRobin(),
         upstream,
         reactor,
-        config.upstream_timeout,
-        config.server_names,
+        config,
         observers=[log_access],
     )
     site = GatewaySite(resource, reactor=reactor)
