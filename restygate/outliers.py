@@ -1,0 +1,158 @@
+"""
+Passive outlier ejection and per-instance bookkeeping.
+
+Consul's health checks run every few seconds; between two checks a dead
+instance would keep getting traffic.  The proxy reports every upstream
+attempt here, and an instance that fails to connect or resets N times in a
+row is taken out of rotation for a while (5 s, doubling with each repeat,
+capped), then returns by itself.  Never more than half of a service's
+instances are out at once, so a wide failure degrades to "try them all"
+rather than "refuse everything".  State is keyed by the instance's address,
+not by a snapshot, so a Consul update re-listing an ejected instance does not
+bring it back early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from restygate.discovery import Instance
+
+__all__ = ["Outliers", "InstanceState"]
+
+log = Logger()
+
+Key = Tuple[str, str, str, int]
+
+
+def _key(dc: str, service: str, instance: Instance) -> Key:
+    return (dc, service, instance.address, instance.port)
+
+
+@dataclass
+class InstanceState:
+    """
+    What the gateway has seen of one instance lately.
+    """
+
+    inflight: int = 0
+    consecutive_failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    requests: int = 0
+    failures: int = 0
+
+
+class Outliers:
+    """
+    Tracks instances' recent failures and decides which are ejected.
+
+    @ivar ejections_total: ejections so far, for metrics.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        threshold: int = 3,
+        base: float = 5.0,
+        cap: float = 120.0,
+        max_fraction: float = 0.5,
+    ) -> None:
+        self._clock = clock
+        self.threshold = threshold
+        self._base = base
+        self._cap = cap
+        self._max_fraction = max_fraction
+        self._states: Dict[Key, InstanceState] = {}
+        # Instances currently ejected, per (dc, service): the fast path skips
+        # all filtering while a service has none.
+        self._ejected: Dict[Tuple[str, str], Dict[Key, float]] = {}
+        self.ejections_total = 0
+
+    def state(self, dc: str, service: str, instance: Instance) -> Optional[InstanceState]:
+        return self._states.get(_key(dc, service, instance))
+
+    def _state(self, dc: str, service: str, instance: Instance) -> InstanceState:
+        key = _key(dc, service, instance)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = InstanceState()
+        return state
+
+    def usable(self, dc: str, service: str, instances: Tuple[Instance, ...]) -> Tuple[Instance, ...]:
+        """
+        The instances not ejected right now (all of them when that would
+        leave none).
+        """
+        ejected = self._ejected.get((dc, service))
+        if not ejected:
+            return instances
+        now = self._clock.seconds()
+        for key, until in list(ejected.items()):
+            if until <= now:
+                del ejected[key]
+                log.info("{dc}/{service}: {address}:{port} returns from ejection",
+                         dc=dc, service=service, address=key[2], port=key[3])
+        if not ejected:
+            return instances
+        kept = tuple(i for i in instances if _key(dc, service, i) not in ejected)
+        return kept or instances
+
+    def started(self, dc: str, service: str, instance: Instance) -> None:
+        state = self._state(dc, service, instance)
+        state.inflight += 1
+        state.requests += 1
+
+    def ended(self, dc: str, service: str, instance: Instance) -> None:
+        state = self._state(dc, service, instance)
+        state.inflight = max(0, state.inflight - 1)
+
+    def succeeded(self, dc: str, service: str, instance: Instance) -> None:
+        state = self._state(dc, service, instance)
+        state.consecutive_failures = 0
+        # Healthy for a good while since its last ejection: forgive the past,
+        # so the next ejection starts short again.
+        if state.ejections and self._clock.seconds() > state.ejected_until + self._cap:
+            state.ejections = 0
+
+    def failed(self, dc: str, service: str, instance: Instance, instances: int) -> bool:
+        """
+        An attempt on C{instance} failed before any response (connect error,
+        reset); C{instances} is how many the service has.  Returns whether
+        this failure ejected it.
+        """
+        state = self._state(dc, service, instance)
+        state.failures += 1
+        state.consecutive_failures += 1
+        if state.consecutive_failures < self.threshold:
+            return False
+        now = self._clock.seconds()
+        ejected = self._ejected.setdefault((dc, service), {})
+        key = _key(dc, service, instance)
+        current = sum(1 for until in ejected.values() if until > now)
+        if key in ejected and ejected[key] > now:
+            return False
+        if current + 1 > int(instances * self._max_fraction):
+            return False
+        duration = min(self._cap, self._base * 2 ** min(state.ejections, 16))
+        state.ejections += 1
+        state.ejected_until = now + duration
+        state.consecutive_failures = 0
+        ejected[key] = state.ejected_until
+        self.ejections_total += 1
+        log.warn(
+            "{dc}/{service}: ejecting {netloc} for {duration:.0f}s after {n} consecutive failures",
+            dc=dc, service=service, netloc=instance.netloc, duration=duration, n=self.threshold,
+        )
+        return True
+
+    def is_ejected(self, dc: str, service: str, instance: Instance) -> bool:
+        ejected = self._ejected.get((dc, service))
+        if not ejected:
+            return False
+        until = ejected.get(_key(dc, service, instance))
+        return until is not None and until > self._clock.seconds()
