@@ -8,7 +8,7 @@ rotation.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from zope.interface import Interface, implementer
 
@@ -22,9 +22,10 @@ class IBalancer(Interface):
     A strategy for choosing among a service's instances.
     """
 
-    def pick(snapshot: Snapshot) -> Instance:
+    def pick(snapshot: Snapshot, among: Optional[Tuple[Instance, ...]] = None) -> Instance:
         """
-        One instance of a non-empty snapshot.
+        One instance of a non-empty snapshot, or of C{among} (a non-empty
+        subset of it: the ones not ejected, not tried yet) when given.
         """
 
 
@@ -38,9 +39,9 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next: Dict[Tuple[str, str], int] = {}
 
-    def pick(self, snapshot: Snapshot) -> Instance:
+    def pick(self, snapshot: Snapshot, among: Optional[Tuple[Instance, ...]] = None) -> Instance:
         key = (snapshot.dc, snapshot.service)
         turn = self._next.get(key, 0)
         self._next[key] = (turn + 1) & 0x3FFFFFFF
-        instances = snapshot.instances
+        instances = snapshot.instances if among is None else among
         return instances[turn % len(instances)]

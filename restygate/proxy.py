@@ -11,7 +11,7 @@ upstream's own answer, 404 and 500 included, is relayed untouched.
 
 from __future__ import annotations
 
-from typing import Any, FrozenSet, Optional, Sequence, Tuple
+from typing import Any, FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web._newclient import RequestNotSent
 from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.http import NO_BODY_CODES
@@ -30,6 +31,8 @@ from restygate.balancer import IBalancer
 from restygate.config import Config
 from restygate.discovery import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
 from restygate.errors import send_error
+from restygate.outliers import Outliers
+from restygate.retry import RetryBudget, retriable
 from restygate.observe import Completed, RequestObserver
 from restygate.routing import Route, RouteError, host_matches, parse_target
 from restygate.site import GatewayRequest
@@ -132,6 +135,10 @@ class Exchange:
         self.upstream_sent: Optional[float] = None
         self.upstream_latency: Optional[float] = None
         self._cut_short = False
+        self._snapshot: Optional[Snapshot] = None
+        self._headers = Headers()
+        self._tried: List[Instance] = []
+        self._active: Optional[Instance] = None
         request.notifyFinish().addBoth(self._finished)
 
     def run(self) -> None:
@@ -177,13 +184,28 @@ class Exchange:
                 datacenter=route.dc, service=route.service,
             )
             return
+        self._snapshot = snapshot
+        self._headers = forward_headers(request, route, _client_ip(request), request.body is not None)
+        self.gateway.budget.request()
+        self._attempt(snapshot.instances)
+
+    def _attempt(self, candidates: Tuple[Instance, ...]) -> None:
         gateway = self.gateway
-        self.instance = instance = gateway.balancer.pick(snapshot)
-        body = request.body
-        headers = forward_headers(request, route, _client_ip(request), body is not None)
+        route = self.route
+        snapshot = self._snapshot
+        assert route is not None and snapshot is not None
+        usable = gateway.outliers.usable(route.dc, route.service, candidates)
+        self.instance = instance = gateway.balancer.pick(snapshot, usable)
+        self._tried.append(instance)
+        gateway.outliers.started(route.dc, route.service, instance)
+        self._active = instance
+        self.timed_out = False
         try:
-            d = gateway.upstream.request(instance, request.method, route.target, headers, body)
+            d = gateway.upstream.request(
+                instance, self.request.method, route.target, self._headers, self.request.body
+            )
         except ValueError as e:
+            self._release()
             self._fail(400, f"cannot forward this request: {e}")
             return
         self._pending = d
@@ -191,6 +213,43 @@ class Exchange:
         self._timer = gateway.clock.callLater(gateway.config.upstream_timeout, self._timed_out)
         d.addCallbacks(self._respond, self._upstream_failed)
         d.addErrback(self._crashed)
+
+    def _release(self) -> None:
+        """
+        The current attempt is over: it no longer counts as in flight.
+        """
+        instance, self._active = self._active, None
+        if instance is not None and self.route is not None:
+            self.gateway.outliers.ended(self.route.dc, self.route.service, instance)
+
+    def _retry(self, failure: Failure) -> bool:
+        """
+        Try another instance if this failure, this request and the budget
+        allow it.
+        """
+        snapshot = self._snapshot
+        body = self.request.body
+        if (
+            snapshot is None
+            or self.timed_out
+            or self.retries >= self.gateway.config.retries
+            or not retriable(self.request.method, failure)
+            or (body is not None and not body.replayable)
+        ):
+            return False
+        untried = tuple(i for i in snapshot.instances if i not in self._tried)
+        if not untried or not self.gateway.budget.try_retry():
+            return False
+        self.retries += 1
+        if body is not None:
+            body.rewind()
+        log.info(
+            "{dc}/{service}: retrying on another instance after {upstream} failed: {error}",
+            dc=snapshot.dc, service=snapshot.service,
+            upstream=self._upstream_name(), error=_reason(failure),
+        )
+        self._attempt(untried)
+        return True
 
     def _timed_out(self) -> None:
         # Cancelling the agent's request aborts its connection; the failure
@@ -208,6 +267,8 @@ class Exchange:
     def _respond(self, response: IResponse) -> None:
         self._stop_timer()
         self._pending = None
+        if self.route is not None and self.instance is not None:
+            self.gateway.outliers.succeeded(self.route.dc, self.route.service, self.instance)
         if self.upstream_sent is not None:
             self.upstream_latency = self.gateway.clock.seconds() - self.upstream_sent
         request = self.request
@@ -239,7 +300,17 @@ class Exchange:
     def _upstream_failed(self, failure: Failure) -> None:
         self._stop_timer()
         self._pending = None
+        self._release()
         if self.request.channel is None:
+            return
+        route, instance, snapshot = self.route, self.instance, self._snapshot
+        if (
+            not self.timed_out
+            and route is not None and instance is not None and snapshot is not None
+            and _connection_failure(failure)
+        ):
+            self.gateway.outliers.failed(route.dc, route.service, instance, len(snapshot.instances))
+        if self._retry(failure):
             return
         status, message = (504, "upstream timed out") if self.timed_out else _upstream_error(failure)
         log.warn(
@@ -256,6 +327,7 @@ class Exchange:
 
     def _finished(self, result: Any) -> None:
         # The client is done or gone: nothing we still wait for matters.
+        self._release()
         self._stop_timer()
         if self._pending is not None:
             pending, self._pending = self._pending, None
@@ -292,6 +364,14 @@ class Exchange:
 
     def _upstream_name(self) -> Optional[str]:
         return self.instance.netloc if self.instance is not None else None
+
+
+def _connection_failure(failure: Failure) -> bool:
+    """
+    The instance could not be reached or dropped the connection before
+    answering: what passive ejection counts.
+    """
+    return bool(failure.check(ConnectError, DNSLookupError, ResponseFailed, RequestNotSent))
 
 
 def _reason(failure: Failure) -> str:
@@ -340,6 +420,8 @@ class GatewayResource(Resource):
         self.clock = clock
         # Replaced whole on reload; each request reads it once per use.
         self.config = config
+        self.outliers = Outliers(clock)
+        self.budget = RetryBudget(clock)
 
     def completed(self, record: Completed) -> None:
         for observer in self.observers:

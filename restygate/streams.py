@@ -31,6 +31,10 @@ __all__ = ["RequestBody", "ResponseRelay"]
 # the client is paused.  Small: the window is all we promise to hold.
 WINDOW = 64 * 1024
 
+# Bodies up to this size are kept until the response comes, so a failed
+# attempt can be replayed to another instance; larger ones are not retried.
+REPLAY_LIMIT = 64 * 1024
+
 
 @implementer(IBodyProducer)
 class RequestBody:
@@ -53,10 +57,18 @@ class RequestBody:
         self._consumer: Optional[IConsumer] = None
         self._done: Optional[Deferred[None]] = None
         self._abandoned = False
+        self._replay: Optional[List[bytes]] = []
+        self._client_gone = False
+        self._started = False
 
     # -- the channel's side ---------------------------------------------------
     def write(self, data: bytes) -> None:
         self.received += len(data)
+        if self._replay is not None:
+            if self.received <= REPLAY_LIMIT:
+                self._replay.append(data)
+            else:
+                self._replay = None
         if self._abandoned:
             return
         if self._consumer is not None and not self._pending:
@@ -81,14 +93,42 @@ class RequestBody:
         away mid-upload and the upstream request must fail rather than send
         a short body.
         """
-        if not self.complete and self._done is not None:
-            done, self._done = self._done, None
-            done.errback(Failure(ConnectionLost("client closed the connection during the upload")))
+        if not self.complete:
+            self._client_gone = True
+            if self._done is not None:
+                done, self._done = self._done, None
+                done.errback(Failure(ConnectionLost("client closed the connection during the upload")))
         self._abandoned = True
         self._pending = []
+        self._replay = None
+
+    @property
+    def replayable(self) -> bool:
+        """
+        Whether every byte sent so far is still at hand to send again.
+        """
+        if self._client_gone:
+            return False
+        return not self._started or self._replay is not None
+
+    def rewind(self) -> None:
+        """
+        Start over for another upstream attempt: the next C{startProducing}
+        gets everything from the first byte.
+        """
+        if not self._started:
+            return  # nothing was consumed: what is pending is the whole body
+        assert self._replay is not None
+        self._started = False
+        self._consumer = None
+        self._done = None
+        self._abandoned = False
+        self._pending = list(self._replay)
+        self._pending_size = sum(map(len, self._pending))
 
     # -- the upstream client's side -------------------------------------------
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._started = True
         self._consumer = consumer
         self._done = Deferred()
         done = self._done

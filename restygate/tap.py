@@ -40,6 +40,14 @@ class Options(usage.Options):
         ["watch-idle-timeout", None, None, "Stop watching a service nobody asked for in this many seconds [600]."],
         ["consul-wait", None, None, "Seconds a Consul blocking query may wait for a change [60]."],
         ["discovery-timeout", None, None, "Seconds a first request for a service waits for Consul [5]."],
+        ["retries", None, None, "Retries on another instance when an upstream fails before answering [2]."],
+        ["max-stale", None, None, "Refuse (503) a service whose Consul view is older than this many seconds while Consul is down [serve stale forever]."],
+        ["datacenter-grace", None, None, "Seconds a datacenter Consul stops knowing is still served from its last view [60]."],
+        ["max-connections", None, None, "Client connections served at once; more are answered 503 and closed [10000]."],
+        ["max-body", None, None, "Largest request body accepted (bytes, or 512k, 10m, 1g); larger get 413 [unlimited]."],
+        ["header-timeout", None, None, "Seconds a client may take to send a request's headers; then 408 [30]."],
+        ["body-idle-timeout", None, None, "Seconds a request or response body may stall before the exchange is aborted [60]."],
+        ["drain-timeout", None, None, "Seconds in-flight requests get to finish on shutdown [30]."],
         ["config", "c", None, "TOML config file; its keys are these option names."],
     ]
 
@@ -48,6 +56,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["server-name"] = []
         self["tag"] = []
+        self["panic-all-instances"] = None
         self.config: Optional[Config] = None
 
     def opt_listen(self, description: str) -> None:
@@ -67,6 +76,12 @@ class Options(usage.Options):
         Use only instances carrying this Consul tag (repeatable; all must match).
         """
         self["tag"].append(tag)
+
+    def opt_panic_all_instances(self) -> None:
+        """
+        When a service has instances but none passing, route to all of them instead of answering 503.
+        """
+        self["panic-all-instances"] = True
 
     def opt_version(self) -> None:
         """

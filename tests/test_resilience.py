@@ -1,0 +1,162 @@
+"""
+Upstream faults the gateway absorbs: retries on another instance, passive
+outlier ejection, and the retry budget.  Real sockets end to end; the budget
+and ejection clocks also in isolation with Clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from restygate.discovery import Instance
+from restygate.outliers import Outliers
+from restygate.retry import RetryBudget
+from tests.backends import ResettingBackend, closed_port
+from tests.harness import GatewayRig, reactor
+
+
+def _resetting(case: TestCase, name: str) -> ResettingBackend:
+    backend = ResettingBackend(name)
+    backend.listen(reactor)
+    case.addCleanup(backend.stop)
+    return backend
+
+
+class RetryTests(TestCase):
+    async def test_refused_instance_is_retried_elsewhere_for_any_method(self) -> None:
+        rig = GatewayRig(self)
+        good = rig.backend("good")
+        rig.register(good)
+        rig.consul.register_service("dc1", "dead", "127.0.0.1", "web", closed_port(), service_id="dead")
+        for method in ["GET", "POST", "PATCH"]:
+            for _ in range(2):
+                response, body = await rig.request(method, "/dc1/web/x", data=b"payload")
+                self.assertEqual(response.code, 200, method)
+                self.assertEqual(json.loads(body)["body_sha256"], hashlib.sha256(b"payload").hexdigest())
+
+    async def test_reset_is_retried_for_idempotent_methods_only(self) -> None:
+        rig = GatewayRig(self, retries=2)
+        good = rig.backend("good")
+        reset = _resetting(self, "reset")
+        rig.register(good)
+        rig.register(reset)
+        body = b"z" * 10000
+        for _ in range(4):
+            response, answer = await rig.request("PUT", "/dc1/web/put", data=body)
+            self.assertEqual(response.code, 200)
+            # The replayed body arrives whole on the instance that answered.
+            self.assertEqual(json.loads(answer)["body_sha256"], hashlib.sha256(body).hexdigest())
+        resets_before = reset.connections_made
+        self.assertGreater(resets_before, 0)
+        codes = []
+        for _ in range(4):
+            response, _ = await rig.request("POST", "/dc1/web/post", data=b"once")
+            codes.append(response.code)
+        # A POST that reached an instance is not sent twice: each reset is a 502.
+        self.assertEqual(codes.count(502), reset.connections_made - resets_before)
+
+    async def test_retries_zero_disables_retrying(self) -> None:
+        rig = GatewayRig(self, retries=0)
+        rig.consul.register_service("dc1", "dead", "127.0.0.1", "web", closed_port(), service_id="dead")
+        rig.register(rig.backend("good"))
+        codes = [(await rig.get("/dc1/web/"))[0].code for _ in range(4)]
+        self.assertEqual(sorted(codes), [200, 200, 502, 502])
+
+    async def test_single_instance_failure_is_a_clean_502(self) -> None:
+        rig = GatewayRig(self)
+        rig.consul.register_service("dc1", "dead", "127.0.0.1", "web", closed_port(), service_id="dead")
+        response, body = await rig.get("/dc1/web/")
+        self.assertEqual(response.code, 502)
+        self.assertEqual(json.loads(body)["error"], "upstream unreachable")
+
+
+class EjectionTests(TestCase):
+    async def test_failing_instance_is_ejected_after_three_failures(self) -> None:
+        rig = GatewayRig(self)
+        reset = _resetting(self, "reset")
+        rig.register(reset)
+        rig.register(rig.backend("a"))
+        rig.register(rig.backend("b"))
+        for _ in range(30):
+            response, _ = await rig.get("/dc1/web/")
+            self.assertEqual(response.code, 200)
+        self.assertEqual(reset.connections_made, 3)
+        outliers = rig.gateway.resource.outliers
+        self.assertEqual(outliers.ejections_total, 1)
+        # A Consul update re-listing the instance does not bring it back early.
+        rig.consul.spurious_wakeup("dc1", "web")
+        rig.register(rig.backend("c"))
+        for _ in range(8):
+            self.assertEqual((await rig.get("/dc1/web/"))[0].code, 200)
+        self.assertEqual(reset.connections_made, 3)
+
+    async def test_never_more_than_half_ejected(self) -> None:
+        rig = GatewayRig(self, retries=0)
+        one, two = _resetting(self, "one"), _resetting(self, "two")
+        rig.register(one)
+        rig.register(two)
+        for _ in range(20):
+            response, _ = await rig.get("/dc1/web/")
+            self.assertEqual(response.code, 502)
+        self.assertEqual(rig.gateway.resource.outliers.ejections_total, 1)
+        # One is ejected after its third failure; the other must keep serving
+        # (failing), since ejecting both would leave nothing to route to.
+        self.assertEqual(sorted([one.connections_made, two.connections_made]), [3, 17])
+
+
+class OutlierClockTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.outliers = Outliers(self.clock, threshold=3, base=5.0, cap=20.0)
+        self.a = Instance("10.0.0.1", 80)
+        self.b = Instance("10.0.0.2", 80)
+        self.both = (self.a, self.b)
+
+    def fail(self, times: int) -> bool:
+        return [self.outliers.failed("dc1", "web", self.a, 4) for _ in range(times)][-1]
+
+    def test_ejection_grows_and_returns_by_itself(self) -> None:
+        self.assertTrue(self.fail(3))
+        self.assertEqual(self.outliers.usable("dc1", "web", self.both), (self.b,))
+        self.clock.advance(5)
+        self.assertEqual(self.outliers.usable("dc1", "web", self.both), self.both)
+        self.assertTrue(self.fail(3))
+        self.clock.advance(5)
+        self.assertEqual(self.outliers.usable("dc1", "web", self.both), (self.b,))
+        self.clock.advance(5)
+        self.assertEqual(self.outliers.usable("dc1", "web", self.both), self.both)
+        for _ in range(4):
+            self.fail(3)
+            self.clock.advance(20)
+        self.assertEqual(self.outliers.state("dc1", "web", self.a).ejected_until, self.clock.seconds())
+
+    def test_success_resets_the_count(self) -> None:
+        self.fail(2)
+        self.outliers.succeeded("dc1", "web", self.a)
+        self.assertFalse(self.fail(2))
+        self.assertTrue(self.outliers.failed("dc1", "web", self.a, 4))
+
+    def test_all_ejected_would_mean_none_so_all_are_used(self) -> None:
+        outliers = Outliers(self.clock, threshold=1, max_fraction=1.0)
+        outliers.failed("dc1", "web", self.a, 2)
+        outliers.failed("dc1", "web", self.b, 2)
+        self.assertEqual(outliers.usable("dc1", "web", self.both), self.both)
+
+
+class RetryBudgetTests(TestCase):
+    def test_floor_then_ratio(self) -> None:
+        clock = Clock()
+        clock.advance(1000)
+        budget = RetryBudget(clock, ratio=0.2, floor=1.0, window=10)
+        # With no traffic, the floor allows floor * window retries.
+        self.assertEqual(sum(budget.try_retry() for _ in range(20)), 10)
+        clock.advance(10)
+        for _ in range(100):
+            budget.request()
+        self.assertEqual(sum(budget.try_retry() for _ in range(50)), 20)
+        clock.advance(11)
+        self.assertTrue(budget.try_retry())
