@@ -10,10 +10,11 @@ malformed value; a reload builds a new L{Config} the same way.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 if sys.version_info >= (3, 11):
@@ -68,7 +69,8 @@ class Config:
 
     listen: Tuple[str, ...]
     consul: ConsulAddress
-    consul_token: Optional[str]
+    # Kept out of repr: the token must never reach a log line.
+    consul_token: Optional[str] = field(repr=False)
     pool_size: int
     server_names: Tuple[str, ...]
     tags: Tuple[str, ...]
@@ -79,25 +81,24 @@ class Config:
     consul_wait: float
     discovery_timeout: float
     config_file: Optional[str] = None
+    retries: int = 2
+    panic_all_instances: bool = False
+    max_stale: Optional[float] = None
+    datacenter_grace: float = 60.0
+    max_connections: int = 10000
+    max_body: Optional[int] = None
+    header_timeout: float = 30.0
+    body_idle_timeout: float = 60.0
+    drain_timeout: float = 30.0
 
-    def __repr__(self) -> str:
-        # The token must never reach a log line, even through a repr.
-        token = "<set>" if self.consul_token else None
-        return (
-            f"Config(listen={self.listen!r}, consul={self.consul.base_url!r}, "
-            f"consul_token={token!r}, pool_size={self.pool_size!r}, "
-            f"server_names={self.server_names!r}, tags={self.tags!r}, "
-            f"upstream_timeout={self.upstream_timeout!r}, "
-            f"connect_timeout={self.connect_timeout!r}, catalog={self.catalog!r}, "
-            f"watch_idle_timeout={self.watch_idle_timeout!r}, "
-            f"consul_wait={self.consul_wait!r}, "
-            f"discovery_timeout={self.discovery_timeout!r})"
-        )
 
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]+))(?::(?P<port>[^:]*))?$")
 _SERVER_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.?$")
 _TAG = re.compile(r"^[^\x00-\x20\x7f]+$")
+# str.isdigit() also accepts '²' or fullwidth digits, which int() rejects or
+# reads as something the operator did not type.
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def parse_consul_address(value: str) -> ConsulAddress:
@@ -124,7 +125,7 @@ def parse_consul_address(value: str) -> ConsulAddress:
 def _port(key: str, text: Optional[str], default: int) -> int:
     if text is None or text == "":
         return default
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not _DIGITS.fullmatch(text) or not 0 < int(text) < 65536:
         raise ConfigError(f"{key}: port must be a number from 1 to 65535, got {text!r}")
     return int(text)
 
@@ -136,10 +137,14 @@ def _listen(value: Any) -> Tuple[str, ...]:
     if not ports:
         raise ConfigError("listen: at least one listener is needed")
     for description in ports:
+        # Twisted's description parser also fails with IndexError ("=") or
+        # RuntimeError (a trailing backslash): any failure is a bad value.
         try:
             endpoints.serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError, OSError) as e:
-            raise ConfigError(f"listen: bad endpoint {description!r}: {e}") from None
+        except Exception as e:
+            # Twisted's message may quote the raw description, newlines and all.
+            reason = " ".join(str(e).split())
+            raise ConfigError(f"listen: bad endpoint {description!r}: {reason}") from None
     return ports
 
 
@@ -154,7 +159,8 @@ def _strings(key: str, value: Any) -> Tuple[str, ...]:
 def _server_names(value: Any) -> Tuple[str, ...]:
     names = _strings("server-name", value)
     for name in names:
-        if not _SERVER_NAME.match(name):
+        # fullmatch: '$' alone would let a trailing newline through.
+        if not _SERVER_NAME.fullmatch(name):
             raise ConfigError(f"server-name: {name!r} is not a host name (a leading '*.' is allowed)")
     return tuple(name.lower().rstrip(".") for name in names)
 
@@ -162,7 +168,7 @@ def _server_names(value: Any) -> Tuple[str, ...]:
 def _tags(value: Any) -> Tuple[str, ...]:
     tags = _strings("tag", value)
     for tag in tags:
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise ConfigError(f"tag: {tag!r} must be non-empty, without spaces or control characters")
     return tags
 
@@ -173,8 +179,11 @@ def _number(key: str, minimum: float, maximum: float = float("inf")) -> Callable
             number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number of seconds, got {value!r}") from None
-        if isinstance(value, bool) or not minimum < number <= maximum or number != number:
-            raise ConfigError(f"{key}: must be more than {minimum:g} and at most {maximum:g}, got {value!r}")
+        # Not finite ('inf', 'nan') is refused: an infinite timer overflows
+        # the reactor's poll timeout.
+        if isinstance(value, bool) or not math.isfinite(number) or not minimum < number <= maximum:
+            at_most = f" and at most {maximum:g}" if math.isfinite(maximum) else ""
+            raise ConfigError(f"{key}: must be a number more than {minimum:g}{at_most}, got {value!r}")
         return number
 
     return parse
@@ -182,7 +191,7 @@ def _number(key: str, minimum: float, maximum: float = float("inf")) -> Callable
 
 def _pool_size(value: Any) -> int:
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+    if isinstance(value, bool) or not _DIGITS.fullmatch(text) or int(text) < 1:
         raise ConfigError(f"pool-size: expected a whole number of at least 1, got {value!r}")
     return int(text)
 
@@ -194,6 +203,53 @@ def _optional_string(key: str) -> Callable[[Any], Optional[str]]:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
+
+    return parse
+
+
+def _count(key: str, minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        text = str(value).strip()
+        if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text) or int(text) < minimum:
+            raise ConfigError(f"{key}: expected a whole number of at least {minimum}, got {value!r}")
+        return int(text)
+
+    return parse
+
+
+def _flag(key: str) -> Callable[[Any], bool]:
+    def parse(value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+    return parse
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_optional(value: Any) -> Any:
+        if value is None or value == "" or value == "none":
+            return None
+        return parse(value)
+
+    return parse_optional
+
+
+_SIZE = re.compile(r"([0-9]+)\s*([kmg]?)i?b?", re.IGNORECASE)
+
+
+def _size(key: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        match = _SIZE.fullmatch(str(value).strip())
+        if isinstance(value, bool) or match is None:
+            raise ConfigError(f"{key}: expected a size like 1048576, 512k, 10m or 1g, got {value!r}")
+        scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+        return int(match.group(1)) * scale
 
     return parse
 
@@ -226,6 +282,15 @@ KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "watch-idle-timeout": ("watch_idle_timeout", _number("watch-idle-timeout", 0)),
     "consul-wait": ("consul_wait", _number("consul-wait", 0, 600)),
     "discovery-timeout": ("discovery_timeout", _number("discovery-timeout", 0)),
+    "retries": ("retries", _count("retries", 0)),
+    "panic-all-instances": ("panic_all_instances", _flag("panic-all-instances")),
+    "max-stale": ("max_stale", _optional(_number("max-stale", 0))),
+    "datacenter-grace": ("datacenter_grace", _number("datacenter-grace", 0)),
+    "max-connections": ("max_connections", _count("max-connections", 1)),
+    "max-body": ("max_body", _optional(_size("max-body"))),
+    "header-timeout": ("header_timeout", _number("header-timeout", 0)),
+    "body-idle-timeout": ("body_idle_timeout", _number("body-idle-timeout", 0)),
+    "drain-timeout": ("drain_timeout", _number("drain-timeout", 0)),
 }
 
 DEFAULTS: Mapping[str, Any] = {
@@ -241,6 +306,15 @@ DEFAULTS: Mapping[str, Any] = {
     "watch-idle-timeout": 600,
     "consul-wait": 60,
     "discovery-timeout": 5,
+    "retries": 2,
+    "panic-all-instances": False,
+    "max-stale": None,
+    "datacenter-grace": 60,
+    "max-connections": 10000,
+    "max-body": None,
+    "header-timeout": 30,
+    "body-idle-timeout": 60,
+    "drain-timeout": 30,
 }
 
 
