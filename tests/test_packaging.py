@@ -1,0 +1,779 @@
+"""
+Packaging and deployment checks: what a user installs and what an operator
+deploys, rather than what the gateway does.
+
+The wheel is built from a clean copy of this checkout and installed into a
+fresh virtualenv; there C{twistd --help} must list C{restygate} -- whatever
+state Twisted's plugin cache is in -- and C{twistd restygate} must proxy a
+request to a real backend.  Projects have silently lost their twistd plugin
+from the wheel after a packaging change; these tests are what notices.  The
+sample files under C{etc/} and C{docker/} are checked against what the code
+accepts, so the documentation cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import pickle
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from importlib import metadata
+from typing import Dict, List, Optional, Sequence, Tuple
+from unittest import SkipTest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - PyPy 3.9
+    import tomli as tomllib
+
+from twisted.trial.unittest import TestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN = "twisted/plugins/restygate_plugin.py"
+
+# How long a subprocess (pip, twistd) may take before the test gives up.
+PIP_TIMEOUT = 180.0
+TWISTD_TIMEOUT = 30.0
+
+
+def _clean_env() -> Dict[str, str]:
+    """
+    The environment for processes run from the test virtualenv: nothing that
+    would put the checkout back on their path or point them at a real Consul.
+    """
+    env = dict(os.environ)
+    for name in ("PYTHONPATH", "PYTHONHOME", "CONSUL_ADDR", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN"):
+        env.pop(name, None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _run(args: Sequence[str], timeout: float, cwd: Optional[str] = None) -> str:
+    """
+    Run a command to completion and return its output; a failure's message
+    carries the whole output, since it is all a CI log will show.
+    """
+    result = subprocess.run(
+        list(args),
+        cwd=cwd,
+        env=_clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+    )
+    output = result.stdout.decode("utf-8", "replace")
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{output}")
+    return output
+
+
+def _offline_build_possible() -> bool:
+    """
+    Whether the installed setuptools can build our wheel without pip fetching
+    a build environment: it must do PEP 660 (64+) and have bdist_wheel, which
+    is built in from 70.1 and came from the C{wheel} package before.
+    """
+    try:
+        version = tuple(int(part) for part in metadata.version("setuptools").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    if version >= (70, 1):
+        return True
+    try:
+        metadata.version("wheel")
+    except metadata.PackageNotFoundError:
+        return False
+    return version >= (64, 0)
+
+
+_IGNORED = shutil.ignore_patterns(
+    ".git", "_trial_temp*", "build", "dist", "*.egg-info", "__pycache__", "*.py[cod]",
+    ".mypy_cache", ".hypothesis", "dropin.cache", ".venv", "venv",
+)
+
+# Run first in every process started from a test virtualenv: take off
+# sys.path each entry, but the one under test, that holds a restygate package
+# or plugin.  The system site-packages a virtualenv inherits can name
+# checkouts (CI's `pip install -e .` adds this one), whose plugin would let
+# twistd list restygate even with a wheel that lost its own.
+_ONLY_THE_COPY_UNDER_TEST = """\
+import os, sys
+def _other_copy(entry, keep={keep!r}):
+    entry = os.path.realpath(entry or os.curdir)
+    return entry != keep and (
+        os.path.exists(os.path.join(entry, "restygate", "__init__.py"))
+        or os.path.exists(os.path.join(entry, "twisted", "plugins", "restygate_plugin.py")))
+sys.path[:] = [p for p in sys.path if not _other_copy(p)]
+"""
+
+# The launcher pip would have written for twistd, had Twisted been installed
+# into the virtualenv instead of inherited from the system site-packages.
+_TWISTD = """\
+#!{python}
+{prelude}
+from twisted.scripts.twistd import run
+sys.exit(run())
+"""
+
+
+def _pip_build_options() -> List[str]:
+    # Offline when the installed setuptools can build; otherwise pip fetches
+    # the build-system requirements (what a user's `pip install .` does).
+    return ["--no-build-isolation"] if _offline_build_possible() else []
+
+
+class _Venv:
+    """
+    A virtualenv over the system site-packages (so the dependencies are
+    there, offline), with a C{bin/twistd} that sees only C{keep}'s restygate:
+    the venv's own site-packages unless another directory is named.
+    """
+
+    def __init__(self, path: str, keep: Optional[str] = None) -> None:
+        # --without-pip: the system's pip, run by the venv's python, installs
+        # into the venv, so creating it fetches nothing.
+        _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", path], PIP_TIMEOUT)
+        self.path = path
+        self.python = os.path.join(path, "bin", "python")
+        self.site_packages = _run(
+            [self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], PIP_TIMEOUT
+        ).strip()
+        self.plugins = os.path.join(self.site_packages, "twisted", "plugins")
+        self.prelude = _ONLY_THE_COPY_UNDER_TEST.format(keep=os.path.realpath(keep or self.site_packages))
+        self.twistd = os.path.join(path, "bin", "twistd")
+        with open(self.twistd, "w") as f:
+            f.write(_TWISTD.format(python=self.python, prelude=self.prelude))
+        os.chmod(self.twistd, 0o755)
+
+    def pip_install(self, *args: str) -> None:
+        _run([self.python, "-m", "pip", "install", "--no-deps", "--ignore-installed", *args], PIP_TIMEOUT,
+             cwd=self.path)
+
+    def twistd_help(self, *args: str) -> str:
+        return _run([self.twistd, *args, "--help"], TWISTD_TIMEOUT, cwd=self.path)
+
+    def where(self) -> Tuple[str, str]:
+        """
+        The files the restygate package and plugin are imported from.
+        """
+        code = self.prelude + (
+            "import restygate, twisted.plugins.restygate_plugin as p\n"
+            "print(restygate.__file__)\n"
+            "print(p.__file__)\n"
+        )
+        package, plugin = _run([self.python, "-c", code], TWISTD_TIMEOUT, cwd=self.path).split()
+        return package, plugin
+
+
+def _copy_checkout(destination: str) -> str:
+    """
+    Copy the checkout without build output, caches or VCS data, as a fresh
+    clone would have it, so that builds never write into the checkout.
+    """
+    shutil.copytree(ROOT, destination, ignore=_IGNORED)
+    return destination
+
+
+class _Installation:
+    """
+    The wheel built from this checkout, installed into a throw-away
+    virtualenv; made once per test run and shared by the tests below.
+    """
+
+    def __init__(self, base: str) -> None:
+        source = _copy_checkout(os.path.join(base, "source"))
+        wheels = os.path.join(base, "wheels")
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *_pip_build_options(), "-w", wheels, source],
+             PIP_TIMEOUT, cwd=base)
+        [name] = os.listdir(wheels)
+        self.wheel = os.path.join(wheels, name)
+        self.venv = _Venv(os.path.join(base, "venv"))
+        self.venv.pip_install("--no-index", "--no-compile", self.wheel)
+
+
+_installation: Optional[_Installation] = None
+_installation_error: Optional[BaseException] = None
+
+
+def _installed() -> _Installation:
+    """
+    Build and install once per process; a failure is remembered, so the
+    other tests report it at once instead of building again.
+    """
+    global _installation, _installation_error
+    if _installation is None and _installation_error is None:
+        base = tempfile.mkdtemp(prefix="restygate-packaging-")
+        atexit.register(shutil.rmtree, base, True)
+        try:
+            _installation = _Installation(base)
+        except BaseException as e:
+            _installation_error = e
+    if _installation_error is not None:
+        raise AssertionError(f"building and installing the wheel failed: {_installation_error}")
+    assert _installation is not None
+    return _installation
+
+
+def _listed_plugins(help_text: str) -> List[str]:
+    """
+    The subcommand names in C{twistd --help}'s "Commands:" section.
+    """
+    _, _, commands = help_text.partition("Commands:")
+    return re.findall(r"^ {4}(\S+) ", commands, re.MULTILINE)
+
+
+class WheelTests(TestCase):
+    """
+    The wheel ships the package and the plugin, and nothing else.
+    """
+
+    def setUp(self) -> None:
+        self.wheel = _installed().wheel
+        with zipfile.ZipFile(self.wheel) as z:
+            self.names = z.namelist()
+            [metadata_name] = [n for n in self.names if n.endswith(".dist-info/METADATA")]
+            self.metadata = z.read(metadata_name).decode("utf-8")
+
+    def test_plugin_shipped_without_init(self) -> None:
+        """
+        The plugin module is in the wheel, and no C{__init__.py} that would
+        shadow Twisted's own C{twisted} or C{twisted.plugins} packages is.
+        """
+        self.assertIn(PLUGIN, self.names)
+        self.assertEqual([n for n in self.names if n.startswith("twisted/")], [PLUGIN])
+
+    def test_every_module_shipped(self) -> None:
+        """
+        Every C{.py} file under C{restygate/} in the checkout is in the wheel,
+        so a new subpackage cannot be left out by the package list.
+        """
+        expected = set()
+        for directory, dirs, files in os.walk(os.path.join(ROOT, "restygate")):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files:
+                if name.endswith(".py"):
+                    expected.add(os.path.relpath(os.path.join(directory, name), ROOT).replace(os.sep, "/"))
+        self.assertIn("restygate/__init__.py", expected)
+        self.assertEqual(expected - set(self.names), set())
+
+    def test_no_tests_or_stray_files(self) -> None:
+        """
+        Nothing but C{restygate/}, the plugin and the wheel's metadata.
+        """
+        stray = [
+            n for n in self.names
+            if not (n.startswith("restygate/") or n == PLUGIN or ".dist-info/" in n)
+        ]
+        self.assertEqual(stray, [])
+        self.assertEqual([n for n in self.names if n.startswith("tests/") or "/tests/" in n], [])
+        self.assertEqual([n for n in self.names if n.endswith((".pyc", "dropin.cache"))], [])
+
+    def test_metadata(self) -> None:
+        """
+        The version is the package's, and the runtime dependencies are
+        declared, tomli only where C{tomllib} is missing.
+        """
+        import restygate
+
+        self.assertIn(f"\nVersion: {restygate.__version__}\n", self.metadata)
+        requires = re.findall(r"^Requires-Dist: (.*)$", self.metadata, re.MULTILINE)
+        names = {re.split(r"[\s\[<>=!;~]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requires}
+        for needed in ("twisted", "treq", "zope.interface", "attrs", "tomli", "service-identity", "pyopenssl",
+                       "cryptography", "idna", "prometheus-client"):
+            self.assertIn(needed, names)
+        [tomli] = [r for r in requires if r.lower().startswith("tomli")]
+        self.assertIn('python_version < "3.11"', tomli)
+        self.assertNotIn("extra ==", tomli)
+
+
+class PluginDiscoveryTests(TestCase):
+    """
+    C{twistd} in a virtualenv holding only the installed wheel finds the
+    plugin, whatever state Twisted's C{dropin.cache} is in.
+    """
+
+    def setUp(self) -> None:
+        self.venv = _installed().venv
+        self.cache = os.path.join(self.venv.plugins, "dropin.cache")
+        self.addCleanup(self.removeCache)
+
+    def removeCache(self) -> None:
+        if os.path.isdir(self.cache):
+            shutil.rmtree(self.cache)
+        elif os.path.exists(self.cache):
+            os.remove(self.cache)
+
+    def assertListed(self) -> None:
+        output = self.venv.twistd_help()
+        self.assertIn("restygate", _listed_plugins(output), output)
+
+    def test_plugin_from_the_wheel(self) -> None:
+        """
+        The plugin and the package twistd loads are the wheel's copies in the
+        virtualenv, not the checkout's.
+        """
+        package, plugin = self.venv.where()
+        real = os.path.realpath
+        self.assertEqual(real(os.path.dirname(plugin)), real(self.venv.plugins))
+        self.assertEqual(real(os.path.dirname(os.path.dirname(package))), real(self.venv.site_packages))
+
+    def test_no_cache(self) -> None:
+        """
+        Without a cache the plugin is listed, and twistd writes the cache
+        when it can.
+        """
+        self.removeCache()
+        self.assertListed()
+        with open(self.cache, "rb") as f:
+            self.assertIn("restygate_plugin", pickle.load(f))
+
+    def test_corrupt_cache(self) -> None:
+        """
+        A cache that does not unpickle is ignored.
+        """
+        with open(self.cache, "wb") as f:
+            f.write(b"this is not a pickle")
+        self.assertListed()
+
+    def test_stale_cache(self) -> None:
+        """
+        A cache written before restygate was installed, and newer than the
+        plugin file (as after a later root run of twistd, or an install that
+        kept the wheel's old timestamps), still does not hide the plugin.
+        """
+        with open(self.cache, "wb") as f:
+            pickle.dump({}, f)
+        future = time.time() + 3600
+        os.utime(self.cache, (future, future))
+        self.assertListed()
+
+    def test_unwritable_cache(self) -> None:
+        """
+        A cache twistd cannot replace (a service user without write access
+        to site-packages; here a directory in its place, since the tests may
+        run as root) does not hide the plugin either.
+        """
+        self.removeCache()
+        os.mkdir(self.cache)
+        self.assertListed()
+
+    def test_subcommand_help(self) -> None:
+        """
+        C{twistd restygate --help} loads C{restygate.tap} from the wheel and
+        shows the gateway's options.
+        """
+        output = self.venv.twistd_help("restygate")
+        for option in ("--listen", "--consul", "--catalog", "--pool-size", "--config"):
+            self.assertIn(option, output)
+
+
+class EditableInstallTests(TestCase):
+    """
+    The README's C{pip install -e .} gives a C{twistd} that lists the plugin.
+    Twisted finds plugins by scanning sys.path entries for C{twisted/plugins}
+    directories, which setuptools' import-hook style of editable install
+    does not provide; setup.cfg's C{package_dir} root mapping makes it write
+    a plain path entry instead, and this test keeps it that way.
+    """
+
+    def test_twistd_lists_plugin(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        source = _copy_checkout(os.path.join(base, "source"))
+        venv = _Venv(os.path.join(base, "venv"), keep=source)
+        venv.pip_install(*_pip_build_options(), "-e", source)
+        output = venv.twistd_help()
+        self.assertIn("restygate", _listed_plugins(output), output)
+        package, plugin = venv.where()
+        self.assertEqual(os.path.realpath(plugin), os.path.join(os.path.realpath(source), PLUGIN))
+        self.assertEqual(os.path.realpath(package), os.path.join(os.path.realpath(source), "restygate", "__init__.py"))
+
+
+def _free_ports(count: int) -> List[int]:
+    """
+    Distinct loopback ports free right now (held together, so no two are
+    the same), for processes that must be told their port up front.
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _log_tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-4000:].decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+
+
+class GatewayEndToEndTests(TestCase):
+    """
+    The installed C{twistd restygate}, on a static catalog, proxies to a real
+    backend (the README's no-Consul quick start, on free ports).
+    """
+
+    def spawn(self, args: Sequence[str], log: str) -> "subprocess.Popen[bytes]":
+        """
+        Start a process whose output goes to C{log}; it is killed and reaped
+        when the test ends, however it ends.
+        """
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                list(args), cwd=os.path.dirname(log), env=_clean_env(),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )
+        self.addCleanup(self.stop, process)
+        return process
+
+    def stop(self, process: "subprocess.Popen[bytes]") -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def waitForPort(self, port: int, process: "subprocess.Popen[bytes]", log: str) -> None:
+        deadline = time.monotonic() + TWISTD_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self.fail(f"{process.args!r} exited {process.returncode}:\n{_log_tail(log)}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.fail(f"nothing listens on port {port}:\n{_log_tail(log)}")
+
+    def get(self, url: str) -> Tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def test_get_through_gateway(self) -> None:
+        """
+        C{GET /dc1/demo/<file>} through the gateway returns the backend's file.
+        """
+        installed = _installed()
+        base = os.path.abspath(self.mktemp())
+        docroot = os.path.join(base, "www")
+        os.makedirs(docroot)
+        body = f"restygate end-to-end {os.getpid()} {time.time()}\n".encode("ascii")
+        with open(os.path.join(docroot, "hello.txt"), "wb") as f:
+            f.write(body)
+
+        backend_port, gateway_port, admin_port = _free_ports(3)
+        backend_log = os.path.join(base, "backend.log")
+        backend = self.spawn(
+            [sys.executable, "-m", "http.server", str(backend_port), "--bind", "127.0.0.1", "--directory", docroot],
+            backend_log,
+        )
+
+        catalog = os.path.join(base, "catalog.toml")
+        with open(catalog, "w") as f:
+            f.write(f'[dc1]\ndemo = [ {{ address = "127.0.0.1", port = {backend_port} }} ]\n')
+        gateway_log = os.path.join(base, "twistd.log")
+        gateway = self.spawn(
+            [installed.venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate",
+             "--catalog", catalog, "--listen", f"tcp:{gateway_port}:interface=127.0.0.1",
+             "--admin", f"tcp:{admin_port}:interface=127.0.0.1"],
+            gateway_log,
+        )
+
+        self.waitForPort(backend_port, backend, backend_log)
+        self.waitForPort(gateway_port, gateway, gateway_log)
+        status, received = self.get(f"http://127.0.0.1:{gateway_port}/dc1/demo/hello.txt")
+        self.assertEqual((status, received), (200, body), _log_tail(gateway_log))
+        # The path docker/Dockerfile's HEALTHCHECK asks.
+        status, received = self.get(f"http://127.0.0.1:{admin_port}/healthz")
+        self.assertEqual(status, 200, _log_tail(gateway_log))
+
+
+def _read(*path: str) -> str:
+    with open(os.path.join(ROOT, *path), encoding="utf-8") as f:
+        return f.read()
+
+
+class SampleConfigTests(TestCase):
+    """
+    C{etc/restygate.toml} documents every key the code knows, with its
+    default, and loads as shipped.
+    """
+
+    def setUp(self) -> None:
+        self.text = _read("etc", "restygate.toml")
+        # "#key = value" lines (no space after '#') are the commented-out settings.
+        self.settings = tomllib.loads(
+            "\n".join(line[1:] for line in self.text.splitlines() if re.match(r"#[a-z][a-z-]* = ", line))
+        )
+
+    def test_every_key_documented(self) -> None:
+        """
+        Each key the config accepts appears exactly once, commented out, after
+        a comment that explains it; and no unknown key appears.
+        """
+        from restygate.config import KEYS
+
+        self.assertEqual(sorted(self.settings), sorted(KEYS))
+        lines = self.text.splitlines()
+        for index, line in enumerate(lines):
+            if re.match(r"#[a-z][a-z-]* = ", line):
+                self.assertTrue(lines[index - 1].startswith("# "), f"no explanation above {line!r}")
+
+    def test_defaults_shown(self) -> None:
+        """
+        The commented-out values are the built-in defaults, except where the
+        default is empty and an example is more useful.
+        """
+        from restygate.config import DEFAULTS
+
+        for key, value in self.settings.items():
+            if DEFAULTS[key] not in (None, [], ""):
+                self.assertEqual(value, DEFAULTS[key], key)
+
+    def test_commented_values_valid(self) -> None:
+        """
+        Uncommenting everything gives a valid configuration (but the example
+        file paths, which would have to exist); the file as shipped loads too.
+        """
+        from restygate.config import build, load_toml
+
+        settings = {k: v for k, v in self.settings.items() if not str(v).startswith("/")}
+        build([settings])
+        self.assertEqual(load_toml(os.path.join(ROOT, "etc", "restygate.toml")), {})
+
+    def test_precedence_stated(self) -> None:
+        """
+        The file says which source wins.
+        """
+        order = [self.text.index(word) for word in ("the command line", "this file", "the environment", "built-in defaults")]
+        self.assertEqual(order, sorted(order))
+
+    def test_catalog_loads(self) -> None:
+        """
+        The sample catalog is one the gateway accepts, with the quick start's
+        C{demo} service on port 8000 of C{dc1}.
+        """
+        from restygate.catalog import load_catalog
+
+        catalog = load_catalog(os.path.join(ROOT, "etc", "catalog.toml"))
+        [instance] = catalog["dc1"]["demo"].instances
+        self.assertEqual((instance.address, instance.port), ("127.0.0.1", 8000))
+
+
+def _unit_directives(text: str) -> Dict[str, List[Tuple[str, str]]]:
+    """
+    A systemd unit as {section: [(key, value), ...]}, repeated keys kept.
+    """
+    sections: Dict[str, List[Tuple[str, str]]] = {}
+    current: Optional[List[Tuple[str, str]]] = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+            continue
+        key, sep, value = line.partition("=")
+        if current is None or not sep:
+            raise AssertionError(f"not a unit file line: {raw!r}")
+        current.append((key.strip(), value.strip()))
+    return sections
+
+
+class SystemdUnitTests(TestCase):
+    """
+    C{etc/restygate.service} is a valid, hardened unit.
+    """
+
+    def setUp(self) -> None:
+        self.text = _read("etc", "restygate.service")
+        self.sections = _unit_directives(self.text)
+        self.service = dict(self.sections["Service"])
+
+    def test_directives(self) -> None:
+        expected = {
+            "ExecStart": "/usr/local/bin/twistd --nodaemon --pidfile= --logfile=- restygate"
+                         " --config /etc/restygate/restygate.toml",
+            "ExecReload": "/bin/kill -HUP $MAINPID",
+            "Restart": "on-failure",
+            "NoNewPrivileges": "yes",
+            "ProtectSystem": "strict",
+            "ProtectHome": "yes",
+            "PrivateTmp": "yes",
+            "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
+            "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
+            "Environment": "CONSUL_ADDR=127.0.0.1:8500",
+            "EnvironmentFile": "-/etc/default/restygate",
+            "LimitNOFILE": "65536",
+            "KillSignal": "SIGTERM",
+            "TimeoutStopSec": "40",
+        }
+        self.assertEqual({k: self.service.get(k) for k in expected}, expected)
+        # Exactly one way of not running as root.
+        self.assertEqual(("DynamicUser" in self.service) + ("User" in self.service), 1)
+        self.assertNotIn(self.service.get("User"), ("root", "0"))
+        self.assertIn("WantedBy", dict(self.sections["Install"]))
+
+    def test_systemd_analyze_verify(self) -> None:
+        """
+        C{systemd-analyze verify} has nothing to say about the unit.  It
+        checks that ExecStart's program exists, so that path is pointed at
+        one that does here.
+        """
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise SkipTest("systemd-analyze not installed (the directive test still parses the unit)")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        unit = os.path.join(directory, "restygate.service")
+        with open(unit, "w") as f:
+            f.write(self.text.replace("/usr/local/bin/twistd", sys.executable))
+        result = subprocess.run(
+            [analyze, "verify", unit], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+        )
+        output = result.stdout.decode("utf-8", "replace")
+        # verify exits 0 even for unknown keys or bad values: read what it said.
+        complaints = [line for line in output.splitlines() if "restygate.service" in line]
+        self.assertEqual((result.returncode, complaints), (0, []), output)
+
+
+class ConsulServiceDefinitionTests(TestCase):
+    def test_web_definition(self) -> None:
+        """
+        The sample service definition has an HTTP health check on the port
+        it registers.
+        """
+        service = json.loads(_read("etc", "consul.d", "web.json"))["service"]
+        self.assertEqual(service["name"], "web")
+        check = service["check"]
+        self.assertTrue(check["http"].startswith(f"http://127.0.0.1:{service['port']}/"))
+        self.assertIn("interval", check)
+
+
+def _dockerfile_instructions(text: str) -> List[Tuple[str, str]]:
+    """
+    A Dockerfile as [(INSTRUCTION, arguments)], continuation lines joined.
+    """
+    instructions: List[Tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, arguments = line.partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+class DockerTests(TestCase):
+    """
+    The image and the compose file are shaped as documented.  No Docker
+    engine runs here, so these read the files; they do not build anything.
+    """
+
+    def setUp(self) -> None:
+        self.instructions = _dockerfile_instructions(_read("docker", "Dockerfile"))
+
+    def args(self, keyword: str) -> List[str]:
+        return [a for k, a in self.instructions if k == keyword]
+
+    def test_dockerfile(self) -> None:
+        self.assertEqual(self.instructions[0], ("FROM", "python:3.11-slim"))
+        [cmd] = self.args("CMD")
+        self.assertEqual(json.loads(cmd), ["twistd", "--nodaemon", "--pidfile=", "--logfile=-", "restygate"])
+        self.assertEqual(self.args("EXPOSE"), ["8080 9901"])
+        self.assertIn("CONSUL_ADDR=consul:8500", self.args("ENV"))
+
+    def test_runs_as_non_root(self) -> None:
+        """
+        The last USER is not root, and comes before the CMD.
+        """
+        keywords = [k for k, _ in self.instructions]
+        users = self.args("USER")
+        self.assertTrue(users)
+        self.assertNotIn(users[-1].split(":")[0], ("root", "0"))
+        self.assertLess(len(keywords) - 1 - keywords[::-1].index("USER"), keywords.index("CMD"))
+
+    def test_healthcheck(self) -> None:
+        [healthcheck] = self.args("HEALTHCHECK")
+        self.assertIn("http://127.0.0.1:9901/healthz", healthcheck)
+        self.assertNotIn("curl", healthcheck)
+
+    def test_plugin_cache_built(self) -> None:
+        """
+        The plugin cache is written at build time, before dropping root,
+        by listing the IServiceMaker plugins.
+        """
+        runs = [(i, a) for i, (k, a) in enumerate(self.instructions) if k == "RUN"]
+        [cache] = [i for i, a in runs if "getPlugins" in a and "IServiceMaker" in a]
+        [install] = [i for i, a in runs if "pip install" in a]
+        [user] = [i for i, (k, _) in enumerate(self.instructions) if k == "USER"]
+        self.assertLess(install, cache)
+        self.assertLess(cache, user)
+
+    def test_copied_paths_exist(self) -> None:
+        """
+        Every COPY source exists relative to the build context (the root).
+        """
+        for arguments in self.args("COPY"):
+            for source in arguments.split()[:-1]:
+                if not source.startswith("--"):
+                    self.assertTrue(os.path.exists(os.path.join(ROOT, source)), source)
+
+    def test_compose(self) -> None:
+        try:
+            import yaml  # type: ignore[import-untyped, unused-ignore]
+        except ImportError:
+            raise SkipTest("PyYAML not installed")
+        compose = yaml.safe_load(_read("docker", "docker-compose.yml"))
+        services = compose["services"]
+        self.assertEqual(sorted(services), ["consul", "restygate", "web"])
+        self.assertTrue(services["consul"]["image"].startswith("hashicorp/consul:"))
+        self.assertIn("-dev", services["consul"]["command"])
+
+        build = services["restygate"]["build"]
+        here = os.path.join(ROOT, "docker")
+        context = os.path.normpath(os.path.join(here, build["context"]))
+        self.assertEqual(context, os.path.normpath(ROOT))
+        self.assertTrue(os.path.isfile(os.path.join(context, build["dockerfile"])))
+        self.assertEqual(services["restygate"]["environment"]["CONSUL_ADDR"], "consul:8500")
+        # Its command is the image's, extended: they must not drift apart.
+        [cmd] = self.args("CMD")
+        image_command = json.loads(cmd)
+        self.assertEqual(services["restygate"]["command"][: len(image_command)], image_command)
+
+        # The web service is registered through a definition the agent loads.
+        mounts = [v.split(":") for v in services["consul"]["volumes"]]
+        [definitions] = [host for host, container, *_ in mounts if container == "/consul/config"]
+        self.assertTrue(os.path.isfile(os.path.join(here, definitions, "web.json")))
+        self.assertEqual(services["web"]["network_mode"], "service:consul")
+        for host, container, *_ in (v.split(":") for v in services["web"].get("volumes", [])):
+            self.assertTrue(os.path.exists(os.path.join(here, host)), host)
