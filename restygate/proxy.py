@@ -286,7 +286,12 @@ class Exchange:
             and request.method != b"HEAD"
         ):
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
-        self._relay = ResponseRelay(request, self._relayed)
+        # Send the status and headers now, not with the first body bytes: a
+        # slow or long-polling upstream's client sees its answer begin.
+        request.write(b"")
+        self._relay = ResponseRelay(
+            request, self._relayed, self.gateway.clock, self.gateway.config.body_idle_timeout
+        )
         response.deliverBody(self._relay)
 
     def _relayed(self, failure: Optional[Failure]) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional, Set
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -46,8 +46,16 @@ class RequestBody:
     @ivar received: bytes of body received from the client so far.
     """
 
-    def __init__(self, length: Optional[int], client: IPushProducer) -> None:
+    def __init__(
+        self,
+        length: Optional[int],
+        client: IPushProducer,
+        limit: Optional[int] = None,
+        on_too_large: Optional[Callable[[], None]] = None,
+    ) -> None:
         self.length = UNKNOWN_LENGTH if length is None else length
+        self._limit = limit
+        self._on_too_large = on_too_large
         self.received = 0
         self.complete = False
         self._client = client
@@ -64,6 +72,9 @@ class RequestBody:
     # -- the channel's side ---------------------------------------------------
     def write(self, data: bytes) -> None:
         self.received += len(data)
+        if self._limit is not None and self.received > self._limit:
+            self._too_large()
+            return
         if self._replay is not None:
             if self.received <= REPLAY_LIMIT:
                 self._replay.append(data)
@@ -78,6 +89,22 @@ class RequestBody:
         self._pending_size += len(data)
         if self._pending_size > WINDOW:
             self._pause("window")
+
+    def _too_large(self) -> None:
+        # A chunked body over the limit: the upstream request fails rather
+        # than receive a truncated body, and the client gets a 413.
+        if self._abandoned and self._on_too_large is None:
+            return
+        on_too_large, self._on_too_large = self._on_too_large, None
+        self._client_gone = True
+        self._abandoned = True
+        self._pending = []
+        self._replay = None
+        if self._done is not None:
+            done, self._done = self._done, None
+            done.errback(Failure(ConnectionLost("request body over the limit")))
+        if on_too_large is not None:
+            on_too_large()
 
     def finish(self) -> None:
         """
@@ -173,28 +200,78 @@ class RequestBody:
                 self._client.resumeProducing()
 
 
+class BodyStalled(Exception):
+    """
+    Neither side of a body transfer made progress for the idle timeout.
+    """
+
+
+@implementer(IPushProducer)
 class ResponseRelay(Protocol):
     """
     Writes an upstream response body to the client as it arrives.
 
     C{on_done} is called once with L{None} when the body was relayed whole, or
     with the failure that cut it short; in that case the client connection is
-    aborted, because a truncated body must never look complete.
+    aborted, because a truncated body must never look complete.  A transfer
+    where neither the upstream sends nor the client reads for C{idle_timeout}
+    seconds is cut the same way, so a stalled peer cannot pin connections.
     """
 
-    def __init__(self, request: Request, on_done: Callable[[Optional[Failure]], None]) -> None:
+    def __init__(
+        self,
+        request: Request,
+        on_done: Callable[[Optional[Failure]], None],
+        clock: IReactorTime,
+        idle_timeout: float,
+    ) -> None:
         self._request = request
         self._on_done = on_done
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._idle: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
         if self._request.channel is not None:
-            self._request.registerProducer(self.transport, True)
+            # The relay sits between the client's flow control and the
+            # upstream transport, so it sees progress on both sides.
+            self._request.registerProducer(self, True)
+            self._idle = self._clock.callLater(self._idle_timeout, self._stalled)
+
+    def pauseProducing(self) -> None:
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._progress()
+        transport: Any = self.transport
+        transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.stop()
+
+    def _progress(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self._idle_timeout)
+
+    def _stalled(self) -> None:
+        self._idle = None
+        self._abort_with = Failure(BodyStalled(f"no progress for {self._idle_timeout:g}s"))
+        self.stop()
 
     def dataReceived(self, data: bytes) -> None:
         if self._request.channel is not None:
+            self._progress()
             self._request.write(data)
 
+    _abort_with: Optional[Failure] = None
+
     def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if self._abort_with is not None:
+            reason = self._abort_with
         request = self._request
         if request.channel is None:
             self._on_done(reason)
