@@ -1,33 +1,203 @@
 """
-The access log: one event per request, through twisted.logger, so it goes
-where the daemon's log goes (stdout under C{twistd -n}, journald under
-systemd).
+The access log: one line per finished request, in the Apache/nginx
+C{combined} format (plus upstream fields) or as one JSON object, written to
+the daemon's log or to a file of its own.
+
+Rotation: with C{access-log = "-"} the lines are twisted.logger events and go
+wherever the daemon's log goes, so they rotate with it (C{twistd --logfile}
+rotates by size and on SIGUSR1; stdout under systemd or Docker is the
+journal's or the runtime's business).  With a file, logrotate works either
+with C{copytruncate} (the file is opened in append mode, so writes land at
+the new end) or with C{create} plus C{postrotate kill -USR1 <pid>}: SIGUSR1
+makes the gateway reopen the path.  The handler chains to the one it
+replaced, so twistd's own SIGUSR1 rotation of C{--logfile} keeps working.
 """
 
 from __future__ import annotations
 
-from twisted.logger import Logger
+import dataclasses
+import json
+import signal
+from datetime import datetime, timezone
+from types import FrameType
+from typing import Any, Callable, Dict, Optional, TextIO, Union
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.web.http import datetimeToLogString
+
+from restygate.config import Config
 from restygate.observe import Completed
 
-__all__ = ["log_access"]
+__all__ = ["AccessLog", "combined", "json_line", "FORMATS"]
 
+log = Logger()
 access = Logger(namespace="restygate.access")
 
+# Like nginx: quotes, backslashes, control and non-ASCII characters (the
+# request line and headers are latin-1 decoded bytes) become escapes, so a
+# client cannot forge a line or break a field apart.
+_ESCAPES: Dict[int, str] = {
+    code: f"\\x{code:02X}" for code in [*range(0x20), *range(0x7F, 0x100)]
+}
+_ESCAPES[ord('"')] = '\\"'
+_ESCAPES[ord("\\")] = "\\\\"
 
-def log_access(c: Completed) -> None:
-    access.info(
-        '{client} "{method} {uri} {proto}" {status} {size} {duration_ms:.1f}ms '
-        "upstream={upstream} dc={dc} service={service} retries={retries}",
-        client=c.client,
-        method=c.method,
-        uri=c.uri,
-        proto=c.proto,
-        status=c.status,
-        size=c.bytes_sent,
-        duration_ms=c.duration * 1000,
-        upstream=c.upstream or "-",
-        dc=c.dc or "-",
-        service=c.service or "-",
-        retries=c.retries,
+
+def _escape(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+def combined(c: Completed) -> str:
+    """
+    The combined log format, then C{upstream dc service duration retries}.
+    """
+    request_line = _escape(f"{c.method} {c.uri} {c.proto}")
+    return (
+        f'{c.client} - - {datetimeToLogString(c.started)} "{request_line}" '
+        f'{c.status} {c.bytes_sent or "-"} '
+        f'"{_escape(c.referer) or "-"}" "{_escape(c.user_agent) or "-"}" '
+        f'{c.upstream or "-"} {c.dc or "-"} {c.service or "-"} {c.duration:.3f} {c.retries}'
     )
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Completed))
+
+
+def json_line(c: Completed) -> str:
+    """
+    Every field of the record, after its start as an ISO 8601 C{time}.
+    """
+    record: Dict[str, Any] = {
+        "time": datetime.fromtimestamp(c.started, timezone.utc).isoformat(timespec="milliseconds")
+    }
+    for name in _FIELDS:
+        record[name] = getattr(c, name)
+    return json.dumps(record, separators=(",", ":"))
+
+
+FORMATS: Dict[str, Callable[[Completed], str]] = {"combined": combined, "json": json_line}
+
+_Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
+
+
+class AccessLog(Service):
+    """
+    A request observer writing access log lines; its format and destination
+    can be swapped while running with L{reconfigure}.
+    """
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self._reactor = reactor
+        self._format = FORMATS[config.access_log_format]
+        self._path = config.access_log
+        self._file: Optional[TextIO] = None
+        self._flush_call: Optional[IDelayedCall] = None
+        self._previous_handler: _Handler = None
+        self._handling = False
+
+    def __call__(self, c: Completed) -> None:
+        line = self._format(c)
+        if self._file is None:
+            access.info("{line}", line=line)
+            return
+        self._file.write(line + "\n")
+        # One flush per reactor turn: a burst of requests finishing together
+        # costs one write, and no line waits longer than the turn.
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self._path is not None:
+            try:
+                self._file = _open(self._path)
+            except OSError as e:
+                raise SystemExit(f"restygate: cannot open access log {self._path}: {e.strerror}")
+            self._handle_usr1(True)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        self._handle_usr1(False)
+        self._close()
+        return succeed(None)
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Use C{config}'s format and destination from now on; a file that
+        cannot be opened is logged and the current destination kept.
+        """
+        self._format = FORMATS[config.access_log_format]
+        if config.access_log == self._path:
+            return
+        if self.running and config.access_log is not None:
+            try:
+                opened = _open(config.access_log)
+            except OSError as e:
+                log.error(
+                    "keeping the current access log: cannot open {path}: {error}",
+                    path=config.access_log, error=e.strerror,
+                )
+                return
+            self._close()
+            self._file = opened
+        else:
+            self._close()
+        self._path = config.access_log
+        self._handle_usr1(bool(self.running) and self._path is not None)
+
+    def reopen(self) -> None:
+        """
+        Open the path again, after logrotate moved the file away.
+        """
+        if self._file is None or self._path is None:
+            return
+        try:
+            opened = _open(self._path)
+        except OSError as e:
+            log.error(
+                "still writing the old access log: cannot reopen {path}: {error}",
+                path=self._path, error=e.strerror,
+            )
+            return
+        self._close()
+        self._file = opened
+        log.info("reopened the access log {path}", path=self._path)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self._file is not None:
+            self._file.flush()
+
+    def _close(self) -> None:
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _handle_usr1(self, wanted: bool) -> None:
+        if wanted == self._handling:
+            return
+        if wanted:
+            self._previous_handler = signal.signal(signal.SIGUSR1, self._usr1)
+        else:
+            signal.signal(signal.SIGUSR1, self._previous_handler or signal.SIG_DFL)
+            self._previous_handler = None
+        self._handling = wanted
+
+    def _usr1(self, signum: int, frame: Optional[FrameType]) -> None:
+        # A signal handler interrupts whatever the reactor was doing: only
+        # hand the work to the reactor's next turn.
+        self._reactor.callFromThread(self.reopen)
+        previous = self._previous_handler
+        if callable(previous):
+            previous(signum, frame)
+
+
+def _open(path: str) -> TextIO:
+    # Append mode: with logrotate's copytruncate, writes go to the new end.
+    return open(path, "a", encoding="utf-8")

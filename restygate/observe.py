@@ -27,6 +27,9 @@ class Completed:
         (C{"no passing instance"}, C{"upstream timed out"}...), else L{None}.
     @ivar aborted: the client went away, or the connection was cut, before
         the response was complete.
+    @ivar referer: the client's C{Referer} header, or C{""}.
+    @ivar user_agent: the client's C{User-Agent} header, or C{""}; these two
+        are what the combined access log format needs beyond the request.
     """
 
     started: float
@@ -45,6 +48,8 @@ class Completed:
     retries: int
     error: Optional[str]
     aborted: bool
+    referer: str = ""
+    user_agent: str = ""
 
 
 RequestObserver = Callable[[Completed], None]

@@ -352,6 +352,8 @@ class Exchange:
             uri=request.uri.decode("latin-1"),
             proto=(request.clientproto or b"-").decode("latin-1"),
             host=(request.getHeader(b"host") or b"").decode("latin-1"),
+            referer=(request.getHeader(b"referer") or b"").decode("latin-1"),
+            user_agent=(request.getHeader(b"user-agent") or b"").decode("latin-1"),
             status=request.code,
             bytes_sent=request.sentLength,
             dc=route.dc if route else None,
