@@ -21,12 +21,13 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from restygate.config import ConsulAddress
 from restygate.discovery import Instance, UnknownDatacenter
+from restygate.tls import CABundle, trust_root
 from restygate.upstream import quiet_pool
 
 __all__ = ["ConsulClient", "ConsulError", "HealthAnswer", "parse_health"]
@@ -56,6 +57,9 @@ class HealthAnswer:
 
     index: int
     instances: Tuple[Instance, ...]
+    # Every registered instance, passing or not; filled only by a client
+    # asked to include failing ones (panic mode needs them).
+    registered: Tuple[Instance, ...] = ()
 
 
 def _mapping(value: Any) -> dict:  # type: ignore[type-arg]
@@ -87,10 +91,17 @@ def parse_entry(entry: Any) -> Optional[Instance]:
     )
 
 
-def parse_health(body: bytes) -> Tuple[Instance, ...]:
+def _passing(entry: Any) -> bool:
+    checks = _mapping(entry).get("Checks")
+    return isinstance(checks, list) and all(_mapping(c).get("Status") == "passing" for c in checks)
+
+
+def parse_health(body: bytes, passing_only: bool = False) -> Tuple[Instance, ...]:
     """
-    The usable instances in a C{/v1/health/service} body, in a stable order so
-    that an answer with the same members compares equal to the last one.
+    The usable instances in a C{/v1/health/service} body (with
+    C{passing_only}, those whose every check passes, as Consul's C{?passing}
+    would keep), in a stable order so that an answer with the same members
+    compares equal to the last one.
     """
     try:
         entries = json.loads(body)
@@ -102,13 +113,25 @@ def parse_health(body: bytes) -> Tuple[Instance, ...]:
         raise ConsulError("unexpected answer from Consul: not a JSON array")
     instances: List[Instance] = []
     for entry in entries:
+        if passing_only and not _passing(entry):
+            continue
         instance = parse_entry(entry)
         if instance is None:
             log.warn("skipping a Consul entry with no usable address or port: {entry!r:.200}", entry=entry)
         else:
             instances.append(instance)
-    instances.sort(key=lambda i: (i.address, i.port, i.id))
+    # Every field in the key: entries alike in address, port and ID (one
+    # service address shared by several nodes) must not swap places between
+    # answers, or an unchanged service would look changed.
+    instances.sort(key=lambda i: (i.address, i.port, i.id, i.node, i.tags, i.meta))
     return tuple(instances)
+
+
+def _answer_text(body: bytes) -> str:
+    """
+    The start of an error answer's body, fit for a log line.
+    """
+    return body[:300].decode("utf-8", "replace").strip()
 
 
 def format_wait(seconds: float) -> str:
@@ -129,13 +152,19 @@ class ConsulClient:
         address: ConsulAddress,
         token: Optional[str] = None,
         pool: Optional[HTTPConnectionPool] = None,
+        ca: Optional[CABundle] = None,
+        include_failing: bool = False,
     ) -> None:
+        self._include_failing = include_failing
         self._clock: IReactorTime = reactor
         self._base = address.base_url
         # Every watched service holds one connection during its blocking
         # query, so the pool must keep that many alive, not Twisted's 2.
         self._pool = pool or quiet_pool(reactor, 1024)
-        self._http = HTTPClient(Agent(reactor, pool=self._pool))
+        # For an https:// agent: its certificate must chain to the consul-ca
+        # bundle (the platform's store without one) and name its host.
+        tls = BrowserLikePolicyForHTTPS(trust_root(ca))
+        self._http = HTTPClient(Agent(reactor, contextFactory=tls, pool=self._pool))
         self._headers = Headers({b"Accept": [b"application/json"]})
         if token:
             self._headers.setRawHeaders(b"X-Consul-Token", [token.encode("utf-8")])
@@ -147,6 +176,31 @@ class ConsulClient:
     def close(self) -> Deferred[None]:
         result: Deferred[None] = self._pool.closeCachedConnections()
         return result
+
+    def ping(self) -> Deferred[str]:
+        """
+        The cluster leader's address: the cheapest question that shows the
+        agent answers and its cluster has a leader.
+
+        @raise ConsulError: no answer, an error answer, or no leader.
+        """
+        d = Deferred.fromCoroutine(self._leader())
+        d.addTimeout(_TIMEOUT_MARGIN, self._clock)
+        return d
+
+    async def _leader(self) -> str:
+        response: IResponse = await self._http.get(f"{self._base}/v1/status/leader", headers=self._headers)
+        body: bytes = await treq.content(response)
+        if response.code != 200:
+            raise ConsulError(f"Consul answered {response.code}: {_answer_text(body)}", response.code)
+        try:
+            leader = json.loads(body)
+        except ValueError:
+            leader = None
+        # An agent whose cluster lost its leader answers "" here.
+        if not isinstance(leader, str) or not leader:
+            raise ConsulError("Consul has no cluster leader")
+        return leader
 
     def health_service(
         self,
@@ -163,7 +217,11 @@ class ConsulClient:
         @raise UnknownDatacenter: Consul has no path to C{dc}.
         @raise ConsulError: any other failure, with the status when there was one.
         """
-        params: List[Tuple[str, str]] = [("dc", dc), ("passing", "1")]
+        # Normally Consul filters to passing instances itself; panic mode needs
+        # the failing ones too, and filters here instead.
+        params: List[Tuple[str, str]] = [("dc", dc)]
+        if not self._include_failing:
+            params.append(("passing", "1"))
         params.extend(("tag", tag) for tag in tags)
         if index > 0:
             params.append(("index", str(index)))
@@ -182,7 +240,7 @@ class ConsulClient:
         response: IResponse = await self._http.get(url, params=params, headers=self._headers)
         body: bytes = await treq.content(response)
         if response.code != 200:
-            text = body[:300].decode("utf-8", "replace").strip()
+            text = _answer_text(body)
             if response.code == 500 and "No path to datacenter" in text:
                 raise UnknownDatacenter(dc)
             raise ConsulError(f"Consul answered {response.code}: {text}", response.code)
@@ -191,4 +249,6 @@ class ConsulClient:
             index = int(raw_index)
         except ValueError:
             index = 0
+        if self._include_failing:
+            return HealthAnswer(index, parse_health(body, passing_only=True), parse_health(body))
         return HealthAnswer(index, parse_health(body))

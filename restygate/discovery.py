@@ -57,6 +57,9 @@ class Snapshot:
     service: str
     instances: Tuple[Instance, ...]
     index: int = 0
+    # All registered instances, passing or not, when the source knows them
+    # (for panic mode); empty otherwise.
+    registered: Tuple[Instance, ...] = ()
 
 
 class DiscoveryError(Exception):

@@ -11,7 +11,7 @@ upstream's own answer, 404 and 500 included, is relayed untouched.
 
 from __future__ import annotations
 
-from typing import Any, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -179,11 +179,13 @@ class Exchange:
         if request.finished or request.channel is None:
             return
         if not snapshot.instances:
-            self._fail(
-                503, "no passing instance",
-                datacenter=route.dc, service=route.service,
-            )
-            return
+            if not (self.gateway.config.panic_all_instances and snapshot.registered):
+                self._fail(
+                    503, "no passing instance",
+                    datacenter=route.dc, service=route.service,
+                )
+                return
+            snapshot = self.gateway.panic(snapshot)
         self._snapshot = snapshot
         self._headers = forward_headers(request, route, _client_ip(request), request.body is not None)
         self.gateway.budget.request()
@@ -428,7 +430,26 @@ class GatewayResource(Resource):
         # Replaced whole on reload; each request reads it once per use.
         self.config = config
         self.outliers = Outliers(clock)
+        # Per (dc, service): the snapshot that had no passing instance, and
+        # the all-instances one built from it (built once, logged once).
+        self._panicked: Dict[Tuple[str, str], Tuple[Snapshot, Snapshot]] = {}
         self.budget = RetryBudget(clock)
+
+    def panic(self, snapshot: Snapshot) -> Snapshot:
+        """
+        A snapshot routing to every registered instance of a service none of
+        whose instances passes: better a chance than a certain 503.
+        """
+        key = (snapshot.dc, snapshot.service)
+        cached = self._panicked.get(key)
+        if cached is None or cached[0] is not snapshot:
+            log.warn(
+                "{dc}/{service}: no passing instance; panic mode routes to all {n} registered",
+                dc=snapshot.dc, service=snapshot.service, n=len(snapshot.registered),
+            )
+            cached = (snapshot, Snapshot(snapshot.dc, snapshot.service, snapshot.registered, snapshot.index))
+            self._panicked[key] = cached
+        return cached[1]
 
     def completed(self, record: Completed) -> None:
         for observer in self.observers:

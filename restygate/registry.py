@@ -4,7 +4,10 @@ somebody asked for, started on the first request and stopped once nobody has
 asked for it in a while.
 
 Only what is asked for is watched, so a gateway in front of a big catalog
-does not re-fetch every service on every change.  Concurrent first requests
+does not re-fetch every service on every change.  When a reload changes what
+a watch asks Consul (tags, wait), each watched pair gets a successor watcher
+on its next request, and the old one keeps serving until the successor's
+first answer, so no request fails or waits because of a reload.  Concurrent first requests
 for the same pair share the watcher's single in-flight query.  A datacenter
 Consul has no path to is remembered for a few seconds, so a client repeating
 a bad URL costs Consul one query, not one per request.
@@ -13,7 +16,7 @@ a bad URL costs Consul one query, not one per request.
 from __future__ import annotations
 
 import random
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -22,7 +25,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from restygate.discovery import IDiscovery, Snapshot, UnknownDatacenter
+from restygate.config import Config
+from restygate.discovery import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
 from restygate.watcher import HealthSource, Watcher
 
 __all__ = ["ConsulDiscovery"]
@@ -49,7 +53,11 @@ class ConsulDiscovery(Service):
         discovery_timeout: float = 5.0,
         idle_timeout: float = 600.0,
         rng: Optional[random.Random] = None,
+        max_stale: Optional[float] = None,
+        datacenter_grace: float = 60.0,
     ) -> None:
+        self.max_stale = max_stale
+        self.datacenter_grace = datacenter_grace
         self._source = source
         self._clock = clock
         self._tags = tags
@@ -58,6 +66,10 @@ class ConsulDiscovery(Service):
         self._idle_timeout = idle_timeout
         self._rng = rng or random.Random()
         self._watchers: Dict[Tuple[str, str], Watcher] = {}
+        # Watchers asking Consul with settings from before a reload, and the
+        # watchers started to replace them, not answered yet.
+        self._outdated: Set[Watcher] = set()
+        self._successors: Dict[Tuple[str, str], Watcher] = {}
         self._unknown_dcs: Dict[str, float] = {}
         self._sweeper = LoopingCall(self._sweep_safely)
         self._sweeper.clock = clock
@@ -68,15 +80,43 @@ class ConsulDiscovery(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._sweeper.start(min(60.0, self._idle_timeout / 4), now=False)
+        self._sweeper.start(self._sweep_interval(), now=False)
+
+    def _sweep_interval(self) -> float:
+        return min(60.0, self._idle_timeout / 4)
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Take C{config}'s tags, wait and timeouts.  Watchers already running
+        are replaced lazily (see L{lookup}), and keep serving meanwhile.
+        """
+        self._discovery_timeout = config.discovery_timeout
+        self.max_stale = config.max_stale
+        self.datacenter_grace = config.datacenter_grace
+        for watcher in self._watchers.values():
+            watcher.datacenter_grace = config.datacenter_grace
+        if config.watch_idle_timeout != self._idle_timeout:
+            self._idle_timeout = config.watch_idle_timeout
+            if self._sweeper.running:
+                self._sweeper.stop()
+                self._sweeper.start(self._sweep_interval(), now=False)
+        if (config.tags, config.consul_wait) != (self._tags, self._wait):
+            self._tags, self._wait = config.tags, config.consul_wait
+            # Successors started with the settings now replaced are no use.
+            for successor in self._successors.values():
+                successor.stop()
+            self._successors.clear()
+            self._outdated = set(self._watchers.values())
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         if self._sweeper.running:
             self._sweeper.stop()
-        for watcher in list(self._watchers.values()):
+        for watcher in [*self._watchers.values(), *self._successors.values()]:
             watcher.stop()
         self._watchers.clear()
+        self._successors.clear()
+        self._outdated.clear()
         return succeed(None)
 
     def lookup(self, dc: str, service: str) -> Deferred[Snapshot]:
@@ -86,18 +126,62 @@ class ConsulDiscovery(Service):
         if watcher is None:
             if self._unknown_dcs.get(dc, 0.0) > now:
                 return fail(UnknownDatacenter(dc))
-            watcher = Watcher(
-                dc, service, self._source, self._clock, self._tags, self._wait,
-                self._rng, on_unknown_datacenter=self._unknown_datacenter,
-            )
-            self._watchers[key] = watcher
+            self._watchers[key] = watcher = self._watch(dc, service)
             log.info("watching {dc}/{service}", dc=dc, service=service)
-            watcher.start()
+        elif watcher in self._outdated and watcher.snapshot is not None:
+            # Without a snapshot yet, requests wait for the outdated watcher's
+            # first answer as they would have before the reload.
+            watcher = self._renew(key, watcher, now)
         watcher.last_used = now
         snapshot = watcher.snapshot
         if snapshot is not None:
+            if self._too_stale(watcher, now):
+                return fail(DiscoveryUnavailable(
+                    f"Consul unreachable and the view of {dc}/{service} is older than max-stale"
+                ))
             return succeed(snapshot)
         return watcher.first_snapshot(self._discovery_timeout)
+
+    def _too_stale(self, watcher: Watcher, now: float) -> bool:
+        # Stale only counts while Consul is failing: a quiet service whose
+        # blocking query simply has not returned is fresh.
+        return (
+            self.max_stale is not None
+            and watcher.errors > 0
+            and watcher.last_success is not None
+            and now - watcher.last_success > self.max_stale
+        )
+
+    def _watch(self, dc: str, service: str) -> Watcher:
+        watcher = Watcher(
+            dc, service, self._source, self._clock, self._tags, self._wait,
+            self._rng, on_unknown_datacenter=self._unknown_datacenter,
+            datacenter_grace=self.datacenter_grace,
+        )
+        watcher.start()
+        return watcher
+
+    def _renew(self, key: Tuple[str, str], outdated: Watcher, now: float) -> Watcher:
+        """
+        The watcher to serve C{key} from: the outdated one until its
+        successor (started here if need be) has a first answer, then the
+        successor for good.
+        """
+        successor = self._successors.get(key)
+        if successor is None:
+            if self._unknown_dcs.get(key[0], 0.0) > now:
+                return outdated
+            self._successors[key] = successor = self._watch(*key)
+        if successor.snapshot is None:
+            return outdated
+        del self._successors[key]
+        self._outdated.discard(outdated)
+        self._watchers[key] = successor
+        outdated.stop()
+        log.info(
+            "{dc}/{service}: now watched with tags {tags}", dc=key[0], service=key[1], tags=list(self._tags)
+        )
+        return successor
 
     def _unknown_datacenter(self, watcher: Watcher) -> None:
         log.info("Consul has no path to datacenter {dc}", dc=watcher.dc)
@@ -108,6 +192,13 @@ class ConsulDiscovery(Service):
         key = (watcher.dc, watcher.service)
         if self._watchers.get(key) is watcher:
             del self._watchers[key]
+            # A pair nobody watches needs no successor either.
+            successor = self._successors.pop(key, None)
+            if successor is not None:
+                successor.stop()
+        elif self._successors.get(key) is watcher:
+            del self._successors[key]
+        self._outdated.discard(watcher)
         watcher.stop()
 
     def _sweep_safely(self) -> None:

@@ -102,7 +102,12 @@ class Watcher:
         wait: float = 60.0,
         rng: Optional[random.Random] = None,
         on_unknown_datacenter: Optional[Callable[[Watcher], None]] = None,
+        datacenter_grace: float = 60.0,
     ) -> None:
+        self.datacenter_grace = datacenter_grace
+        # When Consul first said it has no path to this datacenter, after it
+        # had answered for it: the datacenter is served on until the grace.
+        self._gone_since: Optional[float] = None
         self.dc = dc
         self.service = service
         self.tags = tags
@@ -185,25 +190,35 @@ class Watcher:
 
     def _answered(self, answer: HealthAnswer) -> float:
         now = self._clock.seconds()
-        if answer.index < self._index:
+        # An index below 1 is an agent bug; read it as 1 before comparing, so
+        # that it neither counts as going backwards nor makes a hot loop.
+        index = max(answer.index, 1)
+        if index < self._index:
             log.info(
                 "Consul index for {dc}/{service} went backwards ({old} -> {new}); resetting the watch",
                 dc=self.dc, service=self.service, old=self._index, new=answer.index,
             )
             self._index = 0
         else:
-            self._index = max(answer.index, 1)
+            self._index = index
         if self._backoff.failures:
             log.info("Consul answers again for {dc}/{service}", dc=self.dc, service=self.service)
         self._backoff.reset()
+        self._gone_since = None
         self.last_success = now
         self.last_error = None
         current = self.snapshot
         # Spurious wake-ups (index moved, members did not) keep the snapshot
         # object, so nothing downstream sees churn.
         snapshot = current
-        if snapshot is None or snapshot.instances != answer.instances:
-            self.snapshot = snapshot = Snapshot(self.dc, self.service, answer.instances, self._index)
+        if (
+            snapshot is None
+            or snapshot.instances != answer.instances
+            or snapshot.registered != answer.registered
+        ):
+            self.snapshot = snapshot = Snapshot(
+                self.dc, self.service, answer.instances, self._index, answer.registered
+            )
             if current is not None:
                 log.info(
                     "{dc}/{service}: {count} passing instance(s)",
@@ -217,12 +232,26 @@ class Watcher:
     def _failed(self, failure: Failure) -> Optional[float]:
         if not self._running:
             return None
-        if failure.check(UnknownDatacenter) and self.snapshot is None:
-            self._fail_waiters(UnknownDatacenter(self.dc))
-            if self._on_unknown_datacenter is not None:
-                self._running = False
-                self._on_unknown_datacenter(self)
-                return None
+        if failure.check(UnknownDatacenter):
+            now = self._clock.seconds()
+            if self.snapshot is not None:
+                if self._gone_since is None:
+                    self._gone_since = now
+                    log.warn(
+                        "Consul no longer knows datacenter {dc}; serving {dc}/{service} from the last "
+                        "view for {grace:g}s more",
+                        dc=self.dc, service=self.service, grace=self.datacenter_grace,
+                    )
+            if self.snapshot is None or now - (self._gone_since or now) >= self.datacenter_grace:
+                if self.snapshot is not None:
+                    log.warn("datacenter {dc} is gone; {dc}/{service} is no longer served",
+                             dc=self.dc, service=self.service)
+                    self.snapshot = None
+                self._fail_waiters(UnknownDatacenter(self.dc))
+                if self._on_unknown_datacenter is not None:
+                    self._running = False
+                    self._on_unknown_datacenter(self)
+                    return None
         self.last_error = _describe(failure)
         delay = self._backoff.next()
         log.warn(

@@ -16,7 +16,7 @@ from restygate.discovery import Instance
 from restygate.outliers import Outliers
 from restygate.retry import RetryBudget
 from tests.backends import ResettingBackend, closed_port
-from tests.harness import GatewayRig, reactor
+from tests.harness import GatewayRig, eventually, reactor, settle
 
 
 def _resetting(case: TestCase, name: str) -> ResettingBackend:
@@ -160,3 +160,67 @@ class RetryBudgetTests(TestCase):
         self.assertEqual(sum(budget.try_retry() for _ in range(50)), 20)
         clock.advance(11)
         self.assertTrue(budget.try_retry())
+
+
+class ConsulFaultTests(TestCase):
+    """
+    Consul misbehaving: outages, vanished datacenters, nothing passing.
+    """
+
+    async def test_panic_mode_routes_to_all_registered(self) -> None:
+        rig = GatewayRig(self, panic_all_instances=True)
+        rig.register(rig.backend("a"), status="critical")
+        rig.register(rig.backend("b"), status="warning")
+        names = set()
+        for _ in range(4):
+            response, body = await rig.get("/dc1/web/")
+            self.assertEqual(response.code, 200)
+            names.add(json.loads(body)["backend"])
+        self.assertEqual(names, {"a", "b"})
+
+    async def test_panic_mode_still_prefers_passing(self) -> None:
+        rig = GatewayRig(self, panic_all_instances=True)
+        rig.register(rig.backend("sick"), status="critical")
+        rig.register(rig.backend("well"))
+        for _ in range(4):
+            _, body = await rig.get("/dc1/web/")
+            self.assertEqual(json.loads(body)["backend"], "well")
+
+    async def test_max_stale_refuses_an_old_view_while_consul_is_down(self) -> None:
+        rig = GatewayRig(self, max_stale=0.3)
+        rig.register(rig.backend())
+        self.assertEqual((await rig.get("/dc1/web/"))[0].code, 200)
+        rig.consul.fail(500, "No cluster leader")
+        rig.consul.spurious_wakeup("dc1", "web")
+        await eventually(lambda: rig.watcher("dc1", "web").errors >= 1)
+        await settle(0.35)
+        response, body = await rig.get("/dc1/web/")
+        self.assertEqual(response.code, 503)
+        rig.consul.recover()
+        await eventually(lambda: rig.watcher("dc1", "web").errors == 0, timeout=5)
+        self.assertEqual((await rig.get("/dc1/web/"))[0].code, 200)
+
+    async def test_recovers_by_itself_after_an_outage(self) -> None:
+        rig = GatewayRig(self)
+        rig.register(rig.backend("a"))
+        await rig.get("/dc1/web/")
+        rig.consul.fail(500, "No cluster leader")
+        rig.consul.spurious_wakeup("dc1", "web")
+        await eventually(lambda: rig.watcher("dc1", "web").errors >= 2, timeout=5)
+        self.assertEqual((await rig.get("/dc1/web/"))[0].code, 200)
+        rig.consul.recover()
+        rig.register(rig.backend("b"))
+        await eventually(lambda: rig.gateway_instances("dc1", "web") == 2, timeout=5)
+
+    async def test_vanished_datacenter_is_served_for_the_grace_then_404(self) -> None:
+        rig = GatewayRig(self, datacenter_grace=0.5)
+        rig.register(rig.backend("far"), dc="dc2")
+        self.assertEqual((await rig.get("/dc2/web/"))[0].code, 200)
+        rig.consul.remove_datacenter("dc2")
+        await eventually(lambda: rig.watcher("dc2", "web").errors >= 1)
+        self.assertEqual((await rig.get("/dc2/web/"))[0].code, 200)
+
+        # Once the grace is over, the next failed query drops the datacenter.
+        await eventually(lambda: ("dc2", "web") not in rig.gateway.resource.discovery.watchers, timeout=5)
+        response, body = await rig.get("/dc2/web/")
+        self.assertEqual((response.code, json.loads(body)["error"]), (404, "unknown datacenter"))
