@@ -13,24 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.config import Config, ConsulAddress
 from restygate.tap import Options
+from tests.test_config import DEFAULT_CONFIG
 
 _CONSUL_VARIABLES = ("CONSUL_ADDR", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN")
-
-DEFAULT_CONFIG = Config(
-    listen=("tcp:8080",),
-    consul=ConsulAddress("http", "127.0.0.1", 8500),
-    consul_token=None,
-    pool_size=64,
-    server_names=(),
-    tags=(),
-    upstream_timeout=60.0,
-    connect_timeout=5.0,
-    catalog=None,
-    watch_idle_timeout=600.0,
-    consul_wait=60.0,
-    discovery_timeout=5.0,
-    config_file=None,
-)
 
 
 class OptionsTests(SynchronousTestCase):
