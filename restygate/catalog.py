@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from restygate.config import ConfigError
+from restygate.config import Config, ConfigError
 from restygate.discovery import IDiscovery, Instance, Snapshot, UnknownDatacenter
 
 __all__ = ["StaticCatalog", "load_catalog"]
@@ -146,6 +146,14 @@ class StaticCatalog(Service):
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size)
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Filter by C{config}'s tags from now on.
+        """
+        if config.tags != self._tags:
+            self._tags = config.tags
+            self.reload()
 
     def reload(self) -> None:
         """

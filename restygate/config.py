@@ -22,7 +22,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on PyPy 3.9
     import tomli as tomllib
 
+from OpenSSL import crypto
 from twisted.internet import endpoints
+
+from restygate.tls import CABundle, openssl_reason, read_ca_bundle
 
 __all__ = [
     "Config",
@@ -90,6 +93,12 @@ class Config:
     header_timeout: float = 30.0
     body_idle_timeout: float = 60.0
     drain_timeout: float = 30.0
+    admin: Optional[str] = "tcp:9901:interface=127.0.0.1"
+    access_log: Optional[str] = None
+    access_log_format: str = "combined"
+    upstream_ca: Optional[CABundle] = None
+    upstream_tls_insecure: bool = False
+    consul_ca: Optional[CABundle] = None
 
 
 
@@ -131,21 +140,38 @@ def _port(key: str, text: Optional[str], default: int) -> int:
 
 
 def _listen(value: Any) -> Tuple[str, ...]:
-    from twisted.internet import reactor
-
     ports = _strings("listen", value)
     if not ports:
         raise ConfigError("listen: at least one listener is needed")
     for description in ports:
+        _endpoint("listen")(description)
+    return ports
+
+
+def _endpoint(key: str) -> Callable[[Any], str]:
+    def parse(description: Any) -> str:
+        from twisted.internet import reactor
+
+        if not isinstance(description, str):
+            raise ConfigError(f"{key}: expected an endpoint description, got {description!r}")
         # Twisted's description parser also fails with IndexError ("=") or
         # RuntimeError (a trailing backslash): any failure is a bad value.
         try:
             endpoints.serverFromString(reactor, description)
+        except crypto.Error as e:
+            # An ssl: key or certificate file that is not PEM; OpenSSL's own
+            # message is a list of tuples.
+            raise ConfigError(
+                f"{key}: bad endpoint {description!r}: unreadable TLS key or certificate "
+                f"({openssl_reason(e)})"
+            ) from None
         except Exception as e:
             # Twisted's message may quote the raw description, newlines and all.
             reason = " ".join(str(e).split())
-            raise ConfigError(f"listen: bad endpoint {description!r}: {reason}") from None
-    return ports
+            raise ConfigError(f"{key}: bad endpoint {description!r}: {reason}") from None
+        return description
+
+    return parse
 
 
 def _strings(key: str, value: Any) -> Tuple[str, ...]:
@@ -254,11 +280,40 @@ def _size(key: str) -> Callable[[Any], int]:
     return parse
 
 
+def _choice(key: str, choices: Tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def _access_log(value: Any) -> Optional[str]:
+    # "-" is the daemon's own log (Config.access_log None); anything else a file.
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigError(f"access-log: expected '-' or a file path, got {value!r}")
+    return None if value == "-" else value
+
+
 def _catalog(value: Any) -> Optional[str]:
     path = _optional_string("catalog")(value)
     if path is not None and not os.path.isfile(path):
         raise ConfigError(f"catalog: no such file {path!r}")
     return path
+
+
+def _ca_bundle(key: str) -> Callable[[Any], Optional[CABundle]]:
+    def parse(value: Any) -> Optional[CABundle]:
+        path = _optional_string(key)(value)
+        if path is None:
+            return None
+        try:
+            return read_ca_bundle(path)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+    return parse
 
 
 def _consul(value: Any) -> ConsulAddress:
@@ -291,6 +346,12 @@ KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "header-timeout": ("header_timeout", _number("header-timeout", 0)),
     "body-idle-timeout": ("body_idle_timeout", _number("body-idle-timeout", 0)),
     "drain-timeout": ("drain_timeout", _number("drain-timeout", 0)),
+    "admin": ("admin", _optional(_endpoint("admin"))),
+    "access-log": ("access_log", _access_log),
+    "access-log-format": ("access_log_format", _choice("access-log-format", ("combined", "json"))),
+    "upstream-ca": ("upstream_ca", _ca_bundle("upstream-ca")),
+    "upstream-tls-insecure": ("upstream_tls_insecure", _flag("upstream-tls-insecure")),
+    "consul-ca": ("consul_ca", _ca_bundle("consul-ca")),
 }
 
 DEFAULTS: Mapping[str, Any] = {
@@ -315,6 +376,12 @@ DEFAULTS: Mapping[str, Any] = {
     "header-timeout": 30,
     "body-idle-timeout": 60,
     "drain-timeout": 30,
+    "admin": "tcp:9901:interface=127.0.0.1",
+    "access-log": "-",
+    "access-log-format": "combined",
+    "upstream-ca": None,
+    "upstream-tls-insecure": False,
+    "consul-ca": None,
 }
 
 
@@ -347,6 +414,8 @@ def load_toml(path: str) -> Dict[str, Any]:
         raise ConfigError(f"config: cannot read {path!r}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: {path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config: {path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise ConfigError(f"config: {path}: unknown key {unknown[0]!r}")

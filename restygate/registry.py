@@ -4,13 +4,15 @@ somebody asked for, started on the first request and stopped once nobody has
 asked for it in a while.
 
 Only what is asked for is watched, so a gateway in front of a big catalog
-does not re-fetch every service on every change.  When a reload changes what
-a watch asks Consul (tags, wait), each watched pair gets a successor watcher
-on its next request, and the old one keeps serving until the successor's
-first answer, so no request fails or waits because of a reload.  Concurrent first requests
+does not re-fetch every service on every change.  Concurrent first requests
 for the same pair share the watcher's single in-flight query.  A datacenter
 Consul has no path to is remembered for a few seconds, so a client repeating
 a bad URL costs Consul one query, not one per request.
+
+When a reload changes what a watch asks Consul (tags, wait), each watched
+pair gets a successor watcher on its next request, and the old one keeps
+serving until the successor's first answer: no request fails or waits
+because of a reload, and pairs nobody asks for are not re-queried at all.
 """
 
 from __future__ import annotations

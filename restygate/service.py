@@ -8,7 +8,7 @@ stop accepting before the pools and watchers they depend on go away.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
@@ -18,13 +18,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from restygate import __version__
-from restygate.accesslog import log_access
+from restygate.accesslog import AccessLog
+from restygate.admin import Admin
 from restygate.balancer import RoundRobin
 from restygate.catalog import StaticCatalog
 from restygate.config import Config
 from restygate.consul import ConsulClient
 from restygate.proxy import GatewayResource
 from restygate.registry import ConsulDiscovery
+from restygate.reload import Reconfigurable, Reloader
 from restygate.site import GatewaySite
 from restygate.upstream import Upstream
 
@@ -111,15 +113,54 @@ class _Announce(Service):
 class Gateway(MultiService):
     """
     A running gateway: its parts stay reachable for the admin side and tests.
+
+    Stopping is graceful and ordered: stop accepting, let in-flight requests
+    finish (up to the drain timeout), and only then close pools and watchers
+    those requests may still need.
     """
 
     resource: GatewayResource
+    site: GatewaySite
     listeners: List[Listener]
+    access_log: AccessLog
+    admin_listener: Optional[Listener]
+    # The parts that keep values from the config, told of a new one on reload.
+    reconfigurable: List[Reconfigurable]
+
+    @property
+    def config(self) -> Config:
+        return self.resource.config
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Put a validated C{config} in force: requests read it from the
+        resource from now on, and every part caching a value takes the new one.
+        """
+        self.resource.config = config
+        for part in self.reconfigurable:
+            part.reconfigure(config)
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        for listener in self.listeners:
+            await listener.stopService()
+        in_flight = sum(len(channel.requests) for channel in self.site.channels)
+        if in_flight:
+            log.info("draining {n} in-flight request(s)", n=in_flight)
+        await self.site.drain(self.resource.config.drain_timeout)
+        await super().stopService()
 
 
-def make_gateway(config: Config, reactor: Any = None) -> Gateway:
+def make_gateway(
+    config: Config, reactor: Any = None, load: Optional[Callable[[], Config]] = None
+) -> Gateway:
     """
     The whole gateway for C{config}, ready to start.
+
+    @param load: builds the config again from its sources, for a reload
+        (SIGHUP); without it a reload has nothing to re-read.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -127,10 +168,17 @@ def make_gateway(config: Config, reactor: Any = None) -> Gateway:
         reactor = default_reactor
     root = Gateway()
     _Announce(config).setServiceParent(root)
+    # Added early so it stops late: the drained requests' lines get written.
+    root.access_log = AccessLog(config, reactor)
+    root.access_log.setServiceParent(root)
+    consul: Optional[ConsulClient] = None
     if config.catalog:
         discovery: Any = StaticCatalog(config.catalog, reactor, config.tags)
     else:
-        consul = ConsulClient(reactor, config.consul, config.consul_token)
+        consul = ConsulClient(
+            reactor, config.consul, config.consul_token, ca=config.consul_ca,
+            include_failing=config.panic_all_instances,
+        )
         _Closing(consul.close).setServiceParent(root)
         discovery = ConsulDiscovery(
             consul,
@@ -139,9 +187,11 @@ def make_gateway(config: Config, reactor: Any = None) -> Gateway:
             wait=config.consul_wait,
             discovery_timeout=config.discovery_timeout,
             idle_timeout=config.watch_idle_timeout,
+            max_stale=config.max_stale,
+            datacenter_grace=config.datacenter_grace,
         )
     discovery.setServiceParent(root)
-    upstream = Upstream(reactor, config.pool_size, config.connect_timeout)
+    upstream = Upstream(reactor, config)
     _Closing(upstream.close).setServiceParent(root)
     resource = GatewayResource(
         discovery,
@@ -149,11 +199,22 @@ def make_gateway(config: Config, reactor: Any = None) -> Gateway:
         upstream,
         reactor,
         config,
-        observers=[log_access],
+        observers=[root.access_log],
     )
-    site = GatewaySite(resource, reactor=reactor)
+    site = GatewaySite(resource, reactor=reactor, timeout=config.body_idle_timeout)
     root.resource = resource
+    root.site = site
     root.listeners = [Listener(description, site, reactor) for description in config.listen]
     for listener in root.listeners:
         listener.setServiceParent(root)
+    root.admin_listener = None
+    if config.admin:
+        admin = Admin(root, reactor, ping=consul.ping if consul is not None else None)
+        resource.observers.append(admin.metrics.observe)
+        admin.setServiceParent(root)
+        root.admin_listener = Listener(config.admin, admin.site, reactor)
+        root.admin_listener.setServiceParent(root)
+    root.reconfigurable = [discovery, upstream, root.access_log]
+    # Last, so it stops first: no reload into a gateway going away.
+    Reloader(root, load or (lambda: config), reactor).setServiceParent(root)
     return root

@@ -4,13 +4,15 @@ The C{twistd restygate} command: options and the service maker.
 C{Options} reads the command line; L{Options.postOptions} layers it over the
 config file, the environment and the defaults (L{restygate.config.build}) and
 validates once.  A bad value ends the start with one line naming the key, not
-a usage dump or a traceback.
+a usage dump or a traceback.  C{--check-config} does all of that and stops
+there, for deployment scripts and C{ExecReload} guards.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -20,7 +22,7 @@ from restygate.catalog import load_catalog
 from restygate.config import Config, ConfigError, build, from_environment, load_toml
 from restygate.service import make_gateway
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "check_config", "run_check"]
 
 
 class Options(usage.Options):
@@ -48,6 +50,11 @@ class Options(usage.Options):
         ["header-timeout", None, None, "Seconds a client may take to send a request's headers; then 408 [30]."],
         ["body-idle-timeout", None, None, "Seconds a request or response body may stall before the exchange is aborted [60]."],
         ["drain-timeout", None, None, "Seconds in-flight requests get to finish on shutdown [30]."],
+        ["admin", None, None, "Admin endpoint for /metrics, /status, /healthz, /readyz, or 'none' [tcp:9901:interface=127.0.0.1]."],
+        ["access-log", None, None, "Access log file, reopened on SIGUSR1; '-' is the daemon's own log [-]."],
+        ["access-log-format", None, None, "Access log lines: combined (Apache/nginx plus upstream fields) or json [combined]."],
+        ["upstream-ca", None, None, "PEM bundle of the CAs that certificates of HTTPS upstreams (Consul tag https, or meta protocol=https) must chain to [the platform's trust store]."],
+        ["consul-ca", None, None, "PEM bundle of the CAs an https:// Consul agent's certificate must chain to [the platform's trust store]."],
         ["config", "c", None, "TOML config file; its keys are these option names."],
     ]
 
@@ -57,6 +64,8 @@ class Options(usage.Options):
         self["server-name"] = []
         self["tag"] = []
         self["panic-all-instances"] = None
+        self["upstream-tls-insecure"] = None
+        self["check-config"] = False
         self.config: Optional[Config] = None
 
     def opt_listen(self, description: str) -> None:
@@ -83,6 +92,18 @@ class Options(usage.Options):
         """
         self["panic-all-instances"] = True
 
+    def opt_upstream_tls_insecure(self) -> None:
+        """
+        Do not verify HTTPS upstreams' certificates (logged as a warning): for tests, never for production.
+        """
+        self["upstream-tls-insecure"] = True
+
+    def opt_check_config(self) -> None:
+        """
+        Validate the configuration (file, values, catalog, listeners, TLS files), print the verdict and exit 0 or 1.
+        """
+        self["check-config"] = True
+
     def opt_version(self) -> None:
         """
         Print the version and exit.
@@ -97,6 +118,8 @@ class Options(usage.Options):
             raise SystemExit(f"restygate: {e}") from None
 
     def postOptions(self) -> None:
+        if self["check-config"]:
+            raise SystemExit(run_check(self, os.environ))
         self.config = load(self, os.environ)
 
 
@@ -105,7 +128,7 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     Build the config for these parsed options: command line over file over
     environment over defaults.
     """
-    command_line = {key: options.get(key) for key in options if key != "config"}
+    command_line = {key: options.get(key) for key in options if key not in ("config", "check-config")}
     for repeatable in ("listen", "server-name", "tag"):
         if not command_line.get(repeatable):
             command_line[repeatable] = None
@@ -120,6 +143,28 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     return config
 
 
+def check_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Tuple[int, str]:
+    """
+    Build the config as a start would, starting nothing: the exit status
+    and the one line that says why.
+    """
+    try:
+        config = load(options, environ)
+    except ConfigError as e:
+        return 1, f"restygate: {e}"
+    return 0, f"restygate: configuration OK ({config.config_file or 'no config file'})"
+
+
+def run_check(options: Mapping[str, Any], environ: Mapping[str, str]) -> int:
+    """
+    L{check_config}, its line printed (to stderr for an error): the
+    command-line side of C{--check-config} and C{restygate-check-config}.
+    """
+    status, message = check_config(options, environ)
+    print(message, file=sys.stderr if status else sys.stdout)  # noqa: T201 - this output is the interface
+    return status
+
+
 def makeService(options: Options) -> IService:
     assert options.config is not None
-    return make_gateway(options.config)
+    return make_gateway(options.config, load=lambda: load(options, os.environ))

@@ -9,6 +9,7 @@ to the gateway over real sockets, so what they check is what a user gets.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import treq
@@ -23,7 +24,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IResponse
 
-from restygate.config import build
+from restygate.tap import load
 from restygate.service import Gateway, make_gateway
 from tests.backends import Backend
 from tests.consul_server import ConsulServer
@@ -60,7 +61,13 @@ class GatewayRig:
     stopped by the test case's cleanups.
     """
 
-    def __init__(self, case: TestCase, consul: Optional[ConsulServer] = None, **config: Any) -> None:
+    def __init__(
+        self,
+        case: TestCase,
+        consul: Optional[ConsulServer] = None,
+        config_file: Optional[str] = None,
+        **config: Any,
+    ) -> None:
         self.case = case
         self.consul = consul or ConsulServer(reactor, jitter=False)
         self._consul_port: IListeningPort = self.consul.listen(reactor)
@@ -69,15 +76,25 @@ class GatewayRig:
             "consul": self.consul.address,
             "listen": ["tcp:0:interface=127.0.0.1"],
             "consul-wait": 30,
+            # Off unless a test asks (admin="tcp:0:interface=127.0.0.1"):
+            # the default fixed port would clash between rigs.
+            "admin": "none",
         }
         settings.update({key.replace("_", "-"): value for key, value in config.items()})
-        self.config = build([settings])
-        self.gateway: Gateway = make_gateway(self.config, reactor)
+        # Built as `twistd restygate --config FILE` would, the settings in the
+        # place of the command line; a reload builds it again the same way.
+        options = dict(settings, config=config_file)
+        self.config = load(options, {})
+        self.gateway: Gateway = make_gateway(self.config, reactor, load=partial(load, options, {}))
         self.gateway.startService()
         case.addCleanup(self.gateway.stopService)
         port = self.gateway.listeners[0].port
         assert port is not None
         self.port: int = port.getHost().port
+        admin = self.gateway.admin_listener
+        self.admin_port: Optional[int] = (
+            admin.port.getHost().port if admin is not None and admin.port is not None else None
+        )
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.client = HTTPClient(Agent(reactor, pool=self.pool))
         case.addCleanup(self.pool.closeCachedConnections)
@@ -132,6 +149,15 @@ class GatewayRig:
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Tuple[IResponse, bytes]:
         response: IResponse = await self.client.request(method, self.url(path), **kwargs)
+        body: bytes = await treq.content(response)
+        return response, body
+
+    async def admin(self, path: str, **kwargs: Any) -> Tuple[IResponse, bytes]:
+        """
+        GET C{path} from the admin listener (the rig needs C{admin=...}).
+        """
+        assert self.admin_port is not None, "start the rig with admin='tcp:0:interface=127.0.0.1'"
+        response: IResponse = await self.client.get(f"http://127.0.0.1:{self.admin_port}{path}", **kwargs)
         body: bytes = await treq.content(response)
         return response, body
 

@@ -1,0 +1,134 @@
+"""
+Live reload: on SIGHUP (C{systemctl reload restygate}) the configuration is
+built again from the same sources as at start -- the config file re-read,
+the environment below it and the command line still above it -- and put in
+force without dropping a connection.
+
+A reload is all or nothing.  A file that cannot be read or holds a bad value
+is refused with one log line and the running configuration stays whole.
+Keys only a restart can change (L{RESTART_ONLY}: the listening sockets, the
+discovery source) keep their running values, with a warning naming them;
+every other key takes effect at once, for requests that start after the
+reload.  Requests in flight finish with the settings they started with.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import replace
+from types import FrameType
+from typing import Any, Callable, Optional, Protocol, Tuple
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
+
+from restygate.config import KEYS, Config, ConfigError
+
+__all__ = ["Reconfigurable", "Reloadable", "Reloader", "RESTART_ONLY"]
+
+log = Logger()
+
+# Keys whose new value needs a restart: listeners are bound sockets, and the
+# discovery source and its credentials are wired into every watcher.
+RESTART_ONLY: Tuple[str, ...] = ("listen", "admin", "consul", "consul-token", "consul-ca", "catalog")
+
+
+class Reconfigurable(Protocol):
+    """
+    A part of the gateway that keeps values from the config and takes new
+    ones on reload.  C{reconfigure} gets an already validated config and
+    must not fail on one.
+    """
+
+    def reconfigure(self, config: Config) -> None: ...
+
+
+class Reloadable(Reconfigurable, Protocol):
+    """
+    What a L{Reloader} reloads: the config in force, and a way to replace it.
+    """
+
+    @property
+    def config(self) -> Config: ...
+
+
+def _value(config: Config, key: str) -> Any:
+    return getattr(config, KEYS[key][0])
+
+
+class Reloader(Service):
+    """
+    Reloads C{target} from C{load} when asked: by L{reload}, or by SIGHUP
+    while running in the main thread.
+
+    @param load: builds a config from its sources again; raises
+        L{ConfigError} for anything unusable.
+    """
+
+    def __init__(self, target: Reloadable, load: Callable[[], Config], reactor: Any) -> None:
+        self._target = target
+        self._load = load
+        self._reactor = reactor
+        self._previous_handler: Any = None
+        self._handling = False
+
+    def startService(self) -> None:
+        super().startService()
+        # Python runs signal handlers in the main thread only, and only the
+        # main thread may install one; the handler needs a reactor it can
+        # wake from there.  A gateway embedded otherwise (in a thread, on a
+        # test clock) gets reloads by calling reload().
+        if (
+            hasattr(signal, "SIGHUP")
+            and threading.current_thread() is threading.main_thread()
+            and IReactorThreads.providedBy(self._reactor)
+        ):
+            self._previous_handler = signal.signal(signal.SIGHUP, self._sighup)
+            self._handling = True
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        # Only give the signal back if nobody took it over since.
+        if self._handling and signal.getsignal(signal.SIGHUP) == self._sighup:
+            signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
+        self._handling = False
+        self._previous_handler = None
+        return succeed(None)
+
+    def _sighup(self, signum: int, frame: Optional[FrameType]) -> None:
+        # The handler interrupts whatever the reactor was doing: only hand
+        # the reload to the reactor's next turn.
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        """
+        Build the config again and put in force what may change live.
+
+        @return: whether the running configuration changed.
+        """
+        running = self._target.config
+        source = running.config_file or "no config file"
+        try:
+            loaded = self._load()
+        except ConfigError as e:
+            log.error(
+                "reload refused, the running configuration stays in force: {error}", error=str(e)
+            )
+            return False
+        held = [key for key in RESTART_ONLY if _value(loaded, key) != _value(running, key)]
+        if held:
+            log.warn(
+                "reload: changing {keys} needs a restart; the running value stays until then",
+                keys=", ".join(held),
+            )
+        config = replace(loaded, **{KEYS[key][0]: _value(running, key) for key in RESTART_ONLY})
+        changed = [key for key in KEYS if _value(config, key) != _value(running, key)]
+        if not changed:
+            log.info("reload ({source}): nothing changed", source=source)
+            return False
+        self._target.reconfigure(config)
+        log.info("reload ({source}): changed {keys}", source=source, keys=", ".join(changed))
+        return True
