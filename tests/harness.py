@@ -20,9 +20,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IResponse
+from zope.interface import provider
 
 from restygate.tap import load
 from restygate.service import Gateway, make_gateway
@@ -193,3 +195,18 @@ async def eventually(check: Any, timeout: float = 3.0, step: float = 0.01) -> No
 
 def gather(ds: List[Deferred[Any]]) -> Deferred[Any]:
     return DeferredList(ds, consumeErrors=True)
+
+
+def captured_log(case: TestCase) -> List[str]:
+    """
+    The text of every log event from now to the end of the test.
+    """
+    lines: List[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: Dict[str, Any]) -> None:
+        lines.append(formatEvent(event) or "")
+
+    globalLogPublisher.addObserver(observe)
+    case.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines

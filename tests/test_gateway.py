@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any, List
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers

@@ -11,13 +11,11 @@ import json
 import os
 import random
 import signal
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import provider
 
 from restygate.config import build
 from restygate.discovery import Instance, UnknownDatacenter
@@ -25,26 +23,11 @@ from restygate.registry import ConsulDiscovery
 from restygate.reload import Reloader
 from restygate.service import make_gateway
 from tests.backends import Backend
-from tests.harness import GatewayRig, eventually, reactor, settle
+from tests.harness import GatewayRig, captured_log, eventually, reactor, settle
 from tests.test_watcher import ScriptedSource
 
 A = Instance("10.0.0.1", 8000, id="a", tags=("v1",))
 B = Instance("10.0.0.2", 8000, id="b", tags=("v2",))
-
-
-def captured_log(case: Any) -> List[str]:
-    """
-    The text of every log event from now to the end of the test.
-    """
-    lines: List[str] = []
-
-    @provider(ILogObserver)
-    def observe(event: Dict[str, Any]) -> None:
-        lines.append(formatEvent(event) or "")
-
-    globalLogPublisher.addObserver(observe)
-    case.addCleanup(globalLogPublisher.removeObserver, observe)
-    return lines
 
 
 def reloader_of(rig: GatewayRig) -> Reloader:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import treq
 from treq.client import HTTPClient
@@ -18,11 +18,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.ssl import Certificate
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from zope.interface import provider
 
 from restygate.config import ConfigError, build
 from restygate.discovery import Instance
@@ -30,22 +28,7 @@ from restygate.upstream import UpstreamTLSError, tls_server_name, uses_tls
 from tests.backends import Backend
 from tests.certificates import Issued, endpoint_files, issue, make_ca
 from tests.consul_server import ConsulServer
-from tests.harness import GatewayRig, reactor
-
-
-def captured_log(case: TestCase) -> List[str]:
-    """
-    The text of every log event from now to the end of the test.
-    """
-    lines: List[str] = []
-
-    @provider(ILogObserver)
-    def observe(event: Dict[str, Any]) -> None:
-        lines.append(formatEvent(event) or "")
-
-    globalLogPublisher.addObserver(observe)
-    case.addCleanup(globalLogPublisher.removeObserver, observe)
-    return lines
+from tests.harness import GatewayRig, captured_log, reactor
 
 
 def temp_dir(case: TestCase) -> str:
