@@ -1,0 +1,1013 @@
+"""
+restygate's benchmark: restygate, nginx and Twisted's stock reverse proxy in
+front of the same nginx backend, measured with wrk, plus discovery
+convergence and the load restygate puts on Consul.  bench/run is the entry
+point (it installs nginx, wrk and the project first); bench/README.md says
+what is measured and how to read it.
+
+Everything listens on 127.0.0.1 only, every process started here is stopped
+by its PID (and its own process group) when the run ends, however it ends,
+and every load loop is bounded in count or time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+HOST = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+TARGETS = ("restygate", "nginx", "stock")
+WATCHED_SERVICES = 100
+CONVERGENCE_FLIPS = 20
+# restygate's watcher allows 3 immediate re-queries and then 2 per second
+# (restygate.watcher.TokenBucket).  Flipping slower than that measures how
+# fast a change propagates, not the rate limit.
+FLIP_SPACING = 1.0
+CONSUL_WAIT = 60.0  # restygate's --consul-wait default, which the run keeps
+PROFILE_RATE = 250  # py-spy samples per second
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: str
+    connections: int
+    script: Optional[str] = None
+
+
+CASES = (
+    Case("small c50", "/small", 50),
+    Case("small c200", "/small", 200),
+    Case("10k c50", "/10k", 50),
+    Case("10k c200", "/10k", 200),
+    Case("post64k c50", "/post", 50, "post.lua"),
+)
+
+
+class BenchError(Exception):
+    """The run cannot go on; the message says why."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # Turn SIGTERM/SIGHUP into an exception so the finally blocks stop
+    # everything this run started.
+    raise SystemExit(128 + signum)
+
+
+# ---------------------------------------------------------------------------
+# Processes, by PID.
+
+
+class Processes:
+    """
+    The servers this run started.  Each runs in a session of its own, so a
+    Ctrl-C at the terminal reaches only this script, which then stops them
+    in reverse order: SIGTERM to the PID, then SIGKILL to that PID's own
+    process group (nginx workers included) if it does not go in time.
+    """
+
+    def __init__(self) -> None:
+        self.started: List[Tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: Sequence[str], log: Path, cwd: Optional[Path] = None) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=str(cwd) if cwd else None, start_new_session=True,
+            )
+        self.started.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        while self.started:
+            self._stop(self.started.pop()[1])
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        # Whatever is left of the group this process leads (nginx workers
+        # whose master died, say) goes too; the group is ours alone.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{log.stem} exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"nothing listens on {HOST}:{port} after {timeout:.0f}s:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ---------------------------------------------------------------------------
+# /proc accounting.
+
+
+def _stat_fields(pid: int) -> List[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    # comm may hold spaces and parentheses: the fields start after the last ')'.
+    return text[text.rindex(")") + 2:].split()
+
+
+def descendants(pid: int) -> List[int]:
+    """C{pid} and every process below it (nginx's workers, say)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(_stat_fields(int(entry))[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, ()))
+    return found
+
+
+def tree_cpu(pids: Sequence[int]) -> Tuple[float, float]:
+    """User and system CPU seconds used so far by these processes (and their reaped children)."""
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = _stat_fields(pid)
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime are stat fields 14-17.
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def machine_cpu() -> Tuple[float, float]:
+    """
+    CPU seconds the whole machine spent in processes (user, nice, system),
+    and stolen by the hypervisor, so far.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, steal = fields[0], fields[1], fields[2], fields[7]
+    return (user + nice + system) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def memory_kib(pid: int) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# wrk.
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_DURATION = re.compile(r"([\d.]+)(us|ms|s|m|h)$")
+
+
+def _ms(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"unparsable wrk duration {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> Dict[str, Any]:
+    """The numbers in wrk's --latency report."""
+    result: Dict[str, Any] = {"non_2xx": 0, "socket_errors": {}}
+    for line in output.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] in ("50%", "75%", "90%", "99%") and len(words) == 2:
+            result[f"p{words[0][:-1]}_ms"] = _ms(words[1])
+        elif words[0] == "Requests/sec:":
+            result["rps"] = float(words[1])
+        elif len(words) > 3 and words[1] == "requests" and words[2] == "in":
+            result["requests"] = int(words[0])
+            result["seconds"] = _ms(words[3].rstrip(",")) / 1e3
+        elif line.strip().startswith("Socket errors:"):
+            for part in line.split(":", 1)[1].split(","):
+                kind, count = part.split()
+                result["socket_errors"][kind] = int(count)
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            result["non_2xx"] = int(words[-1])
+    for key in ("rps", "requests", "p50_ms", "p99_ms"):
+        if key not in result:
+            raise BenchError(f"wrk's report has no {key}:\n{output}")
+    return result
+
+
+class Monitored:
+    """The processes whose CPU a wrk run is charged with, by role."""
+
+    def __init__(self) -> None:
+        self.roots: Dict[str, int] = {}
+
+    def snapshot(self) -> Dict[str, Tuple[float, float]]:
+        return {role: tree_cpu(descendants(pid)) for role, pid in self.roots.items()}
+
+
+def run_wrk(
+    url: str, connections: int, seconds: float, script: Optional[str], monitored: Monitored,
+    during: Optional[Callable[[int], None]] = None,
+) -> Dict[str, Any]:
+    """
+    One wrk run, with the CPU each monitored process tree and wrk itself used
+    during it.  C{during(wrk_pid)} runs while wrk runs (a profiler, say).
+    """
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    if script:
+        argv += ["-s", str(BENCH / script)]
+    argv.append(url)
+    before = monitored.snapshot()
+    machine_before = machine_cpu()
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if during is not None:
+                during(proc.pid)
+            # wait4 gives wrk's own CPU use as it is reaped.  wrk stops itself
+            # after -d; the margin covers its connection set-up and report.
+            deadline = time.monotonic() + seconds + 30
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise BenchError(f"wrk did not finish: {' '.join(argv)}")
+                time.sleep(0.02)
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise
+        elapsed = time.monotonic() - started
+        machine_after = machine_cpu()
+        after = monitored.snapshot()
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}): {' '.join(argv)}\n{text}")
+    result = parse_wrk(text)
+    cpu = {
+        role: round(sum(after[role]) - sum(before[role]), 3) for role in monitored.roots
+    }
+    cpu["wrk"] = round(usage.ru_utime + usage.ru_stime, 3)
+    # Whatever else ran on the machine meanwhile (another session's test
+    # suite, say) competed for the same two cores: shown so a noisy run can
+    # be told from a slow one.
+    ours = sum(cpu.values())
+    cpu["others"] = round(max(0.0, machine_after[0] - machine_before[0] - ours), 3)
+    cpu["steal"] = round(machine_after[1] - machine_before[1], 3)
+    result["cpu_s"] = cpu
+    result["wall_s"] = round(elapsed, 3)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Small HTTP helpers (http.client, one connection each).
+
+
+def http_request(port: int, method: str, path: str, body: Optional[bytes] = None, timeout: float = 10.0) -> Tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def consul_counts(consul_port: int) -> Dict[str, int]:
+    status, body = http_request(consul_port, "GET", "/_test/stats")
+    if status != 200:
+        raise BenchError(f"Consul test server /_test/stats answered {status}")
+    counts: Dict[str, int] = json.loads(body)["requests"]
+    return counts
+
+
+def registration(service: str, port: int, status: str = "passing") -> Dict[str, Any]:
+    return {
+        "Datacenter": "dc1",
+        "Node": "bench-node",
+        "Address": HOST,
+        "Service": {"ID": service, "Service": service, "Port": port},
+        "Checks": [
+            {"CheckID": f"service:{service}", "Name": f"{service} check", "Status": status, "ServiceID": service}
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------
+# The environment.
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
+def environment() -> Dict[str, Any]:
+    import twisted
+
+    import restygate
+
+    cpu_model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "restygate"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    ).stdout.decode().strip()
+    return {
+        "cpu_model": cpu_model,
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "twisted": twisted.__version__,
+        "restygate": restygate.__version__,
+        "restygate_imported_from": str(Path(restygate.__file__).parent),
+        "restygate_commit": commit + (" (restygate/ modified)" if dirty else ""),
+        "nginx": _first_line(["nginx", "-v"]),
+        "wrk": _first_line(["wrk", "-v"]),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+def render_template(name: str, out: Path, values: Dict[str, Any]) -> None:
+    text = (BENCH / "nginx" / name).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", str(value))
+    if "@" in re.sub(r"#.*", "", text):
+        raise BenchError(f"{name}: a placeholder was left unfilled")
+    out.write_text(text)
+
+
+def restygate_options() -> str:
+    """C{twistd restygate --help}: which options this restygate has."""
+    done = subprocess.run(
+        [twistd(), "restygate", "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/", timeout=60,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"twistd restygate --help failed:\n{done.stdout.decode(errors='replace')[-2000:]}")
+    return done.stdout.decode(errors="replace")
+
+
+def twistd() -> str:
+    found = shutil.which("twistd")
+    if found is None:
+        raise BenchError("twistd is not on PATH: install the project (bench/run does)")
+    return found
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.procs = Processes()
+        self.monitored = Monitored()
+        self.ports: Dict[str, int] = {}
+        self.pids: Dict[str, int] = {}
+        self.workers = 1
+        self.results: Dict[str, Any] = {}
+        self.restygate_cmd: List[str] = []
+        self.profile_raw = tmp / "restygate.pyspy.txt"
+
+    # -- starting ------------------------------------------------------------
+
+    def start_all(self) -> None:
+        tmp = self.tmp
+        for name in ("backend", "consul", "restygate", "nginx", "stock"):
+            self.ports[name] = free_port()
+        root = tmp / "backend-root"
+        root.mkdir()
+        # 10 KiB exactly, and not all one byte, so nothing compresses it by accident.
+        (root / "10k").write_bytes((b"0123456789abcdef" * 640)[:10240])
+        tmp.chmod(0o755)  # nginx workers run as another user when we are root
+        root.chmod(0o755)
+        (root / "10k").chmod(0o644)
+
+        self.workers = self.args.workers or 1
+        options = restygate_options()
+        has_workers = "--workers" in options
+        if self.args.workers and not has_workers:
+            raise BenchError("restygate has no --workers option; run without --workers")
+        if has_workers and not self.args.workers:
+            self.workers = os.cpu_count() or 1
+
+        values = {"DIR": tmp, "BACKEND_PORT": self.ports["backend"], "PROXY_PORT": self.ports["nginx"],
+                  "WORKERS": self.workers}
+        render_template("backend.conf.in", tmp / "backend.conf", values)
+        render_template("proxy.conf.in", tmp / "proxy.conf", values)
+
+        self._start("backend", ["nginx", "-p", f"{tmp}/", "-e", str(tmp / "backend-error.log"),
+                                "-c", str(tmp / "backend.conf")])
+
+        bodies = [registration("web", self.ports["backend"]), registration("conv", self.ports["backend"])]
+        bodies += [registration(f"svc{i}", self.ports["backend"]) for i in range(WATCHED_SERVICES)]
+        (tmp / "register.json").write_text(json.dumps(bodies))
+        self._start("consul", [sys.executable, "-m", "tests.consul_server", "--port", str(self.ports["consul"]),
+                               "--register", str(tmp / "register.json")], cwd=ROOT)
+
+        self.restygate_cmd = [
+            twistd(), "-n", "--pidfile=", "restygate", "--consul", f"{HOST}:{self.ports['consul']}",
+            "--listen", f"tcp:{self.ports['restygate']}:interface={HOST}",
+        ]
+        if has_workers:
+            self.restygate_cmd += ["--workers", str(self.workers)]
+        if "--admin" in options:
+            # The admin listener (metrics, status) stays on, as a user has
+            # it, but on a free port: its default port may be taken by
+            # another restygate on this machine.
+            self.ports["admin"] = free_port()
+            self.restygate_cmd += ["--admin", f"tcp:{self.ports['admin']}:interface={HOST}"]
+        # From the temp dir: a user's daemon does not run inside the checkout.
+        self._start("restygate", self.restygate_cmd, cwd=tmp)
+
+        self._start("nginx", ["nginx", "-p", f"{tmp}/", "-e", str(tmp / "proxy-error.log"),
+                              "-c", str(tmp / "proxy.conf")])
+        self._start("stock", [sys.executable, str(BENCH / "stock_proxy.py"), "--port", str(self.ports["stock"]),
+                              "--backend-port", str(self.ports["backend"]),
+                              "--access-log", str(tmp / "stock-access.log")], cwd=tmp)
+        self.monitored.roots = {
+            "restygate": self.pids["restygate"], "nginx": self.pids["nginx"],
+            "stock": self.pids["stock"], "backend": self.pids["backend"], "consul": self.pids["consul"],
+        }
+
+    def _start(self, name: str, argv: Sequence[str], cwd: Optional[Path] = None) -> None:
+        log = self.tmp / f"{name}.log"
+        proc = self.procs.start(name, argv, log, cwd=cwd)
+        self.pids[name] = proc.pid
+        wait_for_port(self.ports[name], proc, log)
+
+    def url(self, target: str, path: str) -> str:
+        return f"http://{HOST}:{self.ports[target]}/dc1/web{path}"
+
+    def check_targets(self) -> None:
+        """Every target answers every case correctly before anything is timed."""
+        expected = {"/small": b"small:ok\n", "/10k": (b"0123456789abcdef" * 640)[:10240]}
+        for target in TARGETS:
+            port = self.ports[target]
+            for path, body in expected.items():
+                status, got = http_request(port, "GET", f"/dc1/web{path}")
+                if status != 200 or got != body:
+                    raise BenchError(f"{target} GET /dc1/web{path}: {status} {got[:80]!r}")
+            status, got = http_request(port, "POST", "/dc1/web/post", body=b"x" * 65536)
+            if status != 200 or got != b"small:ok\n":
+                raise BenchError(f"{target} POST /dc1/web/post: {status} {got[:80]!r}")
+
+    # -- throughput ------------------------------------------------------------
+
+    def throughput(self) -> None:
+        args = self.args
+        warm = 1.0 if args.quick else 3.0
+        for target in TARGETS:
+            for case in CASES:
+                run_wrk(self.url(target, case.path), case.connections, warm, case.script, self.monitored)
+        self.results["restygate_memory_after_warmup_kib"] = self.restygate_memory()
+        runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {c.name: {t: [] for t in TARGETS} for c in CASES}
+        total = args.rounds * len(CASES) * len(TARGETS)
+        done = 0
+        for round_no in range(args.rounds):
+            for case in CASES:
+                for target in TARGETS:
+                    done += 1
+                    result = run_wrk(self.url(target, case.path), case.connections, args.duration,
+                                     case.script, self.monitored)
+                    runs[case.name][target].append(result)
+                    progress(f"[{done}/{total}] round {round_no + 1} {case.name:<12} {target:<9} "
+                             f"{result['rps']:>9.0f} req/s  p99 {result['p99_ms']:.2f} ms")
+        self.results["runs"] = runs
+
+    def restygate_memory(self) -> Dict[str, Dict[str, int]]:
+        out = {}
+        for pid in descendants(self.pids["restygate"]):
+            try:
+                out[str(pid)] = memory_kib(pid)
+            except OSError:
+                continue
+        return out
+
+    # -- Consul load -------------------------------------------------------------
+
+    def start_watches(self, stop: threading.Event, errors: List[str]) -> threading.Thread:
+        """
+        Start watching svc0..svc99, spread evenly over one consul-wait
+        period, so the watchers' blocking queries are spread over the period
+        too and any window counts them at their average rate.
+        """
+        spacing = CONSUL_WAIT / WATCHED_SERVICES
+
+        def spread() -> None:
+            began = time.monotonic()
+            for i in range(WATCHED_SERVICES):
+                delay = began + i * spacing - time.monotonic()
+                if delay > 0 and stop.wait(delay):
+                    return
+                try:
+                    status, _ = http_request(self.ports["restygate"], "GET", f"/dc1/svc{i}/")
+                    if status != 200:
+                        errors.append(f"svc{i}: {status}")
+                except OSError as e:
+                    errors.append(f"svc{i}: {e}")
+
+        thread = threading.Thread(target=spread, name="watch-starter", daemon=True)
+        thread.start()
+        return thread
+
+    def consul_window(self, measure: Callable[[], None]) -> None:
+        """
+        Runs C{measure} (the throughput runs) while the watches start and,
+        once all are in place, while Consul requests are counted over the
+        window; waits for the window's end if C{measure} ends first.
+        """
+        window = self.args.window
+        counted: Dict[str, Any] = {}
+        stop = threading.Event()
+        errors: List[str] = []
+        starter = self.start_watches(stop, errors)
+
+        def count() -> None:
+            starter.join()
+            try:
+                if stop.is_set():
+                    return
+                counted["first"], counted["t0"] = consul_counts(self.ports["consul"]), time.monotonic()
+                if stop.wait(window):
+                    return
+                counted["last"], counted["t1"] = consul_counts(self.ports["consul"]), time.monotonic()
+            except (OSError, BenchError, ValueError) as e:
+                errors.append(f"counting Consul requests: {e}")
+
+        counter = threading.Thread(target=count, name="consul-counter", daemon=True)
+        counter.start()
+        try:
+            measure()
+            if counter.is_alive():
+                progress("waiting for the Consul counting window to close")
+            counter.join(timeout=CONSUL_WAIT + window + 60)
+        finally:
+            # On an error or Ctrl-C the helper threads end at their next wait.
+            stop.set()
+        if errors:
+            raise BenchError(f"starting the watches failed: {errors[:5]}")
+        if "last" not in counted:
+            raise BenchError("the Consul counting window did not complete")
+        first, last = counted["first"], counted["last"]
+        minutes = (counted["t1"] - counted["t0"]) / 60
+
+        def health(counts: Dict[str, int], prefix: str) -> int:
+            return sum(n for key, n in counts.items() if key.startswith(f"GET /v1/health/service/{prefix}"))
+
+        svc = health(last, "svc") - health(first, "svc")
+        every = sum(last.values()) - sum(first.values())
+        watched = len({k for k in last if k.startswith("GET /v1/health/service/")})
+        # Consul (and the test server) hold a blocking query for wait plus a
+        # random extra of up to wait/16, so each watcher asks about once per
+        # 60 * (1 + 1/32) s on average.
+        expected = WATCHED_SERVICES * 60 / (CONSUL_WAIT * (1 + 1 / 32))
+        self.results["consul_load"] = {
+            "window_s": round(counted["t1"] - counted["t0"], 1),
+            "watched_services": watched,
+            "svc_requests": svc,
+            "svc_requests_per_min": round(svc / minutes, 1),
+            "all_requests": every,
+            "all_requests_per_min": round(every / minutes, 1),
+            "expected_svc_requests_per_min": round(expected, 1),
+            "other_requests": {
+                key: last[key] - first.get(key, 0) for key in sorted(last)
+                if not key.startswith("GET /v1/health/service/svc") and last[key] != first.get(key, 0)
+            },
+            "consul_wait_s": CONSUL_WAIT,
+            "during_load": True,
+        }
+
+    # -- convergence -------------------------------------------------------------
+
+    def convergence(self) -> None:
+        gateway = http.client.HTTPConnection(HOST, self.ports["restygate"], timeout=10)
+        consul = http.client.HTTPConnection(HOST, self.ports["consul"], timeout=10)
+        path = "/dc1/conv/small"
+        times: List[float] = []
+        polls: List[int] = []
+        try:
+            status = self._get(gateway, path)
+            if status != 200:
+                raise BenchError(f"GET {path} before any flip: {status}")
+            for flip in range(CONVERGENCE_FLIPS):
+                critical = flip % 2 == 0
+                want = 503 if critical else 200
+                body = json.dumps(registration("conv", self.ports["backend"], "critical" if critical else "passing"))
+                started = time.perf_counter()
+                consul.request("PUT", "/v1/catalog/register", body=body.encode())
+                answer = consul.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    raise BenchError(f"PUT /v1/catalog/register: {answer.status}")
+                # Bounded: at most 20000 polls or 10 s, whichever comes first.
+                deadline = started + 10.0
+                for tries in range(1, 20001):
+                    status = self._get(gateway, path)
+                    if status == want:
+                        times.append((time.perf_counter() - started) * 1e3)
+                        polls.append(tries)
+                        break
+                    if time.perf_counter() > deadline:
+                        raise BenchError(f"flip {flip}: gateway still answers {status} after 10 s")
+                else:
+                    raise BenchError(f"flip {flip}: gateway still answers {status} after 20000 polls")
+                time.sleep(FLIP_SPACING)
+        finally:
+            gateway.close()
+            consul.close()
+        ordered = sorted(times)
+        self.results["convergence"] = {
+            "flips": len(times),
+            "median_ms": round(statistics.median(times), 2),
+            # Nearest rank.
+            "p90_ms": round(ordered[math.ceil(0.9 * len(ordered)) - 1], 2),
+            "max_ms": round(ordered[-1], 2),
+            "min_ms": round(ordered[0], 2),
+            "polls_median": statistics.median(polls),
+            "times_ms": [round(t, 2) for t in times],
+            "flip_spacing_s": FLIP_SPACING,
+        }
+
+    @staticmethod
+    def _get(conn: http.client.HTTPConnection, path: str) -> int:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    # -- profile -----------------------------------------------------------------
+
+    def profile(self) -> None:
+        """A small c50 run against restygate with py-spy sampling it."""
+        pyspy = shutil.which("py-spy")
+        if pyspy is None:
+            raise BenchError("py-spy is not installed (bench/run --profile installs it)")
+        # Long enough for a few thousand samples even with --quick.
+        seconds = max(10, int(self.args.duration))
+        spy: Dict[str, subprocess.Popen[bytes]] = {}
+
+        def attach(wrk_pid: int) -> None:
+            spy["proc"] = self.procs.start(
+                "py-spy",
+                # Blocking mode (py-spy pauses restygate for each sample):
+                # --nonblocking lost about half the samples here.  The pauses
+                # slow restygate down (the report shows wrk's numbers under
+                # the profiler) but not one function more than another.
+                [pyspy, "record", "--pid", str(self.pids["restygate"]), "--rate", str(PROFILE_RATE),
+                 "--duration", str(seconds), "--format", "raw", "--output", str(self.profile_raw)],
+                self.tmp / "py-spy.log",
+            )
+
+        case = CASES[0]
+        result = run_wrk(self.url("restygate", case.path), case.connections, seconds, None, self.monitored,
+                         during=attach)
+        proc = spy["proc"]
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise BenchError("py-spy did not finish") from None
+        if proc.returncode != 0 or not self.profile_raw.exists():
+            raise BenchError(f"py-spy failed:\n{tail(self.tmp / 'py-spy.log')}")
+        self.results["profile"] = {
+            "case": case.name, "rate_hz": PROFILE_RATE, "seconds": seconds,
+            "wrk_under_profiler": {k: result[k] for k in ("rps", "p50_ms", "p99_ms")},
+            "restygate_cpu_s": result["cpu_s"]["restygate"],
+            **summarize_profile(self.profile_raw.read_text(), PROFILE_RATE * seconds),
+        }
+
+
+# The reactor loop and twistd's start-up frames hold every sample; ranked by
+# total time they would fill the table and say nothing about the hot path.
+_PLUMBING = re.compile(
+    r"^(<module> \(twistd\)|\S+ \(twisted/(scripts|application)/"
+    r"|ReactorBase\.(run|mainLoop) |EPollReactor\.doPoll |_PollLikeMixin\._doReadOrWrite "
+    r"|callWithLogger \(twisted/python/log\.py\)|callWithContext \(twisted/python/log\.py\)"
+    r"|\w*ContextTracker\.callWithContext )"
+)
+
+
+def _function(frame: str) -> str:
+    # py-spy frames read "name (path/to/file.py:123)"; drop the line number
+    # so a function counts once wherever in it the sample landed.
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for prefix in (str(ROOT) + "/", "/usr/local/lib/", "/usr/lib/"):
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{name} ({path})" if path else name
+
+
+def summarize_profile(raw: str, possible: float, top: int = 15) -> Dict[str, Any]:
+    """Top functions by self and by total samples, from py-spy's collapsed stacks."""
+    own: Dict[str, int] = {}
+    total: Dict[str, int] = {}
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_function(f) for f in stack.split(";")]
+        # py-spy may put "process ..." / "thread ..." roots before the Python frames.
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        # Only the reactor's thread: py-spy counts the idle reactor thread
+        # pool's worker (waiting on its queue) as busy in some samples.
+        if not frames or frames[0].startswith("Thread._bootstrap "):
+            continue
+        samples += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        # A recursive function counts once per sample.
+        for name in set(frames):
+            total[name] = total.get(name, 0) + count
+
+    def ranked(table: Dict[str, int], skip: Optional[re.Pattern[str]] = None) -> List[Dict[str, Any]]:
+        rows = [kv for kv in sorted(table.items(), key=lambda kv: -kv[1]) if not (skip and skip.match(kv[0]))]
+        return [{"function": k, "samples": v, "percent": round(100 * v / samples, 1)} for k, v in rows[:top]]
+
+    return {
+        "samples": samples,
+        "busy_percent": round(100 * samples / possible, 1) if possible else None,
+        "top_self": ranked(own),
+        "top_total": ranked(total, _PLUMBING),
+        "top_total_note": "reactor loop and twistd start-up frames (in every sample) left out",
+        "top_restygate_total": ranked({k: v for k, v in total.items() if "(restygate/" in k}),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Summaries and the report.
+
+
+def median_of(runs: List[Dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
+    summary: Dict[str, Any] = {}
+    for case, by_target in results["runs"].items():
+        row: Dict[str, Any] = {}
+        for target, runs in by_target.items():
+            roles = runs[0]["cpu_s"].keys()
+            cpu = {role: round(statistics.median(r["cpu_s"][role] for r in runs), 3) for role in roles}
+            requests = median_of(runs, "requests")
+            row[target] = {
+                "rps": round(median_of(runs, "rps"), 1),
+                "p50_ms": round(median_of(runs, "p50_ms"), 3),
+                "p99_ms": round(median_of(runs, "p99_ms"), 3),
+                "errors": sum(sum(r["socket_errors"].values()) + r["non_2xx"] for r in runs),
+                "cpu_s": cpu,
+                "proxy_cpu_us_per_request": round(1e6 * cpu[target] / requests, 1) if requests else None,
+            }
+        row["restygate_vs_nginx"] = round(row["restygate"]["rps"] / row["nginx"]["rps"], 3)
+        row["restygate_vs_stock"] = round(row["restygate"]["rps"] / row["stock"]["rps"], 3)
+        summary[case] = row
+    return summary
+
+
+def report(data: Dict[str, Any]) -> str:
+    lines: List[str] = []
+    add = lines.append
+    summary = data["summary"]
+    env = data["environment"]
+    add(f"restygate benchmark  {data['timestamp']}  ({data['rounds']} round(s) x {data['duration_s']:g} s per run, "
+        f"medians; wrk -t1)")
+    add(f"{env['cpu_model']}, {env['nproc']} cores; Python {env['python']}, Twisted {env['twisted']}, "
+        f"{env['nginx']}, {env['wrk'].split(' Copyright')[0]}")
+    add(f"restygate workers: {data['config']['restygate_workers']}; nginx proxy worker_processes: "
+        f"{data['config']['nginx_proxy_workers']}; access logs on for all three proxies; load average "
+        f"{env['loadavg_start'][0]:.2f} at start, {env['loadavg_end'][0]:.2f} at end")
+    add("")
+    add(f"{'case':<12} | {'req/s restygate':>15} {'nginx':>8} {'stock':>7} | {'rg/nginx':>8} {'rg/stock':>8} | "
+        f"{'p50 ms rg':>9} {'nginx':>6} {'stock':>7} | {'p99 ms rg':>9} {'nginx':>6} {'stock':>7} | errors")
+    add("-" * 132)
+    for case, row in summary.items():
+        rg, ng, st = row["restygate"], row["nginx"], row["stock"]
+        errors = "/".join(str(row[t]["errors"]) for t in TARGETS)
+        add(f"{case:<12} | {rg['rps']:>15.0f} {ng['rps']:>8.0f} {st['rps']:>7.0f} | "
+            f"{row['restygate_vs_nginx']:>8.3f} {row['restygate_vs_stock']:>8.2f} | "
+            f"{rg['p50_ms']:>9.2f} {ng['p50_ms']:>6.2f} {st['p50_ms']:>7.2f} | "
+            f"{rg['p99_ms']:>9.2f} {ng['p99_ms']:>6.2f} {st['p99_ms']:>7.2f} | {errors}")
+    add("")
+    add(f"CPU seconds during one {data['duration_s']:g} s run (median), user+sys: the proxy under test, the nginx "
+        "backend, wrk,")
+    add("and every other process on the machine (not ours: other load competing for the 2 cores); and the proxy's")
+    add("CPU time per request")
+    add(f"{'case':<12} {'target':<10} {'proxy':>7} {'backend':>8} {'wrk':>6} {'others':>7} {'proxy us/req':>13}")
+    for case, row in summary.items():
+        for target in TARGETS:
+            t = row[target]
+            add(f"{case:<12} {target:<10} {t['cpu_s'][target]:>7.2f} {t['cpu_s']['backend']:>8.2f} "
+                f"{t['cpu_s']['wrk']:>6.2f} {t['cpu_s']['others']:>7.2f} {t['proxy_cpu_us_per_request']:>13.1f}")
+    add("")
+    for label, key in (("after warm-up", "restygate_memory_after_warmup_kib"),
+                       ("after the run", "restygate_memory_after_run_kib")):
+        mem = data.get(key, {})
+        shown = ", ".join(f"pid {pid}: VmRSS {m.get('VmRSS', 0) / 1024:.1f} MiB (peak {m.get('VmHWM', 0) / 1024:.1f})"
+                          for pid, m in mem.items())
+        add(f"restygate RSS {label}: {shown}")
+    conv = data.get("convergence")
+    if conv:
+        add(f"discovery convergence ({conv['flips']} health flips, PUT sent -> gateway answer changes): "
+            f"median {conv['median_ms']:.1f} ms, p90 {conv['p90_ms']:.1f} ms, max {conv['max_ms']:.1f} ms")
+    load = data.get("consul_load")
+    if load:
+        add(f"Consul load: {load['svc_requests']} health queries for the {WATCHED_SERVICES} svc* watches in "
+            f"{load['window_s']:.0f} s = {load['svc_requests_per_min']:.1f}/min (expected ~"
+            f"{load['expected_svc_requests_per_min']:.0f}/min); all Consul requests: "
+            f"{load['all_requests_per_min']:.1f}/min for {load['watched_services']} watched services, "
+            f"measured during the wrk runs")
+    profile = data.get("profile")
+    if profile:
+        add("")
+        add(f"py-spy on restygate during {profile['case']} ({profile['samples']} samples at {profile['rate_hz']} Hz, "
+            f"busy {profile['busy_percent']}% of the time; wrk under the profiler: "
+            f"{profile['wrk_under_profiler']['rps']:.0f} req/s)")
+        for title, key in (("by self time", "top_self"),
+                           ("by total time (reactor loop and twistd frames left out)", "top_total"),
+                           ("restygate functions by total time", "top_restygate_total")):
+            add(f"  top {len(profile[key])} {title}:")
+            for row in profile[key]:
+                add(f"    {row['percent']:>5.1f}%  {row['function']}")
+    return "\n".join(lines)
+
+
+def progress(message: str) -> None:
+    sys.stderr.write(f"bench: {message}\n")
+    sys.stderr.flush()
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description="Benchmark restygate against nginx and stock Twisted.")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s runs, a 15 s Consul window")
+    parser.add_argument("--rounds", type=int, help="rounds of A B C runs per case (default 3; --quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 8; --quick 3)")
+    parser.add_argument("--window", type=float, help="seconds Consul requests are counted (default 60; --quick 15)")
+    parser.add_argument("--workers", type=int, help="restygate --workers, when restygate has that option")
+    parser.add_argument("--profile", action="store_true", help="also profile restygate with py-spy (small c50)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 8.0
+    if args.window is None:
+        args.window = 15.0 if args.quick else 60.0
+    if args.rounds < 1 or args.duration < 1 or args.window < 1:
+        parser.error("--rounds, --duration and --window must be at least 1")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            progress(f"{tool} is not installed: run bench/run, which installs it")
+            return 2
+    tmp = Path(tempfile.mkdtemp(prefix="restygate-bench-"))
+    bench = Bench(args, tmp)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    failed = False
+    try:
+        env = environment()
+        progress(f"working in {tmp}")
+        bench.start_all()
+        progress("started: " + ", ".join(f"{n} pid {p} port {bench.ports[n]}" for n, p in bench.pids.items()))
+        bench.check_targets()
+        bench.consul_window(bench.throughput)
+        bench.results["restygate_memory_after_run_kib"] = bench.restygate_memory()
+        progress("measuring discovery convergence")
+        bench.convergence()
+        if args.profile:
+            progress("profiling restygate with py-spy")
+            bench.profile()
+        env["loadavg_end"] = os.getloadavg()
+        data: Dict[str, Any] = {
+            "timestamp": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "quick": args.quick,
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "environment": env,
+            "config": {
+                "restygate_workers": bench.workers,
+                "nginx_proxy_workers": bench.workers,
+                "nginx_backend_workers": 1,
+                "wrk": "wrk -t1 --latency",
+                "restygate_command": bench.restygate_cmd,
+                "cases": [c.__dict__ for c in CASES],
+            },
+            **bench.results,
+        }
+        data["summary"] = summarize(data)
+        text = report(data)
+        RESULTS.mkdir(exist_ok=True)
+        stamp = started.strftime("%Y%m%dT%H%M%SZ")
+        for name in (f"{stamp}.json", "latest.json"):
+            (RESULTS / name).write_text(json.dumps(data, indent=2) + "\n")
+        if args.profile:
+            # Collapsed stacks: flamegraph.pl or speedscope read them as they are.
+            for name in (f"{stamp}.pyspy.txt", "latest.pyspy.txt"):
+                shutil.copy(bench.profile_raw, RESULTS / name)
+        print(text)
+        print(f"\nresults: {RESULTS / (stamp + '.json')}")
+        return 0
+    except (BenchError, OSError, http.client.HTTPException) as e:
+        progress(f"failed: {type(e).__name__}: {e}")
+        failed = True
+        return 1
+    finally:
+        bench.procs.stop_all()
+        if args.keep or failed:
+            progress(f"logs and configs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
