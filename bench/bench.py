@@ -47,7 +47,10 @@ CONVERGENCE_FLIPS = 20
 # fast a change propagates, not the rate limit.
 FLIP_SPACING = 1.0
 CONSUL_WAIT = 60.0  # restygate's --consul-wait default, which the run keeps
-PROFILE_RATE = 250  # py-spy samples per second
+PROFILE_RATE = 100  # py-spy samples per second: each pauses restygate briefly
+# A run during which other processes used more than this share of a core is
+# flagged in the report as disturbed.
+NOISY_OTHERS = 0.1
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,9 @@ class Processes:
     """
     The servers this run started.  Each runs in a session of its own, so a
     Ctrl-C at the terminal reaches only this script, which then stops them
-    in reverse order: SIGTERM to the PID, then SIGKILL to that PID's own
-    process group (nginx workers included) if it does not go in time.
+    in reverse order: SIGTERM to the PID, SIGKILL if it does not go in time,
+    then SIGKILL to any process left in the session it leads (nginx workers
+    whose master died, say), each by its PID.
     """
 
     def __init__(self) -> None:
@@ -108,23 +112,31 @@ class Processes:
     @staticmethod
     def _stop(proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                pass
+                proc.kill()
+                proc.wait(timeout=5)
+        for pid in session_members(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        # Whatever is left of the group this process leads (nginx workers
-        # whose master died, say) goes too; the group is ours alone.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+
+
+def session_members(sid: int) -> List[int]:
+    """The processes in session C{sid} (one this run created with setsid)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                # Fields 5 and 6 of stat: process group, session.
+                if int(_stat_fields(int(entry))[3]) == sid:
+                    members.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return members
 
 
 def free_port() -> int:
@@ -627,7 +639,7 @@ class Bench:
             # On an error or Ctrl-C the helper threads end at their next wait.
             stop.set()
         if errors:
-            raise BenchError(f"starting the watches failed: {errors[:5]}")
+            raise BenchError(f"measuring the Consul load failed: {errors[:5]}")
         if "last" not in counted:
             raise BenchError("the Consul counting window did not complete")
         first, last = counted["first"], counted["last"]
@@ -724,8 +736,8 @@ class Bench:
         pyspy = shutil.which("py-spy")
         if pyspy is None:
             raise BenchError("py-spy is not installed (bench/run --profile installs it)")
-        # Long enough for a few thousand samples even with --quick.
-        seconds = max(10, int(self.args.duration))
+        # Long enough for a couple of thousand samples even with --quick.
+        seconds = max(20, int(self.args.duration))
         spy: Dict[str, subprocess.Popen[bytes]] = {}
 
         def attach(wrk_pid: int) -> None:
@@ -883,6 +895,16 @@ def report(data: Dict[str, Any]) -> str:
             t = row[target]
             add(f"{case:<12} {target:<10} {t['cpu_s'][target]:>7.2f} {t['cpu_s']['backend']:>8.2f} "
                 f"{t['cpu_s']['wrk']:>6.2f} {t['cpu_s']['others']:>7.2f} {t['proxy_cpu_us_per_request']:>13.1f}")
+    noisy = [
+        f"{case} {target} round {i + 1} ({run['cpu_s'].get('others', 0):.1f} s)"
+        for case, by_target in data["runs"].items() for target, runs in by_target.items()
+        for i, run in enumerate(runs) if run["cpu_s"].get("others", 0) > NOISY_OTHERS * data["duration_s"]
+    ]
+    if noisy:
+        total = sum(len(runs) for by_target in data["runs"].values() for runs in by_target.values())
+        shown = "; ".join(noisy[:8]) + ("; ..." if len(noisy) > 8 else "")
+        add(f"{len(noisy)} of {total} runs had other processes using over {NOISY_OTHERS:.0%} of a core "
+            f"(lower numbers; a median absorbs one such round per case): {shown}")
     add("")
     for label, key in (("after warm-up", "restygate_memory_after_warmup_kib"),
                        ("after the run", "restygate_memory_after_run_kib")):
@@ -930,6 +952,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="restygate --workers, when restygate has that option")
     parser.add_argument("--profile", action="store_true", help="also profile restygate with py-spy (small c50)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
+    parser.add_argument("--report", metavar="RESULT.json", help="only print the report of an earlier run's JSON")
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
@@ -944,8 +967,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            print(report(json.load(f)))
+        return 0
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
+    # Started in the background by a shell, we inherit SIGINT ignored; a
+    # Ctrl-C or kill -INT must still stop the run and what it started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             progress(f"{tool} is not installed: run bench/run, which installs it")
@@ -1001,6 +1031,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress(f"failed: {type(e).__name__}: {e}")
         failed = True
         return 1
+    except KeyboardInterrupt:
+        progress("interrupted: stopping what the run started")
+        return 128 + signal.SIGINT
+    except SystemExit as e:
+        # From _terminate (SIGTERM, SIGHUP).
+        progress("terminated: stopping what the run started")
+        return int(e.code) if isinstance(e.code, int) else 1
     finally:
         bench.procs.stop_all()
         if args.keep or failed:
