@@ -114,6 +114,14 @@ class Outliers:
     def succeeded(self, dc: str, service: str, instance: Instance) -> None:
         state = self._state(dc, service, instance)
         state.consecutive_failures = 0
+        # An answer proves the instance alive: an ejection still running
+        # would only keep a good instance out (and, by the at-most-half
+        # rule, keep a dead one in).
+        ejected = self._ejected.get((dc, service))
+        if ejected is not None and ejected.pop(_key(dc, service, instance), None) is not None:
+            state.ejected_until = self._clock.seconds()
+            log.info("{dc}/{service}: {netloc} answered; ejection ended", dc=dc, service=service,
+                     netloc=instance.netloc)
         # Healthy for a good while since its last ejection: forgive the past,
         # so the next ejection starts short again.
         if state.ejections and self._clock.seconds() > state.ejected_until + self._cap:

@@ -32,7 +32,7 @@ from restygate.config import Config
 from restygate.discovery import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
 from restygate.errors import send_error
 from restygate.outliers import Outliers
-from restygate.retry import RetryBudget, retriable
+from restygate.retry import RetryBudget, never_reached, retriable
 from restygate.observe import Completed, RequestObserver
 from restygate.routing import Route, RouteError, host_matches, parse_target
 from restygate.site import GatewayRequest
@@ -240,7 +240,10 @@ class Exchange:
         ):
             return False
         untried = tuple(i for i in snapshot.instances if i not in self._tried)
-        if not untried or not self.gateway.budget.try_retry():
+        # A request that never reached an upstream costs nothing to send
+        # elsewhere, so only retries of requests an upstream may have seen
+        # draw on the budget (the per-request limit still bounds the rest).
+        if not untried or (not never_reached(failure) and not self.gateway.budget.try_retry()):
             return False
         self.retries += 1
         if body is not None:

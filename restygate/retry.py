@@ -4,9 +4,10 @@ When a failed upstream attempt may be tried again on another instance.
 Only failures before any response byte are retried: a connection that was
 never established (any method: the request provably never reached the
 upstream), or one reset or closed before the status line (idempotent methods
-only: the upstream may have acted on it).  A retry budget caps retries at a
-fraction of recent requests, plus a small floor, so a broken service meets a
-trickle of retries rather than a storm.
+only: the upstream may have acted on it).  A retry budget caps retries of
+requests an upstream may have seen at a fraction of recent requests, plus a
+small floor, so a broken service meets a trickle of retries rather than a
+storm; a refused connection put no load on anyone and is not budgeted.
 """
 
 from __future__ import annotations

@@ -67,6 +67,11 @@ class GatewayRequest(Request):
             )
             self.content = self.body
 
+    def connectionLost(self, reason: Failure) -> None:
+        if self.body is not None:
+            self.body.client_lost()
+        super().connectionLost(reason)
+
     def handleContentChunk(self, data: bytes) -> None:
         # Goes to the body object itself: once an early answer has finished
         # the request, twisted.web drops its content, yet the rest of the

@@ -114,17 +114,25 @@ class RequestBody:
         if self._consumer is not None and not self._pending:
             self._succeed()
 
-    def close(self) -> None:
+    def client_lost(self) -> None:
         """
-        The request is over; if the body never completed, the client went
-        away mid-upload and the upstream request must fail rather than send
-        a short body.
+        The client connection went away: if the body never completed, the
+        upstream request must fail rather than send a short body.
         """
         if not self.complete:
             self._client_gone = True
             if self._done is not None:
                 done, self._done = self._done, None
                 done.errback(Failure(ConnectionLost("client closed the connection during the upload")))
+
+    def close(self) -> None:
+        """
+        The request is over.  An upload still incomplete now was answered
+        early by the upstream (or by us); the upstream client stops asking
+        for the rest by itself, so nothing is fired here, only dropped.
+        """
+        if not self.complete:
+            self._client_gone = True
         self._abandoned = True
         self._pending = []
         self._replay = None

@@ -140,6 +140,12 @@ class OutlierClockTests(TestCase):
         self.assertFalse(self.fail(2))
         self.assertTrue(self.outliers.failed("dc1", "web", self.a, 4))
 
+    def test_an_answer_ends_an_ejection(self) -> None:
+        self.assertTrue(self.fail(3))
+        self.outliers.succeeded("dc1", "web", self.a)
+        self.assertEqual(self.outliers.usable("dc1", "web", self.both), self.both)
+        self.assertFalse(self.outliers.is_ejected("dc1", "web", self.a))
+
     def test_all_ejected_would_mean_none_so_all_are_used(self) -> None:
         outliers = Outliers(self.clock, threshold=1, max_fraction=1.0)
         outliers.failed("dc1", "web", self.a, 2)
@@ -224,3 +230,43 @@ class ConsulFaultTests(TestCase):
         await eventually(lambda: ("dc2", "web") not in rig.gateway.resource.discovery.watchers, timeout=5)
         response, body = await rig.get("/dc2/web/")
         self.assertEqual((response.code, json.loads(body)["error"]), (404, "unknown datacenter"))
+
+
+class RetryBudgetScopeTests(TestCase):
+    async def test_refused_connections_do_not_draw_on_the_budget(self) -> None:
+        # Two dead instances of three: the at-most-half rule keeps one in
+        # rotation, so about half the requests are refused and retried, far
+        # more than the 20 % budget; none of them ever reached an upstream.
+        rig = GatewayRig(self)
+        rig.register(rig.backend("good"))
+        for name in ("dead1", "dead2"):
+            rig.consul.register_service("dc1", name, "127.0.0.1", "web", closed_port(), service_id=name)
+        codes = [(await rig.get("/dc1/web/"))[0].code for _ in range(120)]
+        self.assertEqual(set(codes), {200})
+
+
+class EarlyAnswerTests(TestCase):
+    async def test_upstream_answering_before_the_upload_ends_is_clean(self) -> None:
+        from twisted.internet.protocol import Factory, Protocol
+
+        from tests.harness import captured_log, raw_connect
+
+        class AnswerEarly(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data and self.transport is not None:
+                    self.transport.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno")
+
+        port = reactor.listenTCP(0, Factory.forProtocol(AnswerEarly), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        rig = GatewayRig(self)
+        rig.consul.register_service("dc1", "early", "127.0.0.1", "web", port.getHost().port)
+        lines = captured_log(self)
+        client = await raw_connect(rig.port)
+        client.transport.write(b"POST /dc1/web/up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
+        await eventually(lambda: b"\r\n\r\nno" in client.received)
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 401"))
+        self.assertIn(b"Connection: close", client.received)
+        client.transport.loseConnection()
+        await client.closed
+        await settle(0.05)
+        self.assertEqual([line for line in lines if "not in valid state" in line or "Traceback" in line], [])
