@@ -154,7 +154,7 @@ class StalledAndBrokenPeerTests(TestCase):
         rig.register(backend)
         await rig.get("/dc1/web/warm")
         fds_before = len(os.listdir("/proc/self/fd"))
-        for i in range(200):
+        for i in range(1000):
             client = await raw_connect(rig.port)
             path = b"/dc1/web/hang" if i % 2 else b"/dc1/web/big?size=50000000"
             client.transport.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
