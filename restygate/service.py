@@ -214,7 +214,7 @@ def make_gateway(
         admin.setServiceParent(root)
         root.admin_listener = Listener(config.admin, admin.site, reactor)
         root.admin_listener.setServiceParent(root)
-    root.reconfigurable = [discovery, upstream, root.access_log]
+    root.reconfigurable = [discovery, upstream, root.access_log, site]
     # Last, so it stops first: no reload into a gateway going away.
     Reloader(root, load or (lambda: config), reactor).setServiceParent(root)
     return root

@@ -299,6 +299,11 @@ class GatewaySite(Site):
     def config(self) -> Any:
         return getattr(self.resource, "config")
 
+    def reconfigure(self, config: Any) -> None:
+        # Connections accepted from now on get the new idle timeout; the
+        # other limits are read from the config on each use.
+        self.timeOut = config.body_idle_timeout
+
     def buildProtocol(self, addr: Any) -> Any:
         if len(self.channels) >= self.config.max_connections:
             busy = _Busy()

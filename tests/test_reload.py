@@ -23,7 +23,7 @@ from restygate.registry import ConsulDiscovery
 from restygate.reload import Reloader
 from restygate.service import make_gateway
 from tests.backends import Backend
-from tests.harness import GatewayRig, captured_log, eventually, reactor, settle
+from tests.harness import GatewayRig, captured_log, eventually, raw_connect, reactor, settle
 from tests.test_watcher import ScriptedSource
 
 A = Instance("10.0.0.1", 8000, id="a", tags=("v1",))
@@ -83,6 +83,16 @@ class LiveKeysTests(_ReloadCase):
         self.assertIn("pool-size", line)
         self.assertIn("server-name", line)
         self.assertIn(self.path, line)
+
+    async def test_client_idle_timeout(self) -> None:
+        rig = self.rig("body-idle-timeout = 60\n")
+        self.assertEqual(rig.gateway.site.timeOut, 60)
+        self.write("body-idle-timeout = 0.3\n")
+        self.assertTrue(reloader_of(rig).reload())
+        client = await raw_connect(rig.port)
+        # A connection accepted after the reload is closed when idle that long.
+        await client.closed
+        self.assertEqual(rig.gateway.site.timeOut, 0.3)
 
     async def test_upstream_timeout(self) -> None:
         rig = self.rig("upstream-timeout = 30\n")
