@@ -127,10 +127,10 @@ class Outliers:
         if state.ejections and self._clock.seconds() > state.ejected_until + self._cap:
             state.ejections = 0
 
-    def failed(self, dc: str, service: str, instance: Instance, instances: int) -> bool:
+    def failed(self, dc: str, service: str, instance: Instance, instances: Tuple[Instance, ...]) -> bool:
         """
         An attempt on C{instance} failed before any response (connect error,
-        reset); C{instances} is how many the service has.  Returns whether
+        reset); C{instances} are the service's current ones.  Returns whether
         this failure ejected it.
         """
         state = self._state(dc, service, instance)
@@ -141,10 +141,12 @@ class Outliers:
         now = self._clock.seconds()
         ejected = self._ejected.setdefault((dc, service), {})
         key = _key(dc, service, instance)
-        current = sum(1 for until in ejected.values() if until > now)
         if key in ejected and ejected[key] > now:
             return False
-        if current + 1 > int(instances * self._max_fraction):
+        # Only instances Consul still lists count towards the cap: one that
+        # has gone critical meanwhile takes no share of the rotation.
+        current = sum(1 for i in instances if ejected.get(_key(dc, service, i), 0.0) > now)
+        if current + 1 > int(len(instances) * self._max_fraction):
             return False
         duration = min(self._cap, self._base * 2 ** min(state.ejections, 16))
         state.ejections += 1

@@ -243,7 +243,10 @@ class Exchange:
         # A request that never reached an upstream costs nothing to send
         # elsewhere, so only retries of requests an upstream may have seen
         # draw on the budget (the per-request limit still bounds the rest).
-        if not untried or (not never_reached(failure) and not self.gateway.budget.try_retry()):
+        if not untried:
+            return False
+        if not never_reached(failure) and not self.gateway.budget.try_retry():
+            self.gateway.budget_exhausted(snapshot)
             return False
         self.retries += 1
         if body is not None:
@@ -319,7 +322,7 @@ class Exchange:
             and route is not None and instance is not None and snapshot is not None
             and _connection_failure(failure)
         ):
-            self.gateway.outliers.failed(route.dc, route.service, instance, len(snapshot.instances))
+            self.gateway.outliers.failed(route.dc, route.service, instance, snapshot.instances)
         if self._retry(failure):
             return
         status, message = (504, "upstream timed out") if self.timed_out else _upstream_error(failure)
@@ -437,6 +440,8 @@ class GatewayResource(Resource):
         # the all-instances one built from it (built once, logged once).
         self._panicked: Dict[Tuple[str, str], Tuple[Snapshot, Snapshot]] = {}
         self.budget = RetryBudget(clock)
+        self.budget_refusals = 0
+        self._budget_logged = float("-inf")
 
     def panic(self, snapshot: Snapshot) -> Snapshot:
         """
@@ -453,6 +458,21 @@ class GatewayResource(Resource):
             cached = (snapshot, Snapshot(snapshot.dc, snapshot.service, snapshot.registered, snapshot.index))
             self._panicked[key] = cached
         return cached[1]
+
+    def budget_exhausted(self, snapshot: Snapshot) -> None:
+        """
+        A retry was refused by the budget: say so, at most every 10 seconds,
+        since the failures it leaves would otherwise look unexplained.
+        """
+        self.budget_refusals += 1
+        now = self.clock.seconds()
+        if now - self._budget_logged >= 10:
+            self._budget_logged = now
+            log.warn(
+                "{dc}/{service}: retry budget exhausted; failing without retrying "
+                "({n} refused so far)",
+                dc=snapshot.dc, service=snapshot.service, n=self.budget_refusals,
+            )
 
     def completed(self, record: Completed) -> None:
         for observer in self.observers:

@@ -115,9 +115,10 @@ class OutlierClockTests(TestCase):
         self.a = Instance("10.0.0.1", 80)
         self.b = Instance("10.0.0.2", 80)
         self.both = (self.a, self.b)
+        self.four = (self.a, self.b, Instance("10.0.0.3", 80), Instance("10.0.0.4", 80))
 
     def fail(self, times: int) -> bool:
-        return [self.outliers.failed("dc1", "web", self.a, 4) for _ in range(times)][-1]
+        return [self.outliers.failed("dc1", "web", self.a, self.four) for _ in range(times)][-1]
 
     def test_ejection_grows_and_returns_by_itself(self) -> None:
         self.assertTrue(self.fail(3))
@@ -138,7 +139,24 @@ class OutlierClockTests(TestCase):
         self.fail(2)
         self.outliers.succeeded("dc1", "web", self.a)
         self.assertFalse(self.fail(2))
-        self.assertTrue(self.outliers.failed("dc1", "web", self.a, 4))
+        self.assertTrue(self.outliers.failed("dc1", "web", self.a, self.four))
+
+    def test_an_instance_consul_dropped_does_not_hold_an_ejection_slot(self) -> None:
+        c = Instance("10.0.0.3", 80)
+        three = (self.a, self.b, c)
+
+        def fail(instance: Instance, listed: tuple) -> None:  # type: ignore[type-arg]
+            for _ in range(3):
+                self.outliers.failed("dc1", "web", instance, listed)
+
+        fail(self.a, three)
+        self.assertTrue(self.outliers.is_ejected("dc1", "web", self.a))
+        # With three instances listed, only one may be out...
+        fail(self.b, three)
+        self.assertFalse(self.outliers.is_ejected("dc1", "web", self.b))
+        # ...but once Consul no longer lists a, its slot is free again.
+        fail(self.b, (self.b, c))
+        self.assertTrue(self.outliers.is_ejected("dc1", "web", self.b))
 
     def test_an_answer_ends_an_ejection(self) -> None:
         self.assertTrue(self.fail(3))
@@ -148,8 +166,8 @@ class OutlierClockTests(TestCase):
 
     def test_all_ejected_would_mean_none_so_all_are_used(self) -> None:
         outliers = Outliers(self.clock, threshold=1, max_fraction=1.0)
-        outliers.failed("dc1", "web", self.a, 2)
-        outliers.failed("dc1", "web", self.b, 2)
+        outliers.failed("dc1", "web", self.a, self.both)
+        outliers.failed("dc1", "web", self.b, self.both)
         self.assertEqual(outliers.usable("dc1", "web", self.both), self.both)
 
 
@@ -244,6 +262,20 @@ class RetryBudgetScopeTests(TestCase):
         codes = [(await rig.get("/dc1/web/"))[0].code for _ in range(120)]
         self.assertEqual(set(codes), {200})
 
+
+    async def test_exhausted_budget_is_logged(self) -> None:
+        from tests.harness import captured_log
+
+        rig = GatewayRig(self)
+        rig.register(rig.backend("good"))
+        rig.register(_resetting(self, "r1"))
+        rig.register(_resetting(self, "r2"))
+        lines = captured_log(self)
+        codes = [(await rig.get("/dc1/web/"))[0].code for _ in range(200)]
+        refusals = rig.gateway.resource.budget_refusals
+        self.assertGreater(refusals, 0)
+        self.assertEqual(codes.count(502), refusals)
+        self.assertEqual(len([line for line in lines if "retry budget exhausted" in line]), 1)
 
 class EarlyAnswerTests(TestCase):
     async def test_upstream_answering_before_the_upload_ends_is_clean(self) -> None:
