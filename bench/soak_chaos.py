@@ -91,6 +91,8 @@ class Chaos(threading.Thread):
         self._pending: List[Tuple[float, str, Backend]] = []
         # (soak time, what happened) for the report and failure correlation.
         self.timeline: List[Tuple[float, str]] = []
+        # (soak time, which backends are out right after that event)
+        self.states: List[Tuple[float, str]] = []
         self.counts = {"kill": 0, "flip": 0, "kill+critical": 0, "kill+flip": 0, "skipped": 0}
         self.errors: List[str] = []
 
@@ -231,9 +233,18 @@ class Chaos(threading.Thread):
     def _now(self) -> float:
         return time.monotonic() - self._origin
 
+    def out_state(self) -> str:
+        out = [
+            f"{b.name} " + "+".join(w for w, on in (("killed", b.killed), ("critical", b.critical)) if on)
+            for b in self._backends
+            if b.killed or b.critical
+        ]
+        return ", ".join(out) or "none"
+
     def _note(self, what: str) -> None:
         t = self._now()
         self.timeline.append((t, what))
+        self.states.append((t, self.out_state()))
         say(f"[{t:6.1f}s] chaos: {what}")
 
     def _error(self, what: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, deque
+from datetime import datetime
 from typing import Any, Counter as CounterType, Deque, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from soak_chaos import Backend, Chaos
@@ -18,7 +19,13 @@ RSS_GROWTH_LIMIT = 0.20
 # had said critical this long before the request started: discovery
 # propagation (blocking query, rate limit) takes some time by design.
 CRITICAL_GRACE = 2.0
-DETAILED = 25
+DETAILED = 3
+# Idempotent failures further apart than this start a new episode.
+EPISODE_GAP = 1.0
+EPISODES = 20
+# restygate's retry budget (restygate/retry.py): 20 % of the requests of the
+# last 10 s, at least 3 per second.
+BUDGET_WINDOW = 10
 
 # twistd's text log: "<time> [<namespace>#<level>] <message>"
 _LINE = re.compile(r"^(?P<ts>\S+) \[(?P<system>[^\]]*)\] (?P<msg>.*)$")
@@ -31,6 +38,7 @@ _RID = re.compile(r"/dc1/web/soak/(\d+)")
 _RETRYING = re.compile(r"retrying on another instance after (?P<upstream>\S+) failed: (?P<reason>.*)$")
 _FINAL = re.compile(r"upstream (?P<upstream>\S+) failed: (?P<reason>.*)$")
 _EJECTING = re.compile(r"ejecting (?P<upstream>\S+) for (?P<seconds>\d+)s")
+_RETURNS = re.compile(r"(?P<upstream>\S+) returns from ejection")
 _PORT = re.compile(r"127\.0\.0\.1:\d+")
 
 
@@ -63,11 +71,33 @@ class LogFacts:
         self.other: CounterType[str] = Counter()
         # rid -> (access line, the nearest earlier final-failure line for its upstream, if any)
         self.details: Dict[int, Tuple[str, Optional[str]]] = {}
+        # rid -> (upstream host:port, retries) of the failed requests asked about
+        self.failed: Dict[int, Tuple[str, int]] = {}
+        # epoch second -> [requests, retries], from the access log
+        self.per_second: Dict[int, List[int]] = {}
+        # (line number, epoch second, upstream host:port, seconds) of each
+        # ejection; returns likewise without seconds.  Line numbers order
+        # what happened within one second (a return and the next ejection).
+        self.ejected_at: List[Tuple[int, int, str, int]] = []
+        self.returned_at: List[Tuple[int, int, str]] = []
 
 
-def read_log(path: str, wanted: Sequence[int]) -> LogFacts:
+def _epoch(stamp: str) -> int:
+    try:
+        return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp())
+    except ValueError:
+        return 0
+
+
+def read_log(path: str, detailed: Sequence[int], failed_rids: Sequence[int]) -> LogFacts:
+    """
+    Count what restygate logged; for the request ids in C{failed}, note
+    upstream and retries; for those in C{detailed}, keep their access line
+    and the log line that says why the gateway gave up.
+    """
     facts = LogFacts()
-    wanted_ids = set(wanted)
+    wanted_ids = set(detailed)
+    failed_ids = set(failed_rids)
     # Recent non-access lines: a request's "upstream X failed" line is logged
     # just before its access line, with other requests' lines in between.
     recent: Deque[str] = deque(maxlen=400)
@@ -76,7 +106,7 @@ def read_log(path: str, wanted: Sequence[int]) -> LogFacts:
     except OSError:
         return facts
     with f:
-        for raw in f:
+        for number, raw in enumerate(f):
             line = raw.rstrip("\n")
             if line.startswith("\t") or "Traceback" in line:
                 if "Traceback" in line:
@@ -97,7 +127,12 @@ def read_log(path: str, wanted: Sequence[int]) -> LogFacts:
                 if retries:
                     facts.retried_requests += 1
                     facts.retries += retries
+                second = facts.per_second.setdefault(_epoch(m.group("ts")), [0, 0])
+                second[0] += 1
+                second[1] += retries
                 r = _RID.search(a.group("uri"))
+                if r is not None and int(r.group(1)) in failed_ids:
+                    facts.failed[int(r.group(1))] = (a.group("upstream"), retries)
                 if r is not None and int(r.group(1)) in wanted_ids:
                     upstream = a.group("upstream")
                     failed = next(
@@ -117,9 +152,14 @@ def read_log(path: str, wanted: Sequence[int]) -> LogFacts:
             if ejecting is not None:
                 facts.ejections += 1
                 facts.ejection_seconds[int(ejecting.group("seconds"))] += 1
+                facts.ejected_at.append(
+                    (number, _epoch(m.group("ts")), ejecting.group("upstream"), int(ejecting.group("seconds")))
+                )
                 continue
-            if "returns from ejection" in msg:
+            returned = _RETURNS.search(msg)
+            if returned is not None:
                 facts.returns += 1
+                facts.returned_at.append((number, _epoch(m.group("ts")), returned.group("upstream")))
                 continue
             if "passing instance(s)" in msg:
                 facts.discovery_updates += 1
@@ -168,11 +208,86 @@ def _last_event(timeline: List[Tuple[float, str]], t: float) -> str:
     return f"{t - when:.2f} s after chaos: {what}"
 
 
+def _explain(
+    idem_failures: List[Record],
+    failures: List[Record],
+    facts: LogFacts,
+    chaos: Chaos,
+    backends: List[Backend],
+    origin_wall: float,
+) -> None:
+    """
+    The idempotent failures, grouped into episodes (bursts), each with what
+    was out, what restygate had ejected, and what its retries looked like.
+    """
+    names = {f"127.0.0.1:{b.port}": b.name for b in backends}
+
+    def name(upstream: str) -> str:
+        return names.get(upstream, upstream)
+
+    say("")
+    say(f"idempotent failures, first {min(DETAILED, len(idem_failures))} in full:")
+    for r in idem_failures[:DETAILED]:
+        say(f"  t={r.start:8.3f}s {r.method:4s} #{r.rid}: {r.outcome} after {_ms(r.latency)}; "
+            f"{_last_event(chaos.timeline, r.start)}")
+        access, failed = facts.details.get(r.rid, (None, None))
+        say(f"      access: {access or '(no access line for it)'}")
+        if failed:
+            say(f"      cause:  {failed}")
+
+    episodes: List[List[Record]] = []
+    for r in idem_failures:
+        if episodes and r.start - episodes[-1][-1].start <= EPISODE_GAP:
+            episodes[-1].append(r)
+        else:
+            episodes.append([r])
+    say("")
+    say(f"idempotent failures in {len(episodes)} episode(s) (failures less than {EPISODE_GAP:g} s apart):")
+    for episode in episodes[:EPISODES]:
+        t0, t1 = episode[0].start, episode[-1].start
+        posts = sum(1 for r in failures if r.method not in IDEMPOTENT and t0 <= r.start <= t1)
+        by_method = Counter(r.method for r in episode)
+        upstreams = Counter(name(facts.failed[r.rid][0]) for r in episode if r.rid in facts.failed)
+        retries = Counter(facts.failed[r.rid][1] for r in episode if r.rid in facts.failed)
+        causes = Counter(r.outcome for r in episode)
+        say(f"  t={t0:.1f}-{t1:.1f}s: {len(episode)} idempotent ("
+            f"{', '.join(f'{m} {c}' for m, c in sorted(by_method.items()))}) and {posts} POST failed: "
+            f"{'; '.join(f'{c}x {k}' for k, c in causes.most_common(3))}")
+        say(f"      failed upstream (access log): "
+            f"{', '.join(f'{u} {c}' for u, c in upstreams.most_common()) or '?'}; retries field: "
+            f"{', '.join(f'{k} x{c}' for k, c in sorted(retries.items())) or '?'}")
+        say(f"      out then: {_state_at(chaos.states, t0)}; last event: {_last_event(chaos.timeline, t0)}")
+        wall0 = int(origin_wall + t0)
+        ejected = []
+        for number, at, upstream, seconds in facts.ejected_at:
+            # The ejection's own return, if it was logged (restygate logs it
+            # lazily, at the next request after the ejection ended).
+            back = [b for n, b, u in facts.returned_at if u == upstream and n > number]
+            if at <= wall0 < at + seconds and (not back or min(back) > wall0):
+                restarted = [t for t, what in chaos.timeline
+                             if t <= t0 and what.startswith(f"restarted {name(upstream)} ")]
+                since = f"; running again since t={restarted[-1]:.1f}s" if restarted else ""
+                ejected.append(f"{name(upstream)} (ejected at t={at - origin_wall:.0f}s for {seconds}s{since})")
+        say(f"      restygate had ejected: {', '.join(ejected) or 'nothing'}")
+        window = [facts.per_second.get(wall0 - k, [0, 0]) for k in range(1, BUDGET_WINDOW + 1)]
+        asked, retried = sum(w[0] for w in window), sum(w[1] for w in window)
+        say(f"      in the {BUDGET_WINDOW} s before: {asked} requests, {retried} retries "
+            f"(the retry budget allows max({3 * BUDGET_WINDOW}, 20 % = {asked // 5}))")
+    if len(episodes) > EPISODES:
+        say(f"  ... and {len(episodes) - EPISODES} more episode(s)")
+
+
+def _state_at(states: List[Tuple[float, str]], t: float) -> str:
+    before = [s for s in states if s[0] <= t]
+    return before[-1][1] if before else "none"
+
+
 def report(
     records: List[Record],
     chaos_window: Optional[Tuple[float, float]],
     planned: float,
     wall: float,
+    origin_wall: float,
     samples: List[Sample],
     cpu: Tuple[Optional[float], Optional[float], Optional[float]],
     chaos: Chaos,
@@ -182,13 +297,14 @@ def report(
     connections: int,
     concurrency: int,
     seed: int,
+    rerun: str,
 ) -> List[str]:
     """
     Print the report; returns the targets missed (empty: all met).
     """
     failures = [r for r in records if r.outcome != "ok"]
     idem_failures = [r for r in failures if r.method in IDEMPOTENT]
-    facts = read_log(log_path, [r.rid for r in idem_failures[:DETAILED]])
+    facts = read_log(log_path, [r.rid for r in idem_failures[:DETAILED]], [r.rid for r in failures])
     total = len(records)
     methods = Counter(r.method for r in records)
     idem_total = sum(n for m, n in methods.items() if m in IDEMPOTENT)
@@ -196,7 +312,7 @@ def report(
 
     say("")
     say("==== restygate soak report ====")
-    say(f"seed          {seed}  (re-run: bench/soak --duration {planned:g} --seed {seed})")
+    say(f"seed          {seed}  (re-run: {rerun})")
     mix = ", ".join(f"{m} {methods.get(m, 0)}" for m, _ in MIX)
     say(f"requests      {total} in {wall:.1f} s: {total / max(wall, 1e-9):.1f} req/s ({mix})")
     if chaos_window is not None:
@@ -212,6 +328,13 @@ def report(
         for count, cause in mine:
             by_method = Counter(r.method for r in failures if r.outcome == cause and (r.method in IDEMPOTENT) == idempotent)
             say(f"              {count:7d}  {cause}  ({', '.join(f'{m} {c}' for m, c in sorted(by_method.items()))})")
+        if not idempotent:
+            # restygate's own message for a connect error: the request never
+            # reached the upstream, so restygate may retry it whatever its method.
+            unreached = sum(c for c, cause in mine if cause.startswith("502 upstream unreachable"))
+            if unreached:
+                say(f"              ({unreached} of these never reached an upstream: connection refused, which "
+                    f"restygate retries for any method)")
     latencies = sorted(r.latency for r in records)
     per_method = []
     for m, _ in MIX:
@@ -276,20 +399,7 @@ def report(
         say(f"consul        restygate's health queries for web: {health}; check flips written: {writes}")
 
     if idem_failures:
-        say("")
-        say(f"idempotent failures in detail (first {min(DETAILED, len(idem_failures))} of {len(idem_failures)}):")
-        for r in idem_failures[:DETAILED]:
-            say(f"  t={r.start:8.3f}s {r.method:4s} #{r.rid}: {r.outcome} after {_ms(r.latency)}; "
-                f"{_last_event(chaos.timeline, r.start)}")
-            access, failed = facts.details.get(r.rid, (None, None))
-            say(f"      access: {access or '(no access line for it)'}")
-            if failed:
-                say(f"      cause:  {failed}")
-        # Which chaos event each failure followed, so a cluster shows at once.
-        clusters = Counter(_last_event(chaos.timeline, r.start).split(": ", 1)[-1] for r in idem_failures)
-        say("  grouped by the chaos event they followed:")
-        for what, count in clusters.most_common(15):
-            say(f"  {count:7d}  {what}")
+        _explain(idem_failures, failures, facts, chaos, backends, origin_wall)
 
     missed = []
     say("")

@@ -104,6 +104,9 @@ def _judge(
     method: str, body: Optional[bytes], response: http.client.HTTPResponse, data: bytes, backend: str,
 ) -> str:
     if response.status != 200:
+        if method == "HEAD":
+            # No body, so no error message to tell causes apart by.
+            return f"{response.status} (HEAD: no error body)"
         return f"{response.status} {_gateway_error(data)}".rstrip()
     if not backend:
         return "200 without X-Soak-Backend"
