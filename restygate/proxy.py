@@ -265,7 +265,16 @@ class Exchange:
         self._timer = None
         self.timed_out = True
         if self._pending is not None:
-            self._pending.cancel()
+            try:
+                self._pending.cancel()
+            except Exception:
+                # Some Twisted versions' connectors refuse to stop at an
+                # awkward moment (mid TLS set-up); answer anyway and let the
+                # attempt's late outcome be discarded.
+                log.failure("cancelling a timed-out upstream attempt failed")
+                self._pending = None
+                self._release()
+                self._fail(504, "upstream timed out", upstream=self._upstream_name())
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -280,7 +289,7 @@ class Exchange:
         if self.upstream_sent is not None:
             self.upstream_latency = self.gateway.clock.seconds() - self.upstream_sent
         request = self.request
-        if request.channel is None:
+        if request.channel is None or request.finished:
             response.deliverBody(_Discard())
             return
         request.setResponseCode(response.code, response.phrase)

@@ -115,7 +115,10 @@ class _Unverified:
         self._sni = None if is_ip else server_name.encode("idna")
 
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        connection: SSL.Connection = self._options.clientConnectionForTLS(tlsProtocol)
+        # Built by hand: CertificateOptions.clientConnectionForTLS is newer
+        # than Twisted 25.5, the newest PyPy 3.9 can install.
+        connection = SSL.Connection(self._options.getContext(), None)
+        connection.set_app_data(tlsProtocol)
         if self._sni is not None:
             connection.set_tlsext_host_name(self._sni)
         return connection

@@ -278,7 +278,9 @@ class _LoopbackServer:
             waiter.callback(None)
 
 
-class _Factory(ServerFactory[Protocol]):
+# Not ServerFactory[Protocol]: Twisted 25.5 (the newest PyPy 3.9 gets)
+# does not make factories generic at run time.
+class _Factory(ServerFactory):  # type: ignore[type-arg]
     """
     A server factory that asks a callable for each protocol, so protocols
     can be built with a reference to the server that owns them.

@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import shutil
+import site
 import socket
 import subprocess
 import sys
@@ -149,6 +150,12 @@ class _Venv:
         self.site_packages = _run(
             [self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], PIP_TIMEOUT
         ).strip()
+        if sys.prefix != sys.base_prefix:
+            # The tests run in a virtualenv themselves: --system-site-packages
+            # reaches the base interpreter's packages, not that virtualenv's
+            # where the dependencies are, so name those too (after our own).
+            with open(os.path.join(self.site_packages, "_outer_venv.pth"), "w") as f:
+                f.write("\n".join(site.getsitepackages()) + "\n")
         self.plugins = os.path.join(self.site_packages, "twisted", "plugins")
         self.prelude = _ONLY_THE_COPY_UNDER_TEST.format(keep=os.path.realpath(keep or self.site_packages))
         self.twistd = os.path.join(path, "bin", "twistd")
