@@ -240,11 +240,11 @@ class Exchange:
         ):
             return False
         untried = tuple(i for i in snapshot.instances if i not in self._tried)
+        if not untried:
+            return False
         # A request that never reached an upstream costs nothing to send
         # elsewhere, so only retries of requests an upstream may have seen
         # draw on the budget (the per-request limit still bounds the rest).
-        if not untried:
-            return False
         if not never_reached(failure) and not self.gateway.budget.try_retry():
             self.gateway.budget_exhausted(snapshot)
             return False
