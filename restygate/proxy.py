@@ -129,7 +129,6 @@ class Exchange:
         self._pending: Optional[Deferred[Any]] = None
         self._relay: Optional[ResponseRelay] = None
         self._timer: Optional[IDelayedCall] = None
-        self.timed_out = False
         self.retries = 0
         self.error: Optional[str] = None
         self.upstream_sent: Optional[float] = None
@@ -139,6 +138,8 @@ class Exchange:
         self._headers = Headers()
         self._tried: List[Instance] = []
         self._active: Optional[Instance] = None
+        # Read once: the forwarding headers and the access log both need it.
+        self.client_ip = _client_ip(request)
         request.notifyFinish().addBoth(self._finished)
 
     def run(self) -> None:
@@ -187,7 +188,7 @@ class Exchange:
                 return
             snapshot = self.gateway.panic(snapshot)
         self._snapshot = snapshot
-        self._headers = forward_headers(request, route, _client_ip(request), request.body is not None)
+        self._headers = forward_headers(request, route, self.client_ip, request.body is not None)
         self.gateway.budget.request()
         self._attempt(snapshot.instances)
 
@@ -201,7 +202,6 @@ class Exchange:
         self._tried.append(instance)
         gateway.outliers.started(route.dc, route.service, instance)
         self._active = instance
-        self.timed_out = False
         try:
             d = gateway.upstream.request(
                 instance, self.request.method, route.target, self._headers, self.request.body
@@ -233,7 +233,6 @@ class Exchange:
         body = self.request.body
         if (
             snapshot is None
-            or self.timed_out
             or self.retries >= self.gateway.config.retries
             or not retriable(self.request.method, failure)
             or (body is not None and not body.replayable)
@@ -260,21 +259,20 @@ class Exchange:
         return True
 
     def _timed_out(self) -> None:
-        # Cancelling the agent's request aborts its connection; the failure
-        # that results says "cancelled", so remember why it was cancelled.
+        # Answer first, then cancel: the attempt's late failure finds the
+        # request finished and is dropped, whatever cancelling does.
         self._timer = None
-        self.timed_out = True
-        if self._pending is not None:
-            try:
-                self._pending.cancel()
-            except Exception:
-                # Some Twisted versions' connectors refuse to stop at an
-                # awkward moment (mid TLS set-up); answer anyway and let the
-                # attempt's late outcome be discarded.
-                log.failure("cancelling a timed-out upstream attempt failed")
-                self._pending = None
-                self._release()
-                self._fail(504, "upstream timed out", upstream=self._upstream_name())
+        pending, self._pending = self._pending, None
+        self._release()
+        log.warn(
+            "{dc}/{service}: upstream {upstream} sent no response headers in {timeout:g}s",
+            dc=self.route.dc if self.route else "-",
+            service=self.route.service if self.route else "-",
+            upstream=self._upstream_name(), timeout=self.gateway.config.upstream_timeout,
+        )
+        self._fail(504, "upstream timed out", upstream=self._upstream_name())
+        if pending is not None:
+            pending.cancel()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -289,7 +287,7 @@ class Exchange:
         if self.upstream_sent is not None:
             self.upstream_latency = self.gateway.clock.seconds() - self.upstream_sent
         request = self.request
-        if request.channel is None or request.finished:
+        if request.finished or request.channel is None:
             response.deliverBody(_Discard())
             return
         request.setResponseCode(response.code, response.phrase)
@@ -323,18 +321,17 @@ class Exchange:
         self._stop_timer()
         self._pending = None
         self._release()
-        if self.request.channel is None:
+        if self.request.finished or self.request.channel is None:
             return
         route, instance, snapshot = self.route, self.instance, self._snapshot
         if (
-            not self.timed_out
-            and route is not None and instance is not None and snapshot is not None
+            route is not None and instance is not None and snapshot is not None
             and _connection_failure(failure)
         ):
             self.gateway.outliers.failed(route.dc, route.service, instance, snapshot.instances)
         if self._retry(failure):
             return
-        status, message = (504, "upstream timed out") if self.timed_out else _upstream_error(failure)
+        status, message = _upstream_error(failure)
         log.warn(
             "{dc}/{service}: upstream {upstream} failed: {error}",
             dc=self.route.dc if self.route else "-",
@@ -364,7 +361,7 @@ class Exchange:
         return Completed(
             started=self.started,
             duration=self.gateway.clock.seconds() - self.started,
-            client=_client_ip(request),
+            client=self.client_ip,
             method=request.method.decode("latin-1"),
             uri=request.uri.decode("latin-1"),
             proto=(request.clientproto or b"-").decode("latin-1"),
