@@ -19,8 +19,7 @@ import dataclasses
 import json
 import signal
 from datetime import datetime, timezone
-from types import FrameType
-from typing import Any, Callable, Dict, Optional, TextIO, Union
+from typing import Any, Callable, Dict, Optional, TextIO
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -30,6 +29,7 @@ from twisted.web.http import datetimeToLogString
 
 from restygate.config import Config
 from restygate.observe import Completed
+from restygate.signals import SignalHook
 
 __all__ = ["AccessLog", "combined", "json_line", "FORMATS"]
 
@@ -80,8 +80,6 @@ def json_line(c: Completed) -> str:
 
 FORMATS: Dict[str, Callable[[Completed], str]] = {"combined": combined, "json": json_line}
 
-_Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
-
 
 class AccessLog(Service):
     """
@@ -95,8 +93,7 @@ class AccessLog(Service):
         self._path = config.access_log
         self._file: Optional[TextIO] = None
         self._flush_call: Optional[IDelayedCall] = None
-        self._previous_handler: _Handler = None
-        self._handling = False
+        self._usr1 = SignalHook(signal.SIGUSR1, self.reopen, reactor)
 
     def __call__(self, c: Completed) -> None:
         line = self._format(c)
@@ -133,16 +130,8 @@ class AccessLog(Service):
         if config.access_log == self._path:
             return
         if self.running and config.access_log is not None:
-            try:
-                opened = _open(config.access_log)
-            except OSError as e:
-                log.error(
-                    "keeping the current access log: cannot open {path}: {error}",
-                    path=config.access_log, error=e.strerror,
-                )
+            if not self._switch_to(config.access_log, "keeping the current access log"):
                 return
-            self._close()
-            self._file = opened
         else:
             self._close()
         self._path = config.access_log
@@ -154,17 +143,23 @@ class AccessLog(Service):
         """
         if self._file is None or self._path is None:
             return
+        if self._switch_to(self._path, "still writing the old access log"):
+            log.info("reopened the access log {path}", path=self._path)
+
+    def _switch_to(self, path: str, otherwise: str) -> bool:
+        """
+        Write to C{path} from now on; if it cannot be opened, say so and
+        keep the current destination.
+        """
         try:
-            opened = _open(self._path)
+            opened = _open(path)
         except OSError as e:
-            log.error(
-                "still writing the old access log: cannot reopen {path}: {error}",
-                path=self._path, error=e.strerror,
-            )
-            return
+            log.error("{otherwise}: cannot open {path}: {error}", otherwise=otherwise, path=path,
+                      error=e.strerror)
+            return False
         self._close()
         self._file = opened
-        log.info("reopened the access log {path}", path=self._path)
+        return True
 
     def _flush(self) -> None:
         self._flush_call = None
@@ -180,22 +175,10 @@ class AccessLog(Service):
             self._file = None
 
     def _handle_usr1(self, wanted: bool) -> None:
-        if wanted == self._handling:
-            return
         if wanted:
-            self._previous_handler = signal.signal(signal.SIGUSR1, self._usr1)
+            self._usr1.install()
         else:
-            signal.signal(signal.SIGUSR1, self._previous_handler or signal.SIG_DFL)
-            self._previous_handler = None
-        self._handling = wanted
-
-    def _usr1(self, signum: int, frame: Optional[FrameType]) -> None:
-        # A signal handler interrupts whatever the reactor was doing: only
-        # hand the work to the reactor's next turn.
-        self._reactor.callFromThread(self.reopen)
-        previous = self._previous_handler
-        if callable(previous):
-            previous(signum, frame)
+            self._usr1.remove()
 
 
 def _open(path: str) -> TextIO:

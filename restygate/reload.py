@@ -15,17 +15,15 @@ reload.  Requests in flight finish with the settings they started with.
 from __future__ import annotations
 
 import signal
-import threading
 from dataclasses import replace
-from types import FrameType
-from typing import Any, Callable, Optional, Protocol, Tuple
+from typing import Any, Callable, Protocol, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
 from restygate.config import KEYS, Config, ConfigError
+from restygate.signals import SignalHook
 
 __all__ = ["Reconfigurable", "Reloadable", "Reloader", "RESTART_ONLY"]
 
@@ -71,37 +69,16 @@ class Reloader(Service):
     def __init__(self, target: Reloadable, load: Callable[[], Config], reactor: Any) -> None:
         self._target = target
         self._load = load
-        self._reactor = reactor
-        self._previous_handler: Any = None
-        self._handling = False
+        self.sighup = SignalHook(signal.SIGHUP, self.reload, reactor)
 
     def startService(self) -> None:
         super().startService()
-        # Python runs signal handlers in the main thread only, and only the
-        # main thread may install one; the handler needs a reactor it can
-        # wake from there.  A gateway embedded otherwise (in a thread, on a
-        # test clock) gets reloads by calling reload().
-        if (
-            hasattr(signal, "SIGHUP")
-            and threading.current_thread() is threading.main_thread()
-            and IReactorThreads.providedBy(self._reactor)
-        ):
-            self._previous_handler = signal.signal(signal.SIGHUP, self._sighup)
-            self._handling = True
+        self.sighup.install()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        # Only give the signal back if nobody took it over since.
-        if self._handling and signal.getsignal(signal.SIGHUP) == self._sighup:
-            signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
-        self._handling = False
-        self._previous_handler = None
+        self.sighup.remove()
         return succeed(None)
-
-    def _sighup(self, signum: int, frame: Optional[FrameType]) -> None:
-        # The handler interrupts whatever the reactor was doing: only hand
-        # the reload to the reactor's next turn.
-        self._reactor.callFromThread(self.reload)
 
     def reload(self) -> bool:
         """

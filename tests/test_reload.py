@@ -285,7 +285,7 @@ class TagReloadTests(_ReloadCase):
 class SignalTests(_ReloadCase):
     async def test_sighup(self) -> None:
         rig = self.rig("pool-size = 4\n")
-        self.assertEqual(signal.getsignal(signal.SIGHUP), reloader_of(rig)._sighup)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), reloader_of(rig).sighup.handler)
         self.write("pool-size = 12\n")
         os.kill(os.getpid(), signal.SIGHUP)
         await eventually(lambda: rig.gateway.config.pool_size == 12)
@@ -294,7 +294,7 @@ class SignalTests(_ReloadCase):
         before = signal.getsignal(signal.SIGHUP)
         reloader = Reloader(_Target(), lambda: build([]), reactor)
         reloader.startService()
-        self.assertEqual(signal.getsignal(signal.SIGHUP), reloader._sighup)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), reloader.sighup.handler)
         self.successResultOf(reloader.stopService())
         self.assertEqual(signal.getsignal(signal.SIGHUP), before)
 
@@ -313,9 +313,9 @@ class SignalTests(_ReloadCase):
         first.startService()
         second.startService()
         self.successResultOf(first.stopService())
-        self.assertEqual(signal.getsignal(signal.SIGHUP), second._sighup)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), second.sighup.handler)
         self.successResultOf(second.stopService())
-        self.assertEqual(signal.getsignal(signal.SIGHUP), first._sighup)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), first.sighup.handler)
 
 
 class _Target:
