@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
@@ -191,10 +191,6 @@ async def eventually(check: Any, timeout: float = 3.0, step: float = 0.01) -> No
             raise AssertionError(f"condition not met within {timeout}s: {check}")
         await settle(step)
         waited += step
-
-
-def gather(ds: List[Deferred[Any]]) -> Deferred[Any]:
-    return DeferredList(ds, consumeErrors=True)
 
 
 def captured_log(case: TestCase) -> List[str]:

@@ -15,7 +15,7 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from tests.backends import ResettingBackend, closed_port, ipv6_available, pattern_sha256
-from tests.harness import GatewayRig, eventually, raw_connect, reactor, settle
+from tests.harness import GatewayRig, captured_log, eventually, raw_connect, reactor, settle
 
 
 def _echo(body: bytes) -> Any:
@@ -467,14 +467,23 @@ class DiscoveryTests(TestCase):
     async def test_acl_token_sent_and_never_shown(self) -> None:
         from tests.consul_server import ConsulServer
 
+        lines = captured_log(self)
         consul = ConsulServer(reactor, jitter=False, acl_token="s3cr3t-t0ken")
-        rig = GatewayRig(self, consul=consul, consul_token="s3cr3t-t0ken")
+        rig = GatewayRig(self, consul=consul, consul_token="s3cr3t-t0ken", admin="tcp:0:interface=127.0.0.1")
         rig.register(rig.backend())
         response, body = await rig.get("/dc1/web/")
         self.assertEqual(response.code, 200)
         queries = rig.consul.requests_for("/v1/health/service/web")
         self.assertEqual({q.headers.get("x-consul-token") for q in queries}, {"s3cr3t-t0ken"})
         self.assertFalse(any("token" in k for q in queries for k, _ in q.args))
-        response, body = await rig.get("/nowhere/web/")
-        self.assertNotIn(b"s3cr3t", body)
-        self.assertNotIn("s3cr3t", repr(rig.config))
+        shown = [(await rig.get("/nowhere/web/"))[1]]
+        # Consul now refuses the token: the errors this causes are logged.
+        rig.consul.acl_tokens = frozenset(["another"])
+        rig.consul.spurious_wakeup("dc1", "web")
+        await eventually(lambda: rig.watcher("dc1", "web").errors >= 1)
+        shown.append((await rig.get("/dc1/ghost/"))[1])
+        for path in ["/metrics", "/status", "/status?format=json"]:
+            shown.append((await rig.admin(path))[1])
+        self.assertTrue(any("ACL not found" in line for line in lines))
+        for text in [*shown, *(line.encode() for line in lines), repr(rig.config).encode()]:
+            self.assertNotIn(b"s3cr3t", text)
