@@ -20,10 +20,12 @@ import pickle
 import re
 import shutil
 import site
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -513,6 +515,62 @@ class GatewayEndToEndTests(TestCase):
         # The path docker/Dockerfile's HEALTHCHECK asks.
         status, received = self.get(f"http://127.0.0.1:{admin_port}/healthz")
         self.assertEqual(status, 200, _log_tail(gateway_log))
+
+    def test_sigterm_lets_requests_in_flight_finish(self) -> None:
+        """
+        On SIGTERM the daemon stops accepting, lets a request already under
+        way finish with its 200, then exits cleanly.
+        """
+        installed = _installed()
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        backend_port, gateway_port = _free_ports(2)
+        backend_log = os.path.join(base, "backend.log")
+        backend = self.spawn([sys.executable, "-c", _SLOW_BACKEND, str(backend_port)], backend_log)
+        catalog = os.path.join(base, "catalog.toml")
+        with open(catalog, "w") as f:
+            f.write(f'[dc1]\nslow = [ {{ address = "127.0.0.1", port = {backend_port} }} ]\n')
+        gateway_log = os.path.join(base, "twistd.log")
+        gateway = self.spawn(
+            [installed.venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate",
+             "--catalog", catalog, "--listen", f"tcp:{gateway_port}:interface=127.0.0.1", "--admin", "none"],
+            gateway_log,
+        )
+        self.waitForPort(backend_port, backend, backend_log)
+        self.waitForPort(gateway_port, gateway, gateway_log)
+
+        outcome: List[Tuple[int, bytes]] = []
+        client = threading.Thread(
+            target=lambda: outcome.append(self.get(f"http://127.0.0.1:{gateway_port}/dc1/slow/x"))
+        )
+        client.start()
+        deadline = time.monotonic() + TWISTD_TIMEOUT
+        while b"started" not in _log_tail(backend_log).encode() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        gateway.send_signal(signal.SIGTERM)
+        client.join(TWISTD_TIMEOUT)
+        self.assertEqual(outcome, [(200, b"slow answer\n")], _log_tail(gateway_log))
+        # twistd ends by re-raising the signal that stopped it, which
+        # systemd counts as a clean stop for SIGTERM.
+        self.assertEqual(gateway.wait(TWISTD_TIMEOUT), -signal.SIGTERM, _log_tail(gateway_log))
+        self.assertIn("Server Shut Down", _log_tail(gateway_log))
+        self.assertIn("draining 1 in-flight request", _log_tail(gateway_log))
+
+
+# A backend whose every answer takes a second, and says when it started one.
+_SLOW_BACKEND = """
+import http.server, sys, time
+class Slow(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("started", flush=True)
+        time.sleep(1.0)
+        body = b"slow answer\\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Slow).serve_forever()
+"""
 
 
 def _read(*path: str) -> str:
