@@ -63,6 +63,12 @@ _OURS: FrozenSet[bytes] = frozenset(
 )
 
 
+# Built once: every request would otherwise union them again.  With a body
+# the upstream client redoes the framing, so Content-Length goes too.
+_NOT_FORWARDED = HOP_BY_HOP | _OURS
+_NOT_FORWARDED_WITH_BODY = _NOT_FORWARDED | {b"content-length"}
+
+
 def _dropped(headers: Headers, always: FrozenSet[bytes]) -> FrozenSet[bytes]:
     named = headers.getRawHeaders(b"connection")
     if not named:
@@ -78,9 +84,7 @@ def forward_headers(request: Request, route: Route, client_ip: str, has_body: bo
     plus the C{X-Forwarded-*} set.
     """
     incoming = request.requestHeaders
-    drop = _dropped(incoming, HOP_BY_HOP | _OURS)
-    if has_body:
-        drop = drop | {b"content-length"}
+    drop = _dropped(incoming, _NOT_FORWARDED_WITH_BODY if has_body else _NOT_FORWARDED)
     out = Headers()
     for name, values in incoming.getAllRawHeaders():
         if name.lower() not in drop:
