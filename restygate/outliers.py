@@ -43,8 +43,6 @@ class InstanceState:
     consecutive_failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
-    requests: int = 0
-    failures: int = 0
 
 
 class Outliers:
@@ -105,11 +103,19 @@ class Outliers:
     def started(self, dc: str, service: str, instance: Instance) -> None:
         state = self._state(dc, service, instance)
         state.inflight += 1
-        state.requests += 1
 
     def ended(self, dc: str, service: str, instance: Instance) -> None:
-        state = self._state(dc, service, instance)
-        state.inflight = max(0, state.inflight - 1)
+        key = _key(dc, service, instance)
+        state = self._states.get(key)
+        if state is not None:
+            state.inflight = max(0, state.inflight - 1)
+            self._forget_if_clean(key, state)
+
+    def _forget_if_clean(self, key: Key, state: InstanceState) -> None:
+        # Only instances with something to remember keep an entry, so the
+        # table does not grow with every instance Consul ever listed.
+        if not (state.inflight or state.consecutive_failures or state.ejections):
+            del self._states[key]
 
     def succeeded(self, dc: str, service: str, instance: Instance) -> None:
         state = self._state(dc, service, instance)
@@ -134,7 +140,6 @@ class Outliers:
         this failure ejected it.
         """
         state = self._state(dc, service, instance)
-        state.failures += 1
         state.consecutive_failures += 1
         if state.consecutive_failures < self.threshold:
             return False

@@ -158,6 +158,17 @@ class OutlierClockTests(TestCase):
         fail(self.b, (self.b, c))
         self.assertTrue(self.outliers.is_ejected("dc1", "web", self.b))
 
+    def test_only_instances_with_a_history_are_remembered(self) -> None:
+        self.outliers.started("dc1", "web", self.a)
+        self.assertEqual(self.outliers.state("dc1", "web", self.a).inflight, 1)
+        self.outliers.succeeded("dc1", "web", self.a)
+        self.outliers.ended("dc1", "web", self.a)
+        self.assertIsNone(self.outliers.state("dc1", "web", self.a))
+        self.outliers.started("dc1", "web", self.b)
+        self.outliers.ended("dc1", "web", self.b)
+        self.outliers.failed("dc1", "web", self.b, self.four)
+        self.assertEqual(self.outliers.state("dc1", "web", self.b).consecutive_failures, 1)
+
     def test_an_answer_ends_an_ejection(self) -> None:
         self.assertTrue(self.fail(3))
         self.outliers.succeeded("dc1", "web", self.a)
