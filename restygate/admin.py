@@ -25,7 +25,7 @@ from restygate.status import discovery_answered, gateway_status, render_html
 if TYPE_CHECKING:
     from restygate.service import Gateway
 
-__all__ = ["Admin", "AdminSite", "PROBE_INTERVAL"]
+__all__ = ["Admin", "AdminSite", "PROBE_INTERVAL", "answer", "answer_json"]
 
 log = Logger()
 
@@ -124,7 +124,7 @@ class Admin(Service):
             )
 
 
-def _answer(request: Request, status: int, content_type: bytes, body: bytes) -> bytes:
+def answer(request: Request, status: int, content_type: bytes, body: bytes) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type)
     # Live state: never from a cache; and never sniffed into something else.
@@ -133,9 +133,9 @@ def _answer(request: Request, status: int, content_type: bytes, body: bytes) -> 
     return body
 
 
-def _json(request: Request, status: int, document: Dict[str, Any]) -> bytes:
+def answer_json(request: Request, status: int, document: Dict[str, Any]) -> bytes:
     body = json.dumps(document, indent=1).encode("utf-8") + b"\n"
-    return _answer(request, status, b"application/json", body)
+    return answer(request, status, b"application/json", body)
 
 
 class _Endpoint(Resource):
@@ -153,21 +153,21 @@ class _Endpoint(Resource):
 class _Health(_Endpoint):
     def render_GET(self, request: Request) -> bytes:
         # Answering at all is the point: the reactor is turning.
-        return _answer(request, 200, b"text/plain; charset=utf-8", b"ok\n")
+        return answer(request, 200, b"text/plain; charset=utf-8", b"ok\n")
 
 
 class _Ready(_Endpoint):
     def render_GET(self, request: Request) -> bytes:
         reason = self._admin.not_ready()
         if reason is None:
-            return _json(request, 200, {"ready": True})
-        return _json(request, 503, {"ready": False, "reason": reason})
+            return answer_json(request, 200, {"ready": True})
+        return answer_json(request, 503, {"ready": False, "reason": reason})
 
 
 class _Metrics(_Endpoint):
     def render_GET(self, request: Request) -> bytes:
         exposition = self._admin.metrics.exposition()
-        return _answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), exposition)
+        return answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), exposition)
 
 
 class _Status(_Endpoint):
@@ -176,10 +176,10 @@ class _Status(_Endpoint):
         document = gateway_status(admin.gateway, admin.started, admin.clock.seconds())
         accept = request.getHeader(b"accept") or b""
         if request.args.get(b"format") == [b"json"] or b"application/json" in accept.lower():
-            return _json(request, 200, document)
+            return answer_json(request, 200, document)
         page = render_html(document).encode("utf-8")
         request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
-        return _answer(request, 200, b"text/html; charset=utf-8", page)
+        return answer(request, 200, b"text/html; charset=utf-8", page)
 
 
 def _root(admin: Admin) -> Resource:

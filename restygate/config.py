@@ -99,7 +99,7 @@ class Config:
     upstream_ca: Optional[CABundle] = None
     upstream_tls_insecure: bool = False
     consul_ca: Optional[CABundle] = None
-
+    workers: int = 1
 
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]+))(?::(?P<port>[^:]*))?$")
@@ -296,6 +296,17 @@ def _access_log(value: Any) -> Optional[str]:
     return None if value == "-" else value
 
 
+def _workers(value: Any) -> int:
+    # "auto": one worker per CPU this process may run on (a container's or
+    # systemd's CPU affinity counts, not the host's core count).
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    text = str(value).strip()
+    if isinstance(value, bool) or not _DIGITS.fullmatch(text) or not 1 <= int(text) <= 256:
+        raise ConfigError(f"workers: expected 'auto' or a whole number from 1 to 256, got {value!r}")
+    return int(text)
+
+
 def _catalog(value: Any) -> Optional[str]:
     path = _optional_string("catalog")(value)
     if path is not None and not os.path.isfile(path):
@@ -352,6 +363,7 @@ KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "upstream-ca": ("upstream_ca", _ca_bundle("upstream-ca")),
     "upstream-tls-insecure": ("upstream_tls_insecure", _flag("upstream-tls-insecure")),
     "consul-ca": ("consul_ca", _ca_bundle("consul-ca")),
+    "workers": ("workers", _workers),
 }
 
 DEFAULTS: Mapping[str, Any] = {
@@ -382,6 +394,7 @@ DEFAULTS: Mapping[str, Any] = {
     "upstream-ca": None,
     "upstream-tls-insecure": False,
     "consul-ca": None,
+    "workers": "auto",
 }
 
 

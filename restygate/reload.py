@@ -7,7 +7,7 @@ force without dropping a connection.
 A reload is all or nothing.  A file that cannot be read or holds a bad value
 is refused with one log line and the running configuration stays whole.
 Keys only a restart can change (L{RESTART_ONLY}: the listening sockets, the
-discovery source) keep their running values, with a warning naming them;
+discovery source, the number of workers) keep their running values, with a warning naming them;
 every other key takes effect at once, for requests that start after the
 reload.  Requests in flight finish with the settings they started with.
 """
@@ -31,7 +31,9 @@ log = Logger()
 
 # Keys whose new value needs a restart: listeners are bound sockets, and the
 # discovery source and its credentials are wired into every watcher.
-RESTART_ONLY: Tuple[str, ...] = ("listen", "admin", "consul", "consul-token", "consul-ca", "catalog")
+RESTART_ONLY: Tuple[str, ...] = (
+    "listen", "admin", "consul", "consul-token", "consul-ca", "catalog", "workers",
+)
 
 
 class Reconfigurable(Protocol):

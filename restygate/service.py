@@ -8,12 +8,12 @@ stop accepting before the pools and watchers they depend on go away.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -52,17 +52,24 @@ class _Closing(Service):
 class Listener(Service):
     """
     Listens on one endpoint description and keeps the port, so that tests,
-    the status page and shutdown can reach it.
+    the status page and shutdown can reach it.  A worker process gives the
+    endpoint adopting the socket its parent bound for that description.
 
     It listens in C{privilegedStartService}, before twistd drops privileges,
     and a port that cannot be had ends the start with one line instead of a
     traceback.
     """
 
-    def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
+    def __init__(
+        self,
+        description: str,
+        factory: IProtocolFactory,
+        reactor: Any,
+        endpoint: Optional[IStreamServerEndpoint] = None,
+    ) -> None:
         self.description = description
         self.port: Optional[IListeningPort] = None
-        self._endpoint = serverFromString(reactor, description)
+        self._endpoint = endpoint or serverFromString(reactor, description)
         self._factory = factory
 
     def privilegedStartService(self) -> None:
@@ -154,13 +161,18 @@ class Gateway(MultiService):
 
 
 def make_gateway(
-    config: Config, reactor: Any = None, load: Optional[Callable[[], Config]] = None
+    config: Config,
+    reactor: Any = None,
+    load: Optional[Callable[[], Config]] = None,
+    endpoints: Optional[Sequence[IStreamServerEndpoint]] = None,
 ) -> Gateway:
     """
     The whole gateway for C{config}, ready to start.
 
     @param load: builds the config again from its sources, for a reload
         (SIGHUP); without it a reload has nothing to re-read.
+    @param endpoints: where to listen for each of C{config.listen}, when
+        not simply there (a worker adopts its parent's sockets).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -204,7 +216,10 @@ def make_gateway(
     site = GatewaySite(resource, reactor=reactor, timeout=config.body_idle_timeout)
     root.resource = resource
     root.site = site
-    root.listeners = [Listener(description, site, reactor) for description in config.listen]
+    where: Sequence[Optional[IStreamServerEndpoint]] = endpoints or [None] * len(config.listen)
+    root.listeners = [
+        Listener(description, site, reactor, endpoint) for description, endpoint in zip(config.listen, where)
+    ]
     for listener in root.listeners:
         listener.setServiceParent(root)
     root.admin_listener = None

@@ -21,6 +21,7 @@ from restygate import __version__
 from restygate.catalog import load_catalog
 from restygate.config import Config, ConfigError, build, from_environment, load_toml
 from restygate.service import make_gateway
+from restygate.workers import make_workers
 
 __all__ = ["Options", "makeService", "check_config", "run_check"]
 
@@ -55,6 +56,7 @@ class Options(usage.Options):
         ["access-log-format", None, None, "Access log lines: combined (Apache/nginx plus upstream fields) or json [combined]."],
         ["upstream-ca", None, None, "PEM bundle of the CAs that certificates of HTTPS upstreams (Consul tag https, or meta protocol=https) must chain to [the platform's trust store]."],
         ["consul-ca", None, None, "PEM bundle of the CAs an https:// Consul agent's certificate must chain to [the platform's trust store]."],
+        ["workers", None, None, "Worker processes sharing the listeners, or 'auto' for one per CPU [auto]."],
         ["config", "c", None, "TOML config file; its keys are these option names."],
     ]
 
@@ -67,6 +69,8 @@ class Options(usage.Options):
         self["upstream-tls-insecure"] = None
         self["check-config"] = False
         self.config: Optional[Config] = None
+        # As given, for worker processes to parse the same way.
+        self.argv: List[str] = []
 
     def opt_listen(self, description: str) -> None:
         """
@@ -112,6 +116,7 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except ConfigError as e:
@@ -167,4 +172,11 @@ def run_check(options: Mapping[str, Any], environ: Mapping[str, str]) -> int:
 
 def makeService(options: Options) -> IService:
     assert options.config is not None
-    return make_gateway(options.config, load=lambda: load(options, os.environ))
+    config = options.config
+
+    def reload() -> Config:
+        return load(options, os.environ)
+
+    if config.workers > 1:
+        return make_workers(config, options.argv, reload)
+    return make_gateway(config, load=reload)

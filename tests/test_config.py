@@ -25,6 +25,9 @@ from restygate.config import (
     parse_consul_address,
 )
 
+# "auto" workers: one per CPU this process may run on.
+CPUS = len(os.sched_getaffinity(0))
+
 DEFAULT_CONFIG = Config(
     listen=("tcp:8080",),
     consul=ConsulAddress("http", "127.0.0.1", 8500),
@@ -39,6 +42,7 @@ DEFAULT_CONFIG = Config(
     consul_wait=60.0,
     discovery_timeout=5.0,
     config_file=None,
+    workers=CPUS,
 )
 
 
@@ -118,6 +122,15 @@ class EnvironmentTests(_ConfigTestCase):
         )
         self.assertEqual(layer, {"consul": "b:2"})
 
+    def test_workers(self) -> None:
+        self.assertEqual(build([{"workers": "auto"}]).workers, CPUS)
+        self.assertEqual(build([{"workers": "4"}]).workers, 4)
+        self.assertEqual(build([{"workers": 1}]).workers, 1)
+
+    def test_workers_bad(self) -> None:
+        for value in [0, "0", -2, "257", "two", "1.5", True, "", "\u00b2", "AUTO"]:
+            self.assertConfigError("workers", [{"workers": value}])
+
     def test_token(self) -> None:
         layer = from_environment({"CONSUL_HTTP_TOKEN": "s3cr3t-t0ken"})
         self.assertEqual(layer, {"consul-token": "s3cr3t-t0ken"})
@@ -185,6 +198,7 @@ class LayeringTests(_ConfigTestCase):
                     "watch-idle-timeout = 120",
                     "consul-wait = 600",
                     "discovery-timeout = 0.25",
+                    "workers = 3",
                     "",
                 ]
             )
@@ -205,6 +219,7 @@ class LayeringTests(_ConfigTestCase):
                 consul_wait=600.0,
                 discovery_timeout=0.25,
                 config_file=path,
+                workers=3,
             ),
         )
 
@@ -346,6 +361,15 @@ class KeyParsingTests(_ConfigTestCase):
     def test_pool_size_bad(self) -> None:
         for value in [0, -1, "-3", "0", "ten", "1.5", 2.0, True, "", "\u00b2", "\uff18"]:
             self.assertConfigError("pool-size", [{"pool-size": value}])
+
+    def test_workers(self) -> None:
+        self.assertEqual(build([{"workers": "auto"}]).workers, CPUS)
+        self.assertEqual(build([{"workers": "4"}]).workers, 4)
+        self.assertEqual(build([{"workers": 1}]).workers, 1)
+
+    def test_workers_bad(self) -> None:
+        for value in [0, "0", -2, "257", "two", "1.5", True, "", "\u00b2", "AUTO"]:
+            self.assertConfigError("workers", [{"workers": value}])
 
     def test_token(self) -> None:
         self.assertEqual(build([{"consul-token": "abc"}]).consul_token, "abc")

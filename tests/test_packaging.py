@@ -431,10 +431,10 @@ def _log_tail(path: str) -> str:
         return "(no log)"
 
 
-class GatewayEndToEndTests(TestCase):
+class DaemonTestCase(TestCase):
     """
-    The installed C{twistd restygate}, on a static catalog, proxies to a real
-    backend (the README's no-Consul quick start, on free ports).
+    Runs real processes (the installed daemon, backends) for a test, and
+    talks to them over loopback.
     """
 
     def spawn(self, args: Sequence[str], log: str) -> "subprocess.Popen[bytes]":
@@ -477,6 +477,14 @@ class GatewayEndToEndTests(TestCase):
                 return response.status, response.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
+
+
+
+class GatewayEndToEndTests(DaemonTestCase):
+    """
+    The installed C{twistd restygate}, on a static catalog, proxies to a real
+    backend (the README's no-Consul quick start, on free ports).
+    """
 
     def test_get_through_gateway(self) -> None:
         """
@@ -521,6 +529,16 @@ class GatewayEndToEndTests(TestCase):
         On SIGTERM the daemon stops accepting, lets a request already under
         way finish with its 200, then exits cleanly.
         """
+        self.assertDrainsOnSigterm(workers=1)
+
+    def test_sigterm_drains_workers(self) -> None:
+        """
+        With worker processes, the parent's SIGTERM reaches the worker
+        serving the request, which finishes it before everything exits.
+        """
+        self.assertDrainsOnSigterm(workers=2)
+
+    def assertDrainsOnSigterm(self, workers: int) -> None:
         installed = _installed()
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
@@ -533,7 +551,8 @@ class GatewayEndToEndTests(TestCase):
         gateway_log = os.path.join(base, "twistd.log")
         gateway = self.spawn(
             [installed.venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate",
-             "--catalog", catalog, "--listen", f"tcp:{gateway_port}:interface=127.0.0.1", "--admin", "none"],
+             "--catalog", catalog, "--listen", f"tcp:{gateway_port}:interface=127.0.0.1", "--admin", "none",
+             "--workers", str(workers)],
             gateway_log,
         )
         self.waitForPort(backend_port, backend, backend_log)

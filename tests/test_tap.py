@@ -90,6 +90,7 @@ class OptionsTests(SynchronousTestCase):
                 "--watch-idle-timeout", "30",
                 "--consul-wait", "120",
                 "--discovery-timeout", "2",
+                "--workers", "5",
             ]
         )
         self.assertEqual(
@@ -107,6 +108,7 @@ class OptionsTests(SynchronousTestCase):
                 watch_idle_timeout=30.0,
                 consul_wait=120.0,
                 discovery_timeout=2.0,
+                workers=5,
                 config_file=None,
             ),
         )
@@ -143,8 +145,9 @@ class OptionsTests(SynchronousTestCase):
             'server-name = ["file.example.com"]\n'
             'tag = ["from-file"]\n'
             "upstream-timeout = 9\n"
+            "workers = 2\n"
         )
-        config = self.parse(["--config", path, "--pool-size", "20", "--tag", "from-flag"])
+        config = self.parse(["--config", path, "--pool-size", "20", "--tag", "from-flag", "--workers", "6"])
         self.assertEqual(
             config,
             Config(
@@ -161,6 +164,7 @@ class OptionsTests(SynchronousTestCase):
                 consul_wait=60.0,
                 discovery_timeout=5.0,
                 config_file=path,
+                workers=6,
             ),
         )
 

@@ -1,0 +1,175 @@
+"""
+One worker process of a multi-worker gateway (L{restygate.workers}), started
+by the parent as C{python -m restygate.worker}; never by hand.
+
+It builds its configuration from the same command line, environment and
+config file as the parent, and runs a whole gateway of its own (pool,
+watchers, access log) on the listening sockets it inherited.  It talks to
+the parent over pipes: its log lines go out on standard output for the
+parent to put in the daemon's log (wherever twistd sends it: a file, the
+journal), its admin address goes out on the control pipe, and the end of
+standard input -- the parent gone, even killed -- makes it stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import socket
+import sys
+from typing import Any, List, Mapping, Optional, Sequence
+
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, SSL4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.stdio import StandardIO
+from twisted.logger import FileLogObserver, ILogObserver, Logger, eventAsText, globalLogBeginner
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from restygate.config import Config
+from restygate.service import make_gateway
+from restygate.tap import Options, load
+
+__all__ = ["main", "as_worker", "WORKER_ADMIN"]
+
+log = Logger(namespace="restygate.worker")
+
+# A worker's own admin site, which the parent's admin side reads: loopback,
+# on a port the kernel picks.
+WORKER_ADMIN = "tcp:0:interface=127.0.0.1"
+
+
+def as_worker(config: Config) -> Config:
+    """
+    The configuration a worker runs: the parent's, as one worker, with the
+    admin side on a private port when the parent has one.
+    """
+    return dataclasses.replace(config, workers=1, admin=WORKER_ADMIN if config.admin else None)
+
+
+@implementer(IStreamServerEndpoint)
+class _AdoptedTLS:
+    """
+    An inherited socket speaking TLS as the C{ssl:} description it was bound
+    for says: the certificate and options come from parsing that description
+    again, which binds nothing.
+    """
+
+    def __init__(self, adopted: IStreamServerEndpoint, tls: SSL4ServerEndpoint) -> None:
+        self._adopted = adopted
+        # Twisted builds the context factory from the description and keeps
+        # it only here; parsing it ourselves would duplicate Twisted's parser.
+        self._context = tls._sslContextFactory
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        return self._adopted.listen(TLSMemoryBIOFactory(self._context, False, protocolFactory))
+
+
+def adopted_endpoint(reactor: Any, description: str, fd: int) -> IStreamServerEndpoint:
+    """
+    The endpoint listening on the inherited socket C{fd}, bound by the
+    parent for C{description}.
+    """
+    probe = socket.socket(fileno=fd)
+    family = probe.family
+    probe.detach()
+    endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
+    described = serverFromString(reactor, description)
+    if isinstance(described, SSL4ServerEndpoint):
+        return _AdoptedTLS(endpoint, described)
+    return endpoint
+
+
+class _Control(Protocol):
+    """
+    The pipes to the parent: standard input, where nothing comes but its
+    end, and the control pipe, where the worker says it is up.
+    """
+
+    def __init__(self, stop: Any) -> None:
+        self._stop = stop
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._stop("the parent process is gone")
+
+
+def _observer() -> ILogObserver:
+    # No timestamp: the parent stamps each line as it logs it.
+    return FileLogObserver(
+        sys.stdout, lambda event: eventAsText(event, includeTimestamp=False) + "\n"
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.environ) -> int:
+    parser = argparse.ArgumentParser(prog="python -m restygate.worker", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--index", type=int, required=True, help="this worker's number, from 0")
+    parser.add_argument("--control-fd", type=int, required=True, help="pipe to tell the parent we are up")
+    parser.add_argument("--listen-fds", required=True, help="inherited listening sockets, one per listener, comma-separated")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="-- and the restygate options")
+    args = parser.parse_args(argv)
+    # Until the gateway handles them, these would end the process (their
+    # default action); the parent resends a reload the worker missed.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    options_argv: List[str] = list(args.options)
+    if options_argv[:1] == ["--"]:
+        options_argv = options_argv[1:]
+
+    from twisted.internet import reactor as installed
+
+    reactor: Any = installed
+    globalLogBeginner.beginLoggingTo([_observer()], redirectStandardIO=False)
+
+    options = Options()
+    options.parseOptions(options_argv)
+    assert options.config is not None
+    config = as_worker(options.config)
+    fds = [int(fd) for fd in args.listen_fds.split(",")]
+    if len(fds) != len(config.listen):
+        raise SystemExit(f"restygate worker: {len(fds)} sockets for {len(config.listen)} listeners")
+    gateway = make_gateway(
+        config,
+        reactor,
+        load=lambda: as_worker(load(options, environ)),
+        endpoints=[adopted_endpoint(reactor, d, fd) for d, fd in zip(config.listen, fds)],
+    )
+
+    stopping: List[str] = []
+
+    def stop(why: str) -> None:
+        if stopping:
+            return
+        stopping.append(why)
+        log.info("worker {index} stopping: {why}", index=args.index, why=why)
+        reactor.stop()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(stop, signal.Signals(signum).name)
+
+    # Our own handlers, not the reactor's: a terminal's Ctrl-C reaches the
+    # whole process group, and the parent's SIGTERM may follow; one stop.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Typed from the Windows StandardIO, which has no stdin/stdout arguments.
+    control = StandardIO(_Control(stop), stdin=0, stdout=args.control_fd, reactor=reactor)  # type: ignore[call-arg]
+
+    def started() -> None:
+        gateway.startService()
+        admin = gateway.admin_listener
+        port = admin.port.getHost().port if admin is not None and admin.port is not None else "-"  # type: ignore[attr-defined]
+        control.write(f"up {os.getpid()} {port}\n".encode("ascii"))
+
+    gateway.privilegedStartService()
+    reactor.callWhenRunning(started)
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    reactor.run(installSignalHandlers=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

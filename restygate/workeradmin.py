@@ -1,0 +1,295 @@
+"""
+The admin side of a multi-worker gateway, served by the parent on the
+configured admin endpoint.  Each worker keeps its own admin site on a
+private loopback port; the parent reads them and answers for the whole:
+
+ - C{/metrics}: every worker's series with a C{worker} label added (sum
+   over it for gateway totals), plus the parent's C{restygate_workers_up}
+   and C{restygate_worker_restarts_total};
+ - C{/status}: the workers table and each worker's status document (JSON),
+   or a page linking each worker's own page (C{?worker=N});
+ - C{/healthz}: 200 while at least one worker is up;
+ - C{/readyz}: 200 when every worker that is up says it is ready.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from restygate import __version__
+from restygate.admin import AdminSite, answer, answer_json
+from restygate.upstream import quiet_pool
+
+if TYPE_CHECKING:
+    from restygate.workers import WorkerPool, WorkerProcess
+
+__all__ = ["WorkerAdmin", "merge_expositions"]
+
+log = Logger()
+
+# Seconds a worker's admin site gets to answer the parent.
+WORKER_ANSWER_TIMEOUT = 5.0
+
+_FAMILY = re.compile(rb"^# (?:HELP|TYPE) (\S+)")
+
+
+def merge_expositions(parts: Sequence[Tuple[str, bytes]]) -> bytes:
+    """
+    One Prometheus text exposition from several, each sample labelled with
+    its part's C{worker} value; a family's HELP and TYPE lines appear once,
+    its samples from every part together under them.
+
+    @param parts: (worker label value, that worker's exposition).
+    """
+    headers: Dict[bytes, List[bytes]] = {}
+    samples: Dict[bytes, List[bytes]] = {}
+    for worker, exposition in parts:
+        label = b'worker="' + worker.encode("ascii") + b'"'
+        family: Optional[bytes] = None
+        for line in exposition.splitlines():
+            match = _FAMILY.match(line)
+            if match is not None:
+                family = match.group(1)
+                seen = headers.setdefault(family, [])
+                samples.setdefault(family, [])
+                if line not in seen:
+                    seen.append(line)
+            elif line and not line.startswith(b"#") and family is not None:
+                samples[family].append(_labelled(line, label))
+    out: List[bytes] = []
+    for family, lines in headers.items():
+        out.extend(lines)
+        out.extend(samples[family])
+    return b"\n".join(out) + b"\n" if out else b""
+
+
+def _labelled(sample: bytes, label: bytes) -> bytes:
+    brace = sample.find(b"{")
+    space = sample.find(b" ")
+    if brace != -1 and (space == -1 or brace < space):
+        rest = sample[brace + 1 :]
+        separator = b"" if rest.startswith(b"}") else b","
+        return sample[: brace + 1] + label + separator + rest
+    return sample[:space] + b"{" + label + b"}" + sample[space:]
+
+
+class WorkerAdmin:
+    """
+    The parent's admin state: the pool it reports on, and a client for the
+    workers' admin sites.
+
+    @ivar site: the admin L{Site}, for a listener.
+    """
+
+    def __init__(self, pool: WorkerPool, reactor: Any) -> None:
+        self.pool = pool
+        self.clock = reactor
+        self._agent = Agent(reactor, pool=quiet_pool(reactor, 2))
+        root = Resource()
+        for name, page in [(b"metrics", _Metrics), (b"status", _Status), (b"healthz", _Health), (b"readyz", _Ready)]:
+            root.putChild(name, page(self))
+        self.site = AdminSite(root, reactor)
+
+    def up(self) -> List[WorkerProcess]:
+        return [w for w in self.pool.workers if w is not None and w.up and w.admin_port is not None]
+
+    def fetch(self, worker: WorkerProcess, path: str) -> Deferred[Tuple[int, bytes]]:
+        """
+        A worker's admin answer to C{GET path}: its status code and body.
+        """
+        url = f"http://127.0.0.1:{worker.admin_port}{path}".encode("ascii")
+        d: Deferred[Any] = self._agent.request(b"GET", url)
+        timeout = self.clock.callLater(WORKER_ANSWER_TIMEOUT, d.cancel)
+
+        def body(response: Any) -> Deferred[Tuple[int, bytes]]:
+            return readBody(response).addCallback(lambda data: (response.code, data))
+
+        def done(result: Any) -> Any:
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        d.addCallback(body)
+        d.addBoth(done)
+        return d
+
+    def fetch_all(self, path: str) -> Deferred[List[Tuple[WorkerProcess, Optional[Tuple[int, bytes]]]]]:
+        """
+        Every up worker's answer to C{GET path}; L{None} for one that did
+        not give one (logged).
+        """
+        workers = self.up()
+
+        def one(worker: WorkerProcess) -> Deferred[Any]:
+            def failed(failure: Failure) -> None:
+                log.warn(
+                    "worker {index} admin site did not answer {path}: {error}",
+                    index=worker.index, path=path, error=failure.getErrorMessage(),
+                )
+
+            return self.fetch(worker, path).addErrback(failed).addCallback(lambda got: (worker, got))
+
+        return gatherResults([one(worker) for worker in workers])
+
+    def own_metrics(self) -> bytes:
+        lines = [
+            "# HELP restygate_workers_up Worker processes up and serving.",
+            "# TYPE restygate_workers_up gauge",
+            f"restygate_workers_up {len(self.up())}",
+            "# HELP restygate_worker_restarts_total Times a worker process was started again after it exited.",
+            "# TYPE restygate_worker_restarts_total counter",
+        ]
+        lines += [
+            f'restygate_worker_restarts_total{{worker="{index}"}} {count}'
+            for index, count in enumerate(self.pool.restarts)
+        ]
+        return ("\n".join(lines) + "\n").encode("ascii")
+
+    def summary(self, worker: Optional[WorkerProcess], index: int) -> Dict[str, Any]:
+        now = self.clock.seconds()
+        return {
+            "index": index,
+            "pid": worker.pid if worker is not None else None,
+            "up": worker is not None and worker.up,
+            "uptime_seconds": round(now - worker.started, 3) if worker is not None else None,
+            "restarts": self.pool.restarts[index],
+        }
+
+
+class _Page(Resource):
+    isLeaf = True
+
+    def __init__(self, admin: WorkerAdmin) -> None:
+        Resource.__init__(self)
+        self._admin = admin
+
+    def render_GET(self, request: Request) -> Any:
+        gone: List[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        d = Deferred.fromCoroutine(self.answer(request))
+
+        def write(body: bytes) -> None:
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.failure("admin page {path} failed", failure, path=request.path)
+            write(answer(request, 500, b"text/plain; charset=utf-8", b"internal error\n"))
+
+        d.addCallbacks(write, failed)
+        return NOT_DONE_YET
+
+    async def answer(self, request: Request) -> bytes:
+        raise NotImplementedError
+
+
+class _Health(_Page):
+    async def answer(self, request: Request) -> bytes:
+        up = len(self._admin.up())
+        total = len(self._admin.pool.workers)
+        status = 200 if up else 503
+        return answer(request, status, b"text/plain; charset=utf-8", f"{'ok' if up else 'down'} ({up}/{total} workers up)\n".encode("ascii"))
+
+
+class _Ready(_Page):
+    async def answer(self, request: Request) -> bytes:
+        admin = self._admin
+        reasons = []
+        for worker, got in await admin.fetch_all("/readyz"):
+            if got is None:
+                reasons.append(f"worker {worker.index}: no answer")
+            elif got[0] != 200:
+                reasons.append(f"worker {worker.index}: {_reason(got[1])}")
+        if not admin.up():
+            reasons.append("no worker is up")
+        if reasons:
+            return answer_json(request, 503, {"ready": False, "reason": "; ".join(reasons)})
+        return answer_json(request, 200, {"ready": True})
+
+
+def _reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["reason"])
+    except (ValueError, KeyError, TypeError):
+        return "not ready"
+
+
+class _Metrics(_Page):
+    async def answer(self, request: Request) -> bytes:
+        admin = self._admin
+        parts = [(str(worker.index), got[1]) for worker, got in await admin.fetch_all("/metrics") if got is not None]
+        body = admin.own_metrics() + merge_expositions(parts)
+        return answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), body)
+
+
+class _Status(_Page):
+    async def answer(self, request: Request) -> bytes:
+        admin = self._admin
+        wanted = request.args.get(b"worker", [b""])[0]
+        accept = (request.getHeader(b"accept") or b"").lower()
+        as_json = request.args.get(b"format") == [b"json"] or b"application/json" in accept
+        if wanted:
+            return await self._one_worker(request, wanted, as_json)
+        documents: Dict[int, Any] = {}
+        for answered, got in await admin.fetch_all("/status?format=json"):
+            if got is not None and got[0] == 200:
+                documents[answered.index] = json.loads(got[1])
+        workers = []
+        for index, slot in enumerate(admin.pool.workers):
+            entry = admin.summary(slot, index)
+            entry["status"] = documents.get(index)
+            workers.append(entry)
+        document = {
+            "version": __version__,
+            "uptime_seconds": round(admin.clock.seconds() - admin.pool.started, 3),
+            "workers": workers,
+        }
+        if as_json:
+            return answer_json(request, 200, document)
+        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
+        return answer(request, 200, b"text/html; charset=utf-8", _render(document).encode("utf-8"))
+
+    async def _one_worker(self, request: Request, wanted: bytes, as_json: bool) -> bytes:
+        workers = {str(w.index).encode("ascii"): w for w in self._admin.up()}
+        worker = workers.get(wanted)
+        if worker is None:
+            return answer(request, 404, b"text/plain; charset=utf-8", b"no such worker up\n")
+        got = await self._admin.fetch(worker, "/status?format=json" if as_json else "/status")
+        if as_json:
+            return answer(request, got[0], b"application/json", got[1])
+        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
+        return answer(request, got[0], b"text/html; charset=utf-8", got[1])
+
+
+def _render(document: Dict[str, Any]) -> str:
+    e = html.escape
+    rows = []
+    for w in document["workers"]:
+        link = f'<a href="?worker={w["index"]}">worker {w["index"]}</a>' if w["up"] else f"worker {w['index']}"
+        uptime = "-" if w["uptime_seconds"] is None else f"{w['uptime_seconds']:.0f} s"
+        rows.append(
+            f"<tr><td>{link}</td><td>{e(str(w['pid'] or '-'))}</td><td>{'up' if w['up'] else 'down'}</td>"
+            f"<td>{e(uptime)}</td><td>{w['restarts']}</td></tr>"
+        )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>restygate status</title>'
+        "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style></head><body>"
+        f"<h1>restygate {e(document['version'])}</h1>"
+        f"<p>{len(document['workers'])} worker processes; up {document['uptime_seconds']:.0f} s. "
+        "Each worker's page shows its instances, watches and pool.</p>"
+        "<table><tr><th>worker</th><th>pid</th><th>state</th><th>uptime</th><th>restarts</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>\n"
+    )

@@ -1,0 +1,306 @@
+"""
+Several worker processes behind the same listeners (C{workers} > 1): one
+gateway can use every core.
+
+The parent binds every listener -- before twistd drops privileges, so port
+80 works -- and never accepts on them.  Each worker process inherits the
+sockets and runs a whole gateway of its own (L{restygate.worker}): its own
+upstream pool, Consul watches and access log, so nothing is shared on the
+data path and the kernel spreads connections over the workers.
+
+The parent supervises: a worker that dies is started again after a jittered
+backoff (reset once it has stayed up a while); SIGTERM lets every worker
+drain and waits for it; SIGHUP reloads (the parent checks the new
+configuration once, then each worker puts it in force); SIGUSR1 is passed on
+for access-log reopening.  Worker log lines reach the daemon's log through
+the parent, stamped with the worker's number.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from restygate.config import Config
+from restygate.reload import Reloader
+from restygate.service import Listener
+from restygate.signals import SignalHook
+from restygate.watcher import Backoff
+
+__all__ = ["WorkerPool", "WorkerProcess", "make_workers", "STABLE_AFTER"]
+
+log = Logger()
+
+# A worker that stayed up this long (seconds) was healthy: its next crash is
+# restarted quickly again instead of after a grown backoff.
+STABLE_AFTER = 30.0
+# Seconds a worker gets beyond the drain timeout to exit before SIGKILL.
+EXIT_GRACE = 5.0
+
+_CONTROL_FD = 3
+_FIRST_LISTEN_FD = 4
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    The parent's side of one worker process: its pipes, and what it said.
+
+    @ivar pid: the process id while it runs.
+    @ivar admin_port: the port of its admin site, once it is up.
+    @ivar ended: fires when the process has exited.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        started: float,
+        generation: int,
+        on_up: Callable[[WorkerProcess], None],
+        on_end: Callable[[WorkerProcess, Failure], None],
+    ) -> None:
+        self.index = index
+        self.started = started
+        # Which configuration the worker read at its start (see WorkerPool).
+        self.generation = generation
+        self._on_up = on_up
+        self.pid: Optional[int] = None
+        self.up = False
+        self.admin_port: Optional[int] = None
+        self.ended: Deferred[None] = Deferred()
+        self._on_end = on_end
+        self._pending: Dict[int, bytes] = {}
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._pending.pop(childFD, b"") + data).split(b"\n")
+        if lines[-1]:
+            self._pending[childFD] = lines[-1]
+        for line in lines[:-1]:
+            if childFD == _CONTROL_FD:
+                self._control(line)
+            else:
+                self._relay(line, stderr=childFD == 2)
+
+    def _control(self, line: bytes) -> None:
+        fields = line.decode("ascii", "replace").split()
+        if fields[:1] == ["up"] and len(fields) == 3:
+            self.up = True
+            self.admin_port = int(fields[2]) if fields[2].isdigit() else None
+            self._on_up(self)
+
+    def _relay(self, line: bytes, stderr: bool) -> None:
+        # The worker writes "[namespace#level] text"; keep its system, add
+        # which worker it is, and let the daemon's log stamp the time.
+        text = line.decode("utf-8", "replace")
+        system, level = "stderr", LogLevel.error
+        if not stderr and text.startswith("[") and "] " in text:
+            system, text = text[1:].split("] ", 1)
+            level = LogLevel.info
+        log.emit(level, "{text}", text=text, log_system=f"worker {self.index} {system}")
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, rest in sorted(self._pending.items()):
+            if fd != _CONTROL_FD:
+                self._relay(rest, stderr=fd == 2)
+        self._pending.clear()
+        self.pid = None
+        self.up = False
+        self._on_end(self, reason)
+        self.ended.callback(None)
+
+    def signal(self, signum: int) -> None:
+        if self.pid is None or self.transport is None:
+            return
+        try:
+            self.transport.signalProcess(signum)
+        except ProcessExitedAlready:
+            pass
+
+
+class _Refuse(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class _Shared(Factory):
+    protocol = _Refuse
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return "restygate (shared with the workers)"
+
+
+class WorkerPool(MultiService):
+    """
+    The parent of C{config.workers} worker processes sharing the listeners.
+
+    @ivar workers: the worker in each slot, or L{None} while it is being
+        restarted.
+    @ivar restarts: how many times each slot's worker was started again.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        argv: Sequence[str],
+        reactor: Any,
+        load: Callable[[], Config],
+        environ: Optional[Dict[str, str]] = None,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.clock = reactor
+        self.started = reactor.seconds()
+        self._argv = list(argv)
+        self._environ = dict(os.environ if environ is None else environ)
+        self._reactor = reactor
+        self.workers: List[Optional[WorkerProcess]] = [None] * config.workers
+        self.restarts = [0] * config.workers
+        rng = rng or random.Random()
+        self._backoff = [Backoff(0.5, 30.0, rng) for _ in range(config.workers)]
+        self._restart: Dict[int, IDelayedCall] = {}
+        # Counts reloads, so a worker can be told of one it missed.
+        self.generation = 0
+        # Never accepts: the parent stops reading the sockets once bound.
+        self.listeners = [Listener(description, _Shared(), reactor) for description in config.listen]
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+        self._usr1 = SignalHook(signal.SIGUSR1, lambda: self.signal_all(signal.SIGUSR1), reactor)
+        self.reloader = Reloader(self, load, reactor)
+        self.reloader.setServiceParent(self)
+        self.admin_listener: Optional[Listener] = None
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        The parent has validated C{config}: have every worker reload too.
+        """
+        self.config = config
+        self.generation += 1
+        self.signal_all(signal.SIGHUP)
+
+    def signal_all(self, signum: int) -> None:
+        """
+        Pass C{signum} on to every worker that is up; one still starting
+        has no handler for it yet (see L{_up}).
+        """
+        for worker in self.workers:
+            if worker is not None and worker.up:
+                worker.signal(signum)
+
+    def _up(self, worker: WorkerProcess) -> None:
+        # A worker that read the configuration before a reload it was not
+        # told of reloads now.
+        if worker.generation != self.generation:
+            worker.generation = self.generation
+            worker.signal(signal.SIGHUP)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        for listener in self.listeners:
+            listener.port.stopReading()  # type: ignore[union-attr]
+
+    def startService(self) -> None:
+        super().startService()
+        self._usr1.install()
+        log.info("starting {n} workers", n=len(self.workers))
+        for index in range(len(self.workers)):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._restart.pop(index, None)
+        fds = [listener.port.fileno() for listener in self.listeners]  # type: ignore[union-attr]
+        child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r", _CONTROL_FD: "r"}
+        for offset, fd in enumerate(fds):
+            child_fds[_FIRST_LISTEN_FD + offset] = fd
+        listen_fds = ",".join(str(_FIRST_LISTEN_FD + offset) for offset in range(len(fds)))
+        args = [
+            sys.executable, "-m", "restygate.worker", "--index", str(index),
+            "--control-fd", str(_CONTROL_FD), "--listen-fds", listen_fds, "--", *self._argv,
+        ]
+        worker = WorkerProcess(index, self._reactor.seconds(), self.generation, self._up, self._ended)
+        self.workers[index] = worker
+        self._reactor.spawnProcess(worker, sys.executable, args, env=self._environ, childFDs=child_fds)
+        log.info("worker {index} started, pid {pid}", index=index, pid=worker.pid)
+
+    def _ended(self, worker: WorkerProcess, reason: Failure) -> None:
+        index = worker.index
+        if self.workers[index] is worker:
+            self.workers[index] = None
+        if not self.running:
+            return
+        if self._reactor.seconds() - worker.started >= STABLE_AFTER:
+            self._backoff[index].reset()
+        delay = self._backoff[index].next()
+        self.restarts[index] += 1
+        log.error(
+            "worker {index} exited ({how}); starting it again in {delay:.1f}s",
+            index=index, how=reason.getErrorMessage(), delay=delay,
+        )
+        self._restart[index] = self._reactor.callLater(delay, self._spawn, index)
+
+    def stopService(self) -> Deferred[None]:
+        # Marks us stopped first, so exits from here on are not restarted.
+        self.running = False
+        self._usr1.remove()
+        for call in self._restart.values():
+            call.cancel()
+        self._restart.clear()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        live = [worker for worker in self.workers if worker is not None]
+        if live:
+            log.info("stopping {n} workers", n=len(live))
+        for worker in live:
+            worker.signal(signal.SIGTERM)
+        exited = DeferredList([worker.ended for worker in live])
+        deadline = self._reactor.callLater(
+            self.config.drain_timeout + EXIT_GRACE, self._kill, live
+        )
+        await exited
+        if deadline.active():
+            deadline.cancel()
+        await super().stopService()
+
+    def _kill(self, workers: Sequence[WorkerProcess]) -> None:
+        for worker in workers:
+            if worker.pid is not None:
+                log.error("worker {index} did not exit in time; killing it", index=worker.index)
+                worker.signal(signal.SIGKILL)
+
+
+
+def make_workers(
+    config: Config, argv: Sequence[str], load: Callable[[], Config], reactor: Any = None
+) -> WorkerPool:
+    """
+    The parent of a multi-worker gateway for C{config}, started by twistd
+    with the restygate options C{argv}, with its admin site when
+    C{config.admin} asks for one.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from restygate.workeradmin import WorkerAdmin
+
+    pool = WorkerPool(config, argv, reactor, load)
+    if config.admin:
+        admin = WorkerAdmin(pool, reactor)
+        pool.admin_listener = Listener(config.admin, admin.site, reactor)
+        pool.admin_listener.setServiceParent(pool)
+    return pool

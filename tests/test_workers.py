@@ -1,0 +1,258 @@
+"""
+Tests for C{workers}: the installed daemon with several worker processes
+on one listener -- supervision, signals, and the parent's admin side -- and
+the merging of the workers' metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Dict, List, Sequence
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from restygate.workeradmin import merge_expositions
+from tests.test_packaging import TWISTD_TIMEOUT, DaemonTestCase, _free_ports, _installed, _log_tail
+
+
+def _gone(pid: int) -> bool:
+    """
+    Whether process C{pid} has exited (a zombie nobody reaped has, too).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
+class MergeExpositionsTests(SynchronousTestCase):
+    def test_labels_and_groups(self) -> None:
+        """
+        Each sample gains its worker's label, first among its labels; a
+        family's HELP and TYPE appear once, all its samples below them.
+        """
+        one = (
+            b"# HELP rg_requests_total Requests.\n"
+            b"# TYPE rg_requests_total counter\n"
+            b'rg_requests_total{code="2xx"} 3.0\n'
+            b"# HELP rg_open Open connections.\n"
+            b"# TYPE rg_open gauge\n"
+            b"rg_open 2.0\n"
+        )
+        two = (
+            b"# HELP rg_requests_total Requests.\n"
+            b"# TYPE rg_requests_total counter\n"
+            b'rg_requests_total{code="2xx"} 5.0\n'
+            b'rg_requests_total{code="5xx"} 1.0\n'
+            b"# HELP rg_open Open connections.\n"
+            b"# TYPE rg_open gauge\n"
+            b"rg_open 7.0\n"
+        )
+        self.assertEqual(
+            merge_expositions([("0", one), ("1", two)]).decode().splitlines(),
+            [
+                "# HELP rg_requests_total Requests.",
+                "# TYPE rg_requests_total counter",
+                'rg_requests_total{worker="0",code="2xx"} 3.0',
+                'rg_requests_total{worker="1",code="2xx"} 5.0',
+                'rg_requests_total{worker="1",code="5xx"} 1.0',
+                "# HELP rg_open Open connections.",
+                "# TYPE rg_open gauge",
+                'rg_open{worker="0"} 2.0',
+                'rg_open{worker="1"} 7.0',
+            ],
+        )
+
+    def test_histogram_suffixes_stay_in_family(self) -> None:
+        """
+        A histogram's C{_bucket}, C{_count} and C{_sum} samples stay under
+        its family, label values with spaces and braces intact.
+        """
+        text = (
+            b"# HELP h Latency.\n# TYPE h histogram\n"
+            b'h_bucket{le="0.1",path="a b{c}"} 1.0\nh_count 1.0\nh_sum 0.05\n'
+        )
+        self.assertEqual(
+            merge_expositions([("3", text)]).decode().splitlines()[2:],
+            ['h_bucket{worker="3",le="0.1",path="a b{c}"} 1.0', 'h_count{worker="3"} 1.0', 'h_sum{worker="3"} 0.05'],
+        )
+
+    def test_nothing(self) -> None:
+        self.assertEqual(merge_expositions([]), b"")
+
+
+class WorkersTests(DaemonTestCase):
+    """
+    C{twistd restygate --workers 2}, installed from the wheel, on a static
+    catalog in front of a real backend.
+    """
+
+    def setUp(self) -> None:
+        installed = _installed()
+        self.base = os.path.abspath(self.mktemp())
+        docroot = os.path.join(self.base, "www")
+        os.makedirs(docroot)
+        self.body = f"served {time.time()}\n".encode("ascii")
+        with open(os.path.join(docroot, "hello.txt"), "wb") as f:
+            f.write(self.body)
+        backend_port, self.port, self.admin_port = _free_ports(3)
+        backend_log = os.path.join(self.base, "backend.log")
+        backend = self.spawn(
+            [sys.executable, "-m", "http.server", str(backend_port), "--bind", "127.0.0.1", "--directory", docroot],
+            backend_log,
+        )
+        self.config = os.path.join(self.base, "restygate.toml")
+        with open(self.config, "w") as f:
+            f.write("pool-size = 8\n")
+        catalog = os.path.join(self.base, "catalog.toml")
+        with open(catalog, "w") as f:
+            f.write(f'[dc1]\ndemo = [ {{ address = "127.0.0.1", port = {backend_port} }} ]\n')
+        self.log = os.path.join(self.base, "twistd.log")
+        self.daemon = self.spawn(
+            [installed.venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate", "--workers", "2",
+             "--config", self.config,
+             "--catalog", catalog, "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+             "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1"],
+            self.log,
+        )
+        self.waitForPort(backend_port, backend, backend_log)
+        self.waitForPort(self.port, self.daemon, self.log)
+        self.waitFor(lambda: self.get(self.admin("/healthz"))[1].startswith(b"ok (2/2"), "both workers to be up")
+        self.waitFor(lambda: self.get(self.admin("/readyz"))[0] == 200, "the gateway to be ready")
+
+    def logText(self) -> str:
+        with open(self.log, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def admin(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    def waitFor(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + TWISTD_TIMEOUT
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail(f"timed out waiting for {what}:\n{_log_tail(self.log)}")
+            time.sleep(0.05)
+
+    def status(self) -> Dict[str, Any]:
+        code, body = self.get(self.admin("/status?format=json"))
+        self.assertEqual(code, 200, body)
+        document: Dict[str, Any] = json.loads(body)
+        return document
+
+    def pids(self) -> List[Any]:
+        return [worker["pid"] for worker in self.status()["workers"]]
+
+    def assertServes(self, count: int) -> None:
+        """
+        C{count} requests, each on a new connection, all answered by the
+        backend through the gateway.
+        """
+        url = f"http://127.0.0.1:{self.port}/dc1/demo/hello.txt"
+        answers = [self.get(url) for _ in range(count)]
+        self.assertEqual(answers, [(200, self.body)] * count, _log_tail(self.log))
+
+    def metric(self, text: str, sample: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+        self.fail(f"no sample {sample} in:\n{text}")
+
+    def test_workers_are_separate_processes(self) -> None:
+        """
+        Two worker processes, children of the daemon, each with its own
+        pid, each reporting its own status and metrics through the
+        parent's admin site.
+        """
+        pids = self.pids()
+        self.assertEqual(len(set(pids)), 2)
+        self.assertNotIn(self.daemon.pid, pids)
+        for pid in pids:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            self.assertEqual(parent, self.daemon.pid)
+        self.assertServes(10)
+        for worker in self.status()["workers"]:
+            self.assertTrue(worker["up"])
+            self.assertEqual(worker["status"]["services"][0]["service"], "demo")
+        code, metrics = self.get(self.admin("/metrics"))
+        text = metrics.decode()
+        self.assertEqual(self.metric(text, "restygate_workers_up"), 2.0)
+        served = [
+            self.metric(text, f'restygate_requests_total{{worker="{index}",code="2xx",dc="dc1",service="demo"}}')
+            if f'restygate_requests_total{{worker="{index}",code="2xx"' in text else 0.0
+            for index in (0, 1)
+        ]
+        self.assertEqual(sum(served), 10.0)
+        code, page = self.get(self.admin("/status"))
+        self.assertIn(b'href="?worker=1"', page)
+        code, page = self.get(self.admin("/status?worker=1"))
+        self.assertEqual(code, 200)
+        self.assertIn(b"demo", page)
+
+    def test_crashed_worker_is_replaced(self) -> None:
+        """
+        A worker killed outright is started again; the other one serves
+        every request meanwhile, and the new one serves when the other is
+        killed in turn.
+        """
+        first, second = self.pids()
+        os.kill(first, signal.SIGKILL)
+        self.assertServes(20)
+        self.waitFor(lambda: self.pids()[0] not in (None, first) and self.status()["workers"][0]["up"],
+                     "worker 0 to be started again")
+        os.kill(second, signal.SIGKILL)
+        self.assertServes(20)
+        self.waitFor(lambda: self.pids()[1] not in (None, second) and self.status()["workers"][1]["up"],
+                     "worker 1 to be started again")
+        code, metrics = self.get(self.admin("/metrics"))
+        text = metrics.decode()
+        self.assertEqual(self.metric(text, 'restygate_worker_restarts_total{worker="0"}'), 1.0)
+        self.assertEqual(self.metric(text, 'restygate_worker_restarts_total{worker="1"}'), 1.0)
+        self.assertIn("worker 0 exited", self.logText())
+        self.assertIn("worker 1 exited", self.logText())
+
+    def test_sighup_reaches_every_worker(self) -> None:
+        """
+        The parent checks the changed configuration file on SIGHUP, then
+        each worker puts it in force.
+        """
+        with open(self.config, "w") as f:
+            f.write("pool-size = 16\n")
+        self.daemon.send_signal(signal.SIGHUP)
+        for index in (0, 1):
+            self.waitFor(
+                lambda: f"[worker {index} restygate.reload#info] reload ({self.config}): changed pool-size"
+                in self.logText(),
+                f"worker {index} to reload",
+            )
+        self.assertIn(f"[restygate.reload#info] reload ({self.config}): changed pool-size", self.logText())
+        self.assertServes(2)
+
+    def test_bad_reload_stops_at_the_parent(self) -> None:
+        """
+        A configuration file broken since the start is refused once, by the
+        parent; the workers are not asked and keep serving.
+        """
+        with open(self.config, "w") as f:
+            f.write("pool-size = 0\n")
+        self.daemon.send_signal(signal.SIGHUP)
+        self.waitFor(lambda: "reload refused" in self.logText(), "the reload to be refused")
+        self.assertServes(2)
+        self.assertEqual(self.logText().count("reload refused"), 1)
+        self.assertNotIn("[worker 0 restygate.reload", self.logText())
+
+    def test_workers_end_with_a_killed_parent(self) -> None:
+        """
+        Workers whose parent was killed (no SIGTERM to pass on) notice that
+        their pipe to it closed, and exit instead of living on orphaned.
+        """
+        pids: Sequence[int] = self.pids()
+        self.daemon.kill()
+        self.daemon.wait()
+        self.waitFor(lambda: all(_gone(pid) for pid in pids), "the orphaned workers to exit")
