@@ -23,7 +23,8 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
-from twisted.internet.defer import Deferred
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
 from twisted.logger import FileLogObserver, ILogObserver, Logger, eventAsText, globalLogBeginner
@@ -70,6 +71,45 @@ class _AdoptedTLS:
         return self._adopted.listen(TLSMemoryBIOFactory(self._context, False, protocolFactory))
 
 
+class _OneAcceptPerTurn(tcp.Port):
+    """
+    A TCP port that accepts one connection per reactor turn.
+
+    Every worker waits on the same socket and all wake for a new
+    connection; Twisted's port would accept up to a hundred at once, so
+    the first worker awake takes a whole burst (wrk's 50 connections, a
+    reconnecting client pool) and the others idle.  One at a time, a busy
+    worker leaves the next connection to a less busy one.
+    """
+
+    def doRead(self) -> None:
+        self.numberAccepts = 1
+        super().doRead()
+
+
+@implementer(IStreamServerEndpoint)
+class _SharedTCPSocket:
+    """
+    The inherited listening TCP socket C{fd}, shared with the other workers.
+    """
+
+    def __init__(self, reactor: Any, fd: int, family: socket.AddressFamily) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        # What reactor.adoptStreamPort does, with our port class; it dups
+        # the descriptor, so ours is closed after.
+        try:
+            port = _OneAcceptPerTurn._fromListeningDescriptor(self._reactor, self._fd, self._family, protocolFactory)
+            port.startListening()
+            os.close(self._fd)
+        except BaseException:
+            return fail()
+        return succeed(port)
+
+
 def adopted_endpoint(reactor: Any, description: str, fd: int) -> IStreamServerEndpoint:
     """
     The endpoint listening on the inherited socket C{fd}, bound by the
@@ -78,7 +118,11 @@ def adopted_endpoint(reactor: Any, description: str, fd: int) -> IStreamServerEn
     probe = socket.socket(fileno=fd)
     family = probe.family
     probe.detach()
-    endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
+    endpoint: IStreamServerEndpoint
+    if family in (socket.AF_INET, socket.AF_INET6):
+        endpoint = _SharedTCPSocket(reactor, fd, family)
+    else:
+        endpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
     described = serverFromString(reactor, description)
     if isinstance(described, SSL4ServerEndpoint):
         return _AdoptedTLS(endpoint, described)
