@@ -25,9 +25,8 @@ import json
 from io import BytesIO
 from typing import Any, Dict, List, Optional, Set
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -158,10 +157,18 @@ class GatewayChannel(HTTPChannel):
     _awaiting = True
     _deadline: Optional[IDelayedCall] = None
     _refused = False
+    _host: Optional[IAddress] = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
+
+    def getHost(self) -> IAddress:
+        # Twisted's Request asks on every request, and a TCP transport asks
+        # the kernel each time; a connection's own address never changes.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.site.forget(self)
