@@ -122,15 +122,6 @@ class EnvironmentTests(_ConfigTestCase):
         )
         self.assertEqual(layer, {"consul": "b:2"})
 
-    def test_workers(self) -> None:
-        self.assertEqual(build([{"workers": "auto"}]).workers, CPUS)
-        self.assertEqual(build([{"workers": "4"}]).workers, 4)
-        self.assertEqual(build([{"workers": 1}]).workers, 1)
-
-    def test_workers_bad(self) -> None:
-        for value in [0, "0", -2, "257", "two", "1.5", True, "", "\u00b2", "AUTO"]:
-            self.assertConfigError("workers", [{"workers": value}])
-
     def test_token(self) -> None:
         layer = from_environment({"CONSUL_HTTP_TOKEN": "s3cr3t-t0ken"})
         self.assertEqual(layer, {"consul-token": "s3cr3t-t0ken"})
