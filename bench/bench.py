@@ -48,6 +48,12 @@ CONVERGENCE_FLIPS = 20
 FLIP_SPACING = 1.0
 CONSUL_WAIT = 60.0  # restygate's --consul-wait default, which the run keeps
 PROFILE_RATE = 100  # py-spy samples per second: each pauses restygate briefly
+# PyPy's JIT compiles a hot path only after it ran many times: under PyPy,
+# restygate and the stock proxy first get this long a small c50 run, and a
+# longer warm-up per case, so the measured rounds time compiled code.
+JIT_WARMUP = 10.0
+# Where bench/run --pypy makes the PyPy virtualenv.
+PYPY_VENV = ROOT / ".bench-pypy"
 # A run during which other processes used more than this share of a core is
 # flagged in the report as disturbed.
 NOISY_OTHERS = 0.1
@@ -432,10 +438,10 @@ def render_template(name: str, out: Path, values: Dict[str, Any]) -> None:
     out.write_text(text)
 
 
-def restygate_options() -> str:
+def restygate_options(twistd_path: str) -> str:
     """C{twistd restygate --help}: which options this restygate has."""
     done = subprocess.run(
-        [twistd(), "restygate", "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/", timeout=60,
+        [twistd_path, "restygate", "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/", timeout=60,
     )
     if done.returncode != 0:
         raise BenchError(f"twistd restygate --help failed:\n{done.stdout.decode(errors='replace')[-2000:]}")
@@ -447,6 +453,60 @@ def twistd() -> str:
     if found is None:
         raise BenchError("twistd is not on PATH: install the project (bench/run does)")
     return found
+
+
+def twistd_beside(python: Optional[str]) -> str:
+    """
+    The twistd restygate is started with: with C{--python PATH}, the one
+    installed beside PATH (a virtualenv's bin/), else the one on PATH.
+    """
+    if python is None:
+        return twistd()
+    found = os.path.join(os.path.dirname(python), "twistd")
+    if not os.access(found, os.X_OK):
+        raise BenchError(f"no twistd beside {python}: install Twisted and the project into that environment "
+                         "(bench/run --pypy does, for .bench-pypy)")
+    return found
+
+
+# Run by the interpreter restygate and the stock proxy run under, from /, so
+# that it imports what twistd there imports.
+_INTERPRETER_PROBE = """
+import json, platform, sys
+import twisted, restygate
+pypy = getattr(sys, "pypy_version_info", None)
+print(json.dumps({
+    "executable": sys.executable,
+    "implementation": platform.python_implementation(),
+    "python": platform.python_version(),
+    "sys_version": sys.version,
+    "pypy": ".".join(str(n) for n in pypy[:3]) if pypy else None,
+    "twisted": twisted.__version__,
+    "restygate": restygate.__version__,
+    "restygate_imported_from": restygate.__path__[0],
+}))
+"""
+
+
+def interpreter_info(python: str) -> Dict[str, Any]:
+    """What C{python} is: implementation, versions, and where it imports restygate from."""
+    if not os.path.exists(python):
+        raise BenchError(f"{python} does not exist (bench/run --pypy makes the PyPy virtualenv)")
+    try:
+        done = subprocess.run([python, "-c", _INTERPRETER_PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd="/", timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"cannot run {python}: {e}") from None
+    if done.returncode != 0:
+        raise BenchError(f"{python} cannot import twisted and restygate:\n"
+                         f"{done.stderr.decode(errors='replace')[-2000:]}")
+    info: Dict[str, Any] = json.loads(done.stdout)
+    info["path"] = python
+    if info["pypy"]:
+        info["label"] = f"PyPy {info['pypy']} (Python {info['python']})"
+    else:
+        info["label"] = f"{info['implementation']} {info['python']}"
+    return info
 
 
 class Bench:
@@ -461,6 +521,18 @@ class Bench:
         self.results: Dict[str, Any] = {}
         self.restygate_cmd: List[str] = []
         self.profile_raw = tmp / "restygate.pyspy.txt"
+        # The interpreter restygate (through the twistd beside it) and the
+        # stock proxy run under; the Consul test server stays on this one.
+        # Not resolved: a virtualenv's bin/python is a symlink to the base
+        # interpreter, which would not see the virtualenv.
+        self.python = os.path.abspath(args.python) if args.python else sys.executable
+        self.interpreter: Dict[str, Any] = {}
+        self.access_log: Optional[str] = None
+
+    @property
+    def jit(self) -> bool:
+        """Whether restygate and stock run under a JIT that needs warming up."""
+        return bool(self.args.pypy or self.interpreter.get("implementation") == "PyPy")
 
     # -- starting ------------------------------------------------------------
 
@@ -477,7 +549,8 @@ class Bench:
         (root / "10k").chmod(0o644)
 
         self.workers = self.args.workers or 1
-        options = restygate_options()
+        restygate_twistd = twistd_beside(self.python if self.args.python else None)
+        options = restygate_options(restygate_twistd)
         has_workers = "--workers" in options
         if self.args.workers and not has_workers:
             raise BenchError("restygate has no --workers option; run without --workers")
@@ -499,7 +572,7 @@ class Bench:
                                "--register", str(tmp / "register.json")], cwd=ROOT)
 
         self.restygate_cmd = [
-            twistd(), "-n", "--pidfile=", "restygate", "--consul", f"{HOST}:{self.ports['consul']}",
+            restygate_twistd, "-n", "--pidfile=", "restygate", "--consul", f"{HOST}:{self.ports['consul']}",
             "--listen", f"tcp:{self.ports['restygate']}:interface={HOST}",
         ]
         if has_workers:
@@ -510,12 +583,17 @@ class Bench:
             # another restygate on this machine.
             self.ports["admin"] = free_port()
             self.restygate_cmd += ["--admin", f"tcp:{self.ports['admin']}:interface={HOST}"]
+        if "--access-log=" in options:
+            # To a file, as nginx and the stock proxy write theirs: the same
+            # kind of cost for all three.
+            self.access_log = str(tmp / "restygate-access.log")
+            self.restygate_cmd += ["--access-log", self.access_log]
         # From the temp dir: a user's daemon does not run inside the checkout.
         self._start("restygate", self.restygate_cmd, cwd=tmp)
 
         self._start("nginx", ["nginx", "-p", f"{tmp}/", "-e", str(tmp / "proxy-error.log"),
                               "-c", str(tmp / "proxy.conf")])
-        self._start("stock", [sys.executable, str(BENCH / "stock_proxy.py"), "--port", str(self.ports["stock"]),
+        self._start("stock", [self.python, str(BENCH / "stock_proxy.py"), "--port", str(self.ports["stock"]),
                               "--backend-port", str(self.ports["backend"]),
                               "--access-log", str(tmp / "stock-access.log")], cwd=tmp)
         self.monitored.roots = {
@@ -549,10 +627,23 @@ class Bench:
 
     def throughput(self) -> None:
         args = self.args
-        warm = 1.0 if args.quick else 3.0
+        warm = {target: 1.0 if args.quick else 3.0 for target in TARGETS}
+        jit_runs: Dict[str, float] = {}
+        if self.jit:
+            for target in ("restygate", "stock"):
+                warm[target] = 3.0 if args.quick else 5.0
+                progress(f"JIT warm-up: {target} small c50 for {JIT_WARMUP:g} s")
+                result = run_wrk(self.url(target, "/small"), 50, JIT_WARMUP, None, self.monitored)
+                jit_runs[target] = result["rps"]
+                progress(f"JIT warm-up: {target} {result['rps']:.0f} req/s")
         for target in TARGETS:
             for case in CASES:
-                run_wrk(self.url(target, case.path), case.connections, warm, case.script, self.monitored)
+                run_wrk(self.url(target, case.path), case.connections, warm[target], case.script, self.monitored)
+        self.results["warmup"] = {
+            "jit_small_c50_s": JIT_WARMUP if self.jit else 0,
+            "jit_small_c50_rps": jit_runs,
+            "per_case_s": warm,
+        }
         self.results["restygate_memory_after_warmup_kib"] = self.restygate_memory()
         runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {c.name: {t: [] for t in TARGETS} for c in CASES}
         total = args.rounds * len(CASES) * len(TARGETS)
@@ -868,11 +959,26 @@ def report(data: Dict[str, Any]) -> str:
     env = data["environment"]
     add(f"restygate benchmark  {data['timestamp']}  ({data['rounds']} round(s) x {data['duration_s']:g} s per run, "
         f"medians; wrk -t1)")
-    add(f"{env['cpu_model']}, {env['nproc']} cores; Python {env['python']}, Twisted {env['twisted']}, "
-        f"{env['nginx']}, {env['wrk'].split(' Copyright')[0]}")
-    add(f"restygate workers: {data['config']['restygate_workers']}; nginx proxy worker_processes: "
-        f"{data['config']['nginx_proxy_workers']}; access logs on for all three proxies; load average "
+    config = data["config"]
+    interpreter = config.get("interpreter")
+    if interpreter:
+        python = f"restygate and stock under {interpreter['label']}, Twisted {interpreter['twisted']}"
+    else:  # an earlier run's JSON
+        python = f"Python {env['python']}, Twisted {env['twisted']}"
+    add(f"{env['cpu_model']}, {env['nproc']} cores; {python}; {env['nginx']}, {env['wrk'].split(' Copyright')[0]}")
+    if "restygate_access_log" not in config:  # an earlier run's JSON
+        logs = "access logs on for all three proxies"
+    elif config["restygate_access_log"]:
+        logs = "access logs on for all three proxies, each to a file"
+    else:
+        logs = "access logs on for all three proxies (restygate's in its daemon log: it has no --access-log)"
+    add(f"restygate workers: {config['restygate_workers']}; nginx proxy worker_processes: "
+        f"{config['nginx_proxy_workers']}; {logs}; load average "
         f"{env['loadavg_start'][0]:.2f} at start, {env['loadavg_end'][0]:.2f} at end")
+    warmup = data.get("warmup")
+    if warmup and warmup.get("jit_small_c50_s"):
+        add(f"JIT warm-up first: restygate and stock {warmup['jit_small_c50_s']:g} s small c50 each, then "
+            f"{warmup['per_case_s']['restygate']:g} s per case (nginx {warmup['per_case_s']['nginx']:g} s)")
     add("")
     add(f"{'case':<12} | {'req/s restygate':>15} {'nginx':>8} {'stock':>7} | {'rg/nginx':>8} {'rg/stock':>8} | "
         f"{'p50 ms rg':>9} {'nginx':>6} {'stock':>7} | {'p99 ms rg':>9} {'nginx':>6} {'stock':>7} | errors")
@@ -952,6 +1058,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="restygate --workers, when restygate has that option")
     parser.add_argument("--profile", action="store_true", help="also profile restygate with py-spy (small c50)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
+    parser.add_argument("--pypy", action="store_true",
+                        help="run restygate and the stock proxy under PyPy, from the virtualenv bench/run makes "
+                             "in .bench-pypy, with a JIT warm-up first")
+    parser.add_argument("--python", metavar="PATH",
+                        help="interpreter for restygate (the twistd beside it) and the stock proxy "
+                             "(default: this one, with twistd from PATH)")
     parser.add_argument("--report", metavar="RESULT.json", help="only print the report of an earlier run's JSON")
     args = parser.parse_args(argv)
     if args.rounds is None:
@@ -962,6 +1074,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.window = 15.0 if args.quick else 60.0
     if args.rounds < 1 or args.duration < 1 or args.window < 1:
         parser.error("--rounds, --duration and --window must be at least 1")
+    if args.pypy and args.python is None:
+        args.python = str(PYPY_VENV / "bin" / "python")
     return args
 
 
@@ -986,6 +1100,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = False
     try:
         env = environment()
+        bench.interpreter = interpreter_info(bench.python)
+        progress(f"restygate and stock under {bench.interpreter['label']} ({bench.python})")
+        if args.profile and bench.interpreter["implementation"] != "CPython":
+            raise BenchError(f"py-spy profiles CPython only; restygate would run under {bench.interpreter['label']}")
         progress(f"working in {tmp}")
         bench.start_all()
         progress("started: " + ", ".join(f"{n} pid {p} port {bench.ports[n]}" for n, p in bench.pids.items()))
@@ -1010,6 +1128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "nginx_backend_workers": 1,
                 "wrk": "wrk -t1 --latency",
                 "restygate_command": bench.restygate_cmd,
+                "interpreter": bench.interpreter,
+                "restygate_access_log": bench.access_log,
                 "cases": [c.__dict__ for c in CASES],
             },
             **bench.results,
