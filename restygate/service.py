@@ -30,7 +30,7 @@ from restygate.reload import Reconfigurable, Reloader
 from restygate.site import GatewaySite
 from restygate.upstream import Upstream
 
-__all__ = ["make_gateway", "Gateway", "Listener"]
+__all__ = ["make_gateway", "Gateway", "Listener", "LISTEN_BACKLOG", "with_backlog"]
 
 log = Logger()
 
@@ -47,6 +47,25 @@ class _Closing(Service):
         super().stopService()
         result: Deferred[None] = self._close()
         return result
+
+
+# Twisted listens with an accept queue of 50: a burst of new connections
+# (a load balancer reconnecting, a client pool starting) overflows it, the
+# kernel drops SYNs, and clients retry them only a second later.  nginx asks
+# for 511; the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+_QUEUED_KINDS = ("tcp", "tcp6", "ssl", "unix")
+
+
+def with_backlog(description: str) -> str:
+    """
+    C{description} with our accept queue length, unless it names its own
+    or its kind of endpoint has none.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in _QUEUED_KINDS and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
 
 
 class Listener(Service):
@@ -69,7 +88,7 @@ class Listener(Service):
     ) -> None:
         self.description = description
         self.port: Optional[IListeningPort] = None
-        self._endpoint = endpoint or serverFromString(reactor, description)
+        self._endpoint = endpoint or serverFromString(reactor, with_backlog(description))
         self._factory = factory
 
     def privilegedStartService(self) -> None:
