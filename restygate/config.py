@@ -100,6 +100,7 @@ class Config:
     upstream_tls_insecure: bool = False
     consul_ca: Optional[CABundle] = None
     workers: int = 1
+    worker_timeout: float = 30.0
 
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.\-]+))(?::(?P<port>[^:]*))?$")
@@ -364,6 +365,7 @@ KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "upstream-tls-insecure": ("upstream_tls_insecure", _flag("upstream-tls-insecure")),
     "consul-ca": ("consul_ca", _ca_bundle("consul-ca")),
     "workers": ("workers", _workers),
+    "worker-timeout": ("worker_timeout", _number("worker-timeout", 0)),
 }
 
 DEFAULTS: Mapping[str, Any] = {
@@ -395,6 +397,7 @@ DEFAULTS: Mapping[str, Any] = {
     "upstream-tls-insecure": False,
     "consul-ca": None,
     "workers": "auto",
+    "worker-timeout": 30,
 }
 
 

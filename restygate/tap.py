@@ -57,6 +57,7 @@ class Options(usage.Options):
         ["upstream-ca", None, None, "PEM bundle of the CAs that certificates of HTTPS upstreams (Consul tag https, or meta protocol=https) must chain to [the platform's trust store]."],
         ["consul-ca", None, None, "PEM bundle of the CAs an https:// Consul agent's certificate must chain to [the platform's trust store]."],
         ["workers", None, None, "Worker processes sharing the listeners, or 'auto' for one per CPU [auto]."],
+        ["worker-timeout", None, None, "Seconds a worker may leave the daemon's heartbeat unanswered before it is killed and replaced [30]."],
         ["config", "c", None, "TOML config file; its keys are these option names."],
     ]
 

@@ -131,12 +131,21 @@ def adopted_endpoint(reactor: Any, description: str, fd: int) -> IStreamServerEn
 
 class _Control(Protocol):
     """
-    The pipes to the parent: standard input, where nothing comes but its
-    end, and the control pipe, where the worker says it is up.
+    The pipes to the parent: standard input, where its heartbeats come and
+    then its end, and the control pipe, where the worker says it is up and
+    answers each heartbeat.
     """
 
     def __init__(self, stop: Any) -> None:
         self._stop = stop
+        self._partial = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line == b"ping":
+                self.transport.write(b"pong\n")  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._stop("the parent process is gone")

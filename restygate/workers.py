@@ -9,8 +9,10 @@ upstream pool, Consul watches and access log, so nothing is shared on the
 data path and the kernel spreads connections over the workers.
 
 The parent supervises: a worker that dies is started again after a jittered
-backoff (reset once it has stayed up a while); SIGTERM lets every worker
-drain and waits for it; SIGHUP reloads (the parent checks the new
+backoff (reset once it has stayed up a while), and so is one that leaves
+the heartbeat the parent sends over a pipe unanswered for C{worker-timeout}
+(its reactor is stuck), after the parent kills it.  SIGTERM lets every
+worker drain and waits for it; SIGHUP reloads (the parent checks the new
 configuration once, then each worker puts it in force); SIGUSR1 is passed on
 for access-log reopening.  Worker log lines reach the daemon's log through
 the parent, stamped with the worker's number.
@@ -29,6 +31,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -47,6 +50,8 @@ log = Logger()
 STABLE_AFTER = 30.0
 # Seconds a worker gets beyond the drain timeout to exit before SIGKILL.
 EXIT_GRACE = 5.0
+# The most seconds between heartbeats; a short worker-timeout beats faster.
+HEARTBEAT_INTERVAL = 5.0
 
 _CONTROL_FD = 3
 _FIRST_LISTEN_FD = 4
@@ -77,6 +82,9 @@ class WorkerProcess(ProcessProtocol):
         self.pid: Optional[int] = None
         self.up = False
         self.admin_port: Optional[int] = None
+        # When the oldest heartbeat still unanswered was sent.
+        self.unanswered_since: Optional[float] = None
+        self._stdin_open = True
         self.ended: Deferred[None] = Deferred()
         self._on_end = on_end
         self._pending: Dict[int, bytes] = {}
@@ -100,6 +108,22 @@ class WorkerProcess(ProcessProtocol):
             self.up = True
             self.admin_port = int(fields[2]) if fields[2].isdigit() else None
             self._on_up(self)
+        elif fields == ["pong"]:
+            self.unanswered_since = None
+
+    def heartbeat(self, now: float) -> None:
+        """
+        Ask the worker to answer; its reactor must turn to do so.
+        """
+        if self.unanswered_since is None:
+            self.unanswered_since = now
+        if self._stdin_open and self.transport is not None:
+            self.transport.writeToChild(0, b"ping\n")
+
+    def childConnectionLost(self, childFD: int) -> None:
+        # Twisted forgets the pipe before the process has ended.
+        if childFD == 0:
+            self._stdin_open = False
 
     def _relay(self, line: bytes, stderr: bool) -> None:
         # The worker writes "[namespace#level] text"; keep its system, add
@@ -180,6 +204,8 @@ class WorkerPool(MultiService):
         for listener in self.listeners:
             listener.setServiceParent(self)
         self._usr1 = SignalHook(signal.SIGUSR1, lambda: self.signal_all(signal.SIGUSR1), reactor)
+        self._heartbeats = LoopingCall(self._heartbeat)
+        self._heartbeats.clock = reactor
         self.reloader = Reloader(self, load, reactor)
         self.reloader.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
@@ -216,6 +242,7 @@ class WorkerPool(MultiService):
     def startService(self) -> None:
         super().startService()
         self._usr1.install()
+        self._heartbeats.start(min(HEARTBEAT_INTERVAL, self.config.worker_timeout / 3), now=False)
         log.info("starting {n} workers", n=len(self.workers))
         for index in range(len(self.workers)):
             self._spawn(index)
@@ -235,6 +262,24 @@ class WorkerPool(MultiService):
         self.workers[index] = worker
         self._reactor.spawnProcess(worker, sys.executable, args, env=self._environ, childFDs=child_fds)
         log.info("worker {index} started, pid {pid}", index=index, pid=worker.pid)
+
+    def _heartbeat(self) -> None:
+        now = self._reactor.seconds()
+        timeout = self.config.worker_timeout
+        for worker in self.workers:
+            if worker is None or not worker.up:
+                continue
+            since = worker.unanswered_since
+            if since is not None and now - since >= timeout:
+                log.error(
+                    "worker {index} (pid {pid}) left the heartbeat unanswered for {timeout:g}s; killing it",
+                    index=worker.index, pid=worker.pid, timeout=timeout,
+                )
+                # No longer up: no more heartbeats, signals or admin reads.
+                worker.up = False
+                worker.signal(signal.SIGKILL)
+                continue
+            worker.heartbeat(now)
 
     def _ended(self, worker: WorkerProcess, reason: Failure) -> None:
         index = worker.index
@@ -256,6 +301,8 @@ class WorkerPool(MultiService):
         # Marks us stopped first, so exits from here on are not restarted.
         self.running = False
         self._usr1.remove()
+        if self._heartbeats.running:
+            self._heartbeats.stop()
         for call in self._restart.values():
             call.cancel()
         self._restart.clear()

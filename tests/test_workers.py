@@ -115,6 +115,7 @@ class WorkersTests(DaemonTestCase):
         self.log = os.path.join(self.base, "twistd.log")
         self.daemon = self.spawn(
             [installed.venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate", "--workers", "2",
+             "--worker-timeout", "2",
              "--config", self.config,
              "--catalog", catalog, "--listen", f"tcp:{self.port}:interface=127.0.0.1",
              "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1"],
@@ -216,6 +217,20 @@ class WorkersTests(DaemonTestCase):
         self.assertEqual(self.metric(text, 'restygate_worker_restarts_total{worker="1"}'), 1.0)
         self.assertIn("worker 0 exited", self.logText())
         self.assertIn("worker 1 exited", self.logText())
+
+    def test_stuck_worker_is_replaced(self) -> None:
+        """
+        A worker that stops answering the heartbeat (here: stopped outright)
+        is killed after worker-timeout and replaced; the other serves.
+        """
+        first, second = self.pids()
+        os.kill(first, signal.SIGSTOP)
+        self.assertServes(5)
+        self.waitFor(lambda: self.pids()[0] not in (None, first) and self.status()["workers"][0]["up"],
+                     "the stuck worker to be replaced")
+        self.assertIn(f"worker 0 (pid {first}) left the heartbeat unanswered for 2s; killing it", self.logText())
+        self.assertEqual(self.pids()[1], second)
+        self.assertServes(5)
 
     def test_sighup_reaches_every_worker(self) -> None:
         """
