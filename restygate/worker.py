@@ -35,6 +35,7 @@ from zope.interface import implementer
 from restygate.config import Config
 from restygate.service import make_gateway
 from restygate.tap import Options, load
+from restygate.workers import EXIT_GRACE
 
 __all__ = ["main", "as_worker", "WORKER_ADMIN"]
 
@@ -151,6 +152,11 @@ class _Control(Protocol):
         self._stop("the parent process is gone")
 
 
+def _exit_now(index: int) -> None:
+    log.error("worker {index} did not stop within the drain timeout; exiting now", index=index)
+    os._exit(1)
+
+
 def _observer() -> ILogObserver:
     # No timestamp: the parent stamps each line as it logs it.
     return FileLogObserver(
@@ -199,6 +205,9 @@ def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.e
             return
         stopping.append(why)
         log.info("worker {index} stopping: {why}", index=args.index, why=why)
+        # Whatever holds the stop up, a worker must not outlive its drain:
+        # an orphan would keep serving on the old configuration, unseen.
+        reactor.callLater(config.drain_timeout + EXIT_GRACE, _exit_now, args.index)
         reactor.stop()
 
     def on_signal(signum: int, frame: Any) -> None:
