@@ -50,8 +50,10 @@ CONSUL_WAIT = 60.0  # restygate's --consul-wait default, which the run keeps
 PROFILE_RATE = 100  # py-spy samples per second: each pauses restygate briefly
 # PyPy's JIT compiles a hot path only after it ran many times: under PyPy,
 # restygate and the stock proxy first get this long a small c50 run, and a
-# longer warm-up per case, so the measured rounds time compiled code.
-JIT_WARMUP = 10.0
+# longer warm-up per case, so the measured rounds time compiled code.  Each
+# restygate worker warms its own JIT on its share of the connections: 30 s
+# leaves the first measured round no slower than the last (10 s did not).
+JIT_WARMUP = 30.0
 # Where bench/run --pypy makes the PyPy virtualenv.
 PYPY_VENV = ROOT / ".bench-pypy"
 # A run during which other processes used more than this share of a core is
