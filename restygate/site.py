@@ -155,7 +155,11 @@ class GatewayChannel(HTTPChannel):
     maxHeaders = 100
     _in_headers = False
     _awaiting = True
+    # The header clock: one timer a connection, moved on for each request
+    # rather than made and cancelled per request; it only counts while
+    # _timing_headers.
     _deadline: Optional[IDelayedCall] = None
+    _timing_headers = False
     _refused = False
     _host: Optional[IAddress] = None
 
@@ -182,7 +186,12 @@ class GatewayChannel(HTTPChannel):
             # The first byte of a request starts the clock for its headers,
             # so a client trickling them in (slowloris) cannot hold us.
             self._awaiting = False
-            self._deadline = self.callLater(self.site.config.header_timeout, self._headers_too_slow)
+            self._timing_headers = True
+            timeout = self.site.config.header_timeout
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.reset(timeout)
+            else:
+                self._deadline = self.callLater(timeout, self._headers_too_slow)
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -234,7 +243,8 @@ class GatewayChannel(HTTPChannel):
 
     def _headers_too_slow(self) -> None:
         self._deadline = None
-        self.refuse(408, "request headers not received in time")
+        if self._timing_headers:
+            self.refuse(408, "request headers not received in time")
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
@@ -243,7 +253,7 @@ class GatewayChannel(HTTPChannel):
             self._deadline = None
 
     def allHeadersReceived(self) -> None:
-        self._cancel_deadline()
+        self._timing_headers = False
         limit = self.site.config.max_body
         if limit is not None and self.length is not None and self.length > limit:
             self.refuse(413, "request body too large")

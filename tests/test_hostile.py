@@ -97,6 +97,36 @@ class MalformedRequestTests(TestCase):
         await client.closed
         self.assertTrue(_status(client).startswith(b"HTTP/1.1 408"))
 
+    async def test_slow_headers_of_a_later_request_get_408(self) -> None:
+        """
+        The header clock starts again with each request on a keep-alive
+        connection: a second request trickling its headers is cut off too.
+        """
+        rig = GatewayRig(self, header_timeout=0.3)
+        rig.register(rig.backend())
+        client = await raw_connect(rig.port)
+        client.transport.write(b"GET /dc1/web/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        await eventually(lambda: b"200 OK" in client.received)
+        client.transport.write(b"GET /dc1/web/ HTTP/1.1\r\nHost: x\r\n")
+        await client.closed
+        self.assertIn(b"HTTP/1.1 408", client.received)
+
+    async def test_header_clock_stops_with_the_headers(self) -> None:
+        """
+        A request whose answer takes longer than header-timeout is not cut
+        off by it, on the first request of a connection or a later one.
+        """
+        rig = GatewayRig(self, header_timeout=0.2)
+        rig.register(rig.backend())
+        client = await raw_connect(rig.port)
+        for _ in range(2):
+            before = client.received.count(b"HTTP/1.1 200")
+            client.transport.write(b"GET /dc1/web/slow?delay=0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await eventually(lambda: client.received.count(b"HTTP/1.1 200") == before + 1)
+        self.assertNotIn(b"408", client.received)
+        client.transport.loseConnection()
+        await client.closed
+
     async def test_connection_limit(self) -> None:
         rig = GatewayRig(self, max_connections=2)
         rig.register(rig.backend())
