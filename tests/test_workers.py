@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.workeradmin import merge_expositions
+from restygate.workers import PYPY_NURSERY, worker_environment
 from tests.test_packaging import TWISTD_TIMEOUT, DaemonTestCase, _free_ports, _installed, _log_tail
 
 
@@ -84,6 +85,21 @@ class MergeExpositionsTests(SynchronousTestCase):
 
     def test_nothing(self) -> None:
         self.assertEqual(merge_expositions([]), b"")
+
+
+class WorkerEnvironmentTests(SynchronousTestCase):
+    def test_pypy_nursery(self) -> None:
+        """
+        On PyPy a worker gets the larger GC nursery, unless the operator
+        chose one; on CPython the environment passes unchanged.
+        """
+        self.assertEqual(
+            worker_environment({"A": "1"}, "PyPy"), {"A": "1", "PYPY_GC_NURSERY": PYPY_NURSERY}
+        )
+        self.assertEqual(
+            worker_environment({"PYPY_GC_NURSERY": "4MB"}, "PyPy"), {"PYPY_GC_NURSERY": "4MB"}
+        )
+        self.assertEqual(worker_environment({"A": "1"}, "CPython"), {"A": "1"})
 
 
 class WorkersTests(DaemonTestCase):
@@ -177,6 +193,10 @@ class WorkersTests(DaemonTestCase):
             with open(f"/proc/{pid}/stat", "rb") as f:
                 parent = int(f.read().rsplit(b")", 1)[1].split()[1])
             self.assertEqual(parent, self.daemon.pid)
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                nursery = [v for v in f.read().split(b"\0") if v.startswith(b"PYPY_GC_NURSERY=")]
+            expected = [b"PYPY_GC_NURSERY=" + PYPY_NURSERY.encode()] if sys.implementation.name == "pypy" else []
+            self.assertEqual(nursery, expected)
         self.assertServes(10)
         for worker in self.status()["workers"]:
             self.assertTrue(worker["up"])
