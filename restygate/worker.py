@@ -24,6 +24,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet import tcp
+from twisted.internet.fdesc import setNonBlocking
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
@@ -85,6 +86,12 @@ class _OneAcceptPerTurn(tcp.Port):
 
     def doRead(self) -> None:
         self.numberAccepts = 1
+        # All workers wake for a connection and only one gets it; the
+        # others' accept() must fail at once, never wait.  The socket's
+        # O_NONBLOCK lives in the description every process shares, and a
+        # worker was once seen blocked in accept() with it cleared: assert
+        # it before each accept (one fcntl per new connection).
+        self.socket.setblocking(False)
         super().doRead()
 
 
@@ -103,6 +110,7 @@ class _SharedTCPSocket:
         # What reactor.adoptStreamPort does, with our port class; it dups
         # the descriptor, so ours is closed after.
         try:
+            setNonBlocking(self._fd)
             port = _OneAcceptPerTurn._fromListeningDescriptor(self._reactor, self._fd, self._family, protocolFactory)
             port.startListening()
             os.close(self._fd)
