@@ -54,8 +54,8 @@ PROFILE_RATE = 100  # py-spy samples per second: each pauses restygate briefly
 # restygate worker warms its own JIT on its share of the connections: 30 s
 # leaves the first measured round no slower than the last (10 s did not).
 JIT_WARMUP = 30.0
-# What restygate.workers.PYPY_NURSERY gives each worker under PyPy.
-STOCK_PYPY_NURSERY = "32MB"
+# What restygate.workers gives each worker under PyPy (PYPY_NURSERY, PYPY_GC_MIN).
+STOCK_PYPY_GC = {"PYPY_GC_NURSERY": "32MB", "PYPY_GC_MIN": "96MB"}
 # Where bench/run --pypy makes the PyPy virtualenv.
 PYPY_VENV = ROOT / ".bench-pypy"
 # A run during which other processes used more than this share of a core is
@@ -603,7 +603,7 @@ class Bench:
         # Under PyPy, restygate's workers start with a larger GC nursery
         # (restygate.workers.PYPY_NURSERY); the stock proxy gets the same, so
         # the comparison is of the proxies, not of their GC settings.
-        stock_env = dict(os.environ, PYPY_GC_NURSERY=STOCK_PYPY_NURSERY) if self.jit else None
+        stock_env = dict(os.environ, **STOCK_PYPY_GC) if self.jit else None
         self._start("stock", [self.python, str(BENCH / "stock_proxy.py"), "--port", str(self.ports["stock"]),
                               "--backend-port", str(self.ports["backend"]),
                               "--access-log", str(tmp / "stock-access.log")], cwd=tmp, env=stock_env)
@@ -992,9 +992,10 @@ def report(data: Dict[str, Any]) -> str:
     if warmup and warmup.get("jit_small_c50_s"):
         add(f"JIT warm-up first: restygate and stock {warmup['jit_small_c50_s']:g} s small c50 each, then "
             f"{warmup['per_case_s']['restygate']:g} s per case (nginx {warmup['per_case_s']['nginx']:g} s)")
-        nursery = data["config"].get("stock_pypy_gc_nursery")
-        if nursery:
-            add(f"stock runs with PYPY_GC_NURSERY={nursery}, as restygate's workers do")
+        gc_env = data["config"].get("stock_pypy_gc")
+        if gc_env:
+            settings = " ".join(f"{k}={v}" for k, v in sorted(gc_env.items()))
+            add(f"stock runs with {settings}, as restygate's workers do")
     add("")
     add(f"{'case':<12} | {'req/s restygate':>15} {'nginx':>8} {'stock':>7} | {'rg/nginx':>8} {'rg/stock':>8} | "
         f"{'p50 ms rg':>9} {'nginx':>6} {'stock':>7} | {'p99 ms rg':>9} {'nginx':>6} {'stock':>7} | errors")
@@ -1140,7 +1141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "environment": env,
             "config": {
                 "restygate_workers": bench.workers,
-                "stock_pypy_gc_nursery": STOCK_PYPY_NURSERY if bench.jit else None,
+                "stock_pypy_gc": STOCK_PYPY_GC if bench.jit else None,
                 "nginx_proxy_workers": bench.workers,
                 "nginx_backend_workers": 1,
                 "wrk": "wrk -t1 --latency",
