@@ -54,8 +54,8 @@ PROFILE_RATE = 100  # py-spy samples per second: each pauses restygate briefly
 # restygate worker warms its own JIT on its share of the connections: 30 s
 # leaves the first measured round no slower than the last (10 s did not).
 JIT_WARMUP = 30.0
-# What restygate.workers gives each worker under PyPy (PYPY_NURSERY, PYPY_GC_MIN).
-STOCK_PYPY_GC = {"PYPY_GC_NURSERY": "32MB", "PYPY_GC_MIN": "96MB"}
+# What restygate.workers gives each worker under PyPy (PYPY_NURSERY).
+STOCK_PYPY_GC = {"PYPY_GC_NURSERY": "32MB"}
 # Where bench/run --pypy makes the PyPy virtualenv.
 PYPY_VENV = ROOT / ".bench-pypy"
 # A run during which other processes used more than this share of a core is

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.workeradmin import merge_expositions
-from restygate.workers import PYPY_GC_MIN, PYPY_NURSERY, worker_environment
+from restygate.workers import PYPY_NURSERY, worker_environment
 from tests.test_packaging import TWISTD_TIMEOUT, DaemonTestCase, _free_ports, _installed, _log_tail
 
 
@@ -94,12 +94,11 @@ class WorkerEnvironmentTests(SynchronousTestCase):
         chose one; on CPython the environment passes unchanged.
         """
         self.assertEqual(
-            worker_environment({"A": "1"}, "PyPy"),
-            {"A": "1", "PYPY_GC_NURSERY": PYPY_NURSERY, "PYPY_GC_MIN": PYPY_GC_MIN},
+            worker_environment({"A": "1"}, "PyPy"), {"A": "1", "PYPY_GC_NURSERY": PYPY_NURSERY}
         )
         self.assertEqual(
-            worker_environment({"PYPY_GC_MIN": "1GB"}, "PyPy"),
-            {"PYPY_GC_NURSERY": PYPY_NURSERY, "PYPY_GC_MIN": "1GB"},
+            worker_environment({"PYPY_GC_MIN": "96MB"}, "PyPy"),
+            {"PYPY_GC_NURSERY": PYPY_NURSERY, "PYPY_GC_MIN": "96MB"},
         )
         self.assertEqual(
             worker_environment({"PYPY_GC_NURSERY": "4MB"}, "PyPy"), {"PYPY_GC_NURSERY": "4MB"}
@@ -199,11 +198,8 @@ class WorkersTests(DaemonTestCase):
                 parent = int(f.read().rsplit(b")", 1)[1].split()[1])
             self.assertEqual(parent, self.daemon.pid)
             with open(f"/proc/{pid}/environ", "rb") as f:
-                nursery = [v for v in f.read().split(b"\0") if v.startswith((b"PYPY_GC_NURSERY=", b"PYPY_GC_MIN="))]
-            expected = (
-                [b"PYPY_GC_NURSERY=" + PYPY_NURSERY.encode(), b"PYPY_GC_MIN=" + PYPY_GC_MIN.encode()]
-                if sys.implementation.name == "pypy" else []
-            )
+                nursery = [v for v in f.read().split(b"\0") if v.startswith(b"PYPY_GC_NURSERY=")]
+            expected = [b"PYPY_GC_NURSERY=" + PYPY_NURSERY.encode()] if sys.implementation.name == "pypy" else []
             self.assertEqual(nursery, expected)
         self.assertServes(10)
         for worker in self.status()["workers"]:
