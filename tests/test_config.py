@@ -25,8 +25,9 @@ from restygate.config import (
     parse_consul_address,
 )
 
-# "auto" workers: one per CPU this process may run on.
-CPUS = len(os.sched_getaffinity(0))
+# "auto" workers: one per CPU this process may run on (PyPy 3.9's os has no
+# sched_getaffinity: all CPUs then).
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 DEFAULT_CONFIG = Config(
     listen=("tcp:8080",),
