@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any, List, Mapping, Optional, Sequence
 
 import treq
@@ -21,10 +22,14 @@ from twisted.internet.ssl import Certificate
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
 
 from restygate.config import ConfigError, build
 from restygate.discovery import Instance
 from restygate.upstream import UpstreamTLSError, tls_server_name, uses_tls
+from restygate.worker import adopted_endpoint
 from tests.backends import Backend
 from tests.certificates import Issued, endpoint_files, issue, make_ca
 from tests.consul_server import ConsulServer
@@ -121,6 +126,32 @@ class ClientSideTests(TestCase):
         echo = _echo(body)
         self.assertEqual(echo["uri"], "/secure?x=1")
         self.assertEqual(_header(echo, "X-Forwarded-Proto"), ["https"])
+
+
+    async def test_https_on_an_inherited_socket(self) -> None:
+        """
+        A worker serves TLS on a socket its parent bound for an C{ssl:}
+        listener, with the certificate the description names.
+        """
+        server = issue(None, ips=["127.0.0.1"])
+        files = endpoint_files(server, temp_dir(self))
+        bound = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(bound.close)
+        bound.bind(("127.0.0.1", 0))
+        bound.listen(16)
+        bound.setblocking(False)
+        port_number = bound.getsockname()[1]
+        page = Resource()
+        page.putChild(b"hello", Data(b"over tls", "text/plain"))
+        endpoint = adopted_endpoint(reactor, f"ssl:{port_number}:interface=127.0.0.1:{files}", os.dup(bound.fileno()))
+        port = await endpoint.listen(Site(page))
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        trust = BrowserLikePolicyForHTTPS(Certificate.loadPEM(server.cert_pem))
+        client = HTTPClient(Agent(reactor, contextFactory=trust, pool=pool))
+        response = await client.get(f"https://127.0.0.1:{port_number}/hello")
+        self.assertEqual((response.code, await treq.content(response)), (200, b"over tls"))
 
 
 class UpstreamTLSTests(TestCase):
