@@ -21,11 +21,11 @@ import socket
 import sys
 from typing import Any, List, Mapping, Optional, Sequence
 
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, SSL4ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet import tcp
-from twisted.internet.fdesc import setNonBlocking
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, SSL4ServerEndpoint, serverFromString
+from twisted.internet.fdesc import setNonBlocking
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
 from twisted.logger import FileLogObserver, ILogObserver, Logger, eventAsText, globalLogBeginner

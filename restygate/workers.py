@@ -33,7 +33,7 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, LogLevel
+from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python.failure import Failure
 
 from restygate.config import Config
@@ -147,13 +147,17 @@ class WorkerProcess(ProcessProtocol):
             self._stdin_open = False
 
     def _relay(self, line: bytes, stderr: bool) -> None:
-        # The worker writes "[namespace#level] text"; keep its system, add
-        # which worker it is, and let the daemon's log stamp the time.
+        # The worker writes "[namespace#level] text"; keep its system and
+        # level, add which worker it is, and let the daemon's log stamp the
+        # time.  Anything else on stderr is an error (a crash before logging).
         text = line.decode("utf-8", "replace")
         system, level = "stderr", LogLevel.error
         if not stderr and text.startswith("[") and "] " in text:
             system, text = text[1:].split("] ", 1)
-            level = LogLevel.info
+            try:
+                level = LogLevel.levelWithName(system.rpartition("#")[2])
+            except InvalidLogLevelError:
+                level = LogLevel.info
         log.emit(level, "{text}", text=text, log_system=f"worker {self.index} {system}")
 
     def processEnded(self, reason: Failure) -> None:
