@@ -25,7 +25,7 @@ from restygate.status import discovery_answered, gateway_status, render_html
 if TYPE_CHECKING:
     from restygate.service import Gateway
 
-__all__ = ["Admin", "AdminSite", "PROBE_INTERVAL", "answer", "answer_json"]
+__all__ = ["Admin", "AdminSite", "PROBE_INTERVAL", "answer", "answer_html", "answer_json"]
 
 log = Logger()
 
@@ -133,6 +133,12 @@ def answer(request: Request, status: int, content_type: bytes, body: bytes) -> b
     return body
 
 
+def answer_html(request: Request, status: int, page: bytes) -> bytes:
+    # A status page runs nothing and loads nothing: no script, only inline style.
+    request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
+    return answer(request, status, b"text/html; charset=utf-8", page)
+
+
 def answer_json(request: Request, status: int, document: Dict[str, Any]) -> bytes:
     body = json.dumps(document, indent=1).encode("utf-8") + b"\n"
     return answer(request, status, b"application/json", body)
@@ -177,9 +183,7 @@ class _Status(_Endpoint):
         accept = request.getHeader(b"accept") or b""
         if request.args.get(b"format") == [b"json"] or b"application/json" in accept.lower():
             return answer_json(request, 200, document)
-        page = render_html(document).encode("utf-8")
-        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
-        return answer(request, 200, b"text/html; charset=utf-8", page)
+        return answer_html(request, 200, render_html(document).encode("utf-8"))
 
 
 def _root(admin: Admin) -> Resource:

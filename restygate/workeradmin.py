@@ -28,7 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from restygate import __version__
-from restygate.admin import AdminSite, answer, answer_json
+from restygate.admin import AdminSite, answer, answer_html, answer_json
 from restygate.upstream import quiet_pool
 
 if TYPE_CHECKING:
@@ -258,19 +258,22 @@ class _Status(_Page):
         }
         if as_json:
             return answer_json(request, 200, document)
-        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
-        return answer(request, 200, b"text/html; charset=utf-8", _render(document).encode("utf-8"))
+        return answer_html(request, 200, _render(document).encode("utf-8"))
 
     async def _one_worker(self, request: Request, wanted: bytes, as_json: bool) -> bytes:
         workers = {str(w.index).encode("ascii"): w for w in self._admin.up()}
         worker = workers.get(wanted)
         if worker is None:
             return answer(request, 404, b"text/plain; charset=utf-8", b"no such worker up\n")
-        got = await self._admin.fetch(worker, "/status?format=json" if as_json else "/status")
+        try:
+            got = await self._admin.fetch(worker, "/status?format=json" if as_json else "/status")
+        except Exception as e:
+            # It may have died or be stuck; that is its state, not our error.
+            log.warn("worker {index} admin site did not answer /status: {error}", index=worker.index, error=e)
+            return answer(request, 503, b"text/plain; charset=utf-8", b"the worker did not answer\n")
         if as_json:
             return answer(request, got[0], b"application/json", got[1])
-        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
-        return answer(request, got[0], b"text/html; charset=utf-8", got[1])
+        return answer_html(request, got[0], got[1])
 
 
 def _render(document: Dict[str, Any]) -> str:

@@ -249,12 +249,15 @@ class WorkersTests(DaemonTestCase):
         """
         first, second = self.pids()
         os.kill(first, signal.SIGSTOP)
+        # Its own page cannot be had; the parent says so rather than failing.
+        self.assertIn(self.get(self.admin("/status?worker=0"))[0], (404, 503))
         self.assertServes(5)
         self.waitFor(lambda: self.pids()[0] not in (None, first) and self.status()["workers"][0]["up"],
                      "the stuck worker to be replaced")
         self.assertIn(f"worker 0 (pid {first}) left the heartbeat unanswered for 2s; killing it", self.logText())
         self.assertEqual(self.pids()[1], second)
         self.assertServes(5)
+        self.assertNotIn("admin page", self.logText())
 
     def test_sighup_reaches_every_worker(self) -> None:
         """
