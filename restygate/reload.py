@@ -7,9 +7,10 @@ force without dropping a connection.
 A reload is all or nothing.  A file that cannot be read or holds a bad value
 is refused with one log line and the running configuration stays whole.
 Keys only a restart can change (L{RESTART_ONLY}: the listening sockets, the
-discovery source, the number of workers) keep their running values, with a warning naming them;
-every other key takes effect at once, for requests that start after the
-reload.  Requests in flight finish with the settings they started with.
+discovery source, the number of workers) keep their running values, with a
+warning naming them; every other key takes effect at once, for requests that
+start after the reload.  Requests in flight finish with the settings they
+started with.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from restygate.reload import Reloader
 from restygate.service import Listener
 from restygate.signals import SignalHook
 from restygate.watcher import Backoff
+from restygate.workeradmin import WorkerAdmin
 
 __all__ = ["WorkerPool", "WorkerProcess", "make_workers", "worker_environment", "STABLE_AFTER", "PYPY_NURSERY"]
 
@@ -207,21 +208,17 @@ class WorkerPool(MultiService):
         argv: Sequence[str],
         reactor: Any,
         load: Callable[[], Config],
-        environ: Optional[Dict[str, str]] = None,
-        rng: Optional[random.Random] = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.clock = reactor
         self.started = reactor.seconds()
         self._argv = list(argv)
-        self._environ = worker_environment(
-            os.environ if environ is None else environ, platform.python_implementation()
-        )
+        self._environ = worker_environment(os.environ, platform.python_implementation())
         self._reactor = reactor
         self.workers: List[Optional[WorkerProcess]] = [None] * config.workers
         self.restarts = [0] * config.workers
-        rng = rng or random.Random()
+        rng = random.Random()
         self._backoff = [Backoff(0.5, 30.0, rng) for _ in range(config.workers)]
         self._restart: Dict[int, IDelayedCall] = {}
         # Counts reloads, so a worker can be told of one it missed.
@@ -370,8 +367,6 @@ def make_workers(
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    from restygate.workeradmin import WorkerAdmin
-
     pool = WorkerPool(config, argv, reactor, load)
     if config.admin:
         admin = WorkerAdmin(pool, reactor)
