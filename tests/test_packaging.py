@@ -30,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence, Tuple
 from unittest import SkipTest
@@ -431,11 +432,70 @@ def _log_tail(path: str) -> str:
         return "(no log)"
 
 
+@dataclass
+class Daemon:
+    """
+    An installed C{twistd restygate} a test started.
+    """
+
+    process: "subprocess.Popen[bytes]"
+    port: int
+    admin_port: Optional[int]
+    log: str
+
+    def tail(self) -> str:
+        return _log_tail(self.log)
+
+
 class DaemonTestCase(TestCase):
     """
     Runs real processes (the installed daemon, backends) for a test, and
     talks to them over loopback.
     """
+
+    def start_backend(self, base: str, command: Sequence[str]) -> int:
+        """
+        Start a backend listening on the free port appended to C{command};
+        its port, once it listens.
+        """
+        [port] = _free_ports(1)
+        log = os.path.join(base, "backend.log")
+        process = self.spawn([*command, str(port)], log)
+        self.waitForPort(port, process, log)
+        return port
+
+    def serve_file(self, base: str, name: str, body: bytes) -> int:
+        """
+        A static file backend serving C{body} as C{/name}; its port.
+        """
+        docroot = os.path.join(base, "www")
+        os.makedirs(docroot, exist_ok=True)
+        with open(os.path.join(docroot, name), "wb") as f:
+            f.write(body)
+        return self.start_backend(
+            base, [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", docroot]
+        )
+
+    def start_gateway(
+        self, base: str, service: str, backend_port: int, *options: str, admin: bool = False
+    ) -> Daemon:
+        """
+        The installed daemon routing C{/dc1/<service>/} to the backend by a
+        static catalog, with these options, once it listens.
+        """
+        catalog = os.path.join(base, "catalog.toml")
+        with open(catalog, "w") as f:
+            f.write(f'[dc1]\n{service} = [ {{ address = "127.0.0.1", port = {backend_port} }} ]\n')
+        port, admin_port = _free_ports(2)
+        admin_option = f"tcp:{admin_port}:interface=127.0.0.1" if admin else "none"
+        log = os.path.join(base, "twistd.log")
+        process = self.spawn(
+            [_installed().venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate", "--catalog", catalog,
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--admin", admin_option, *options],
+            log,
+        )
+        self.waitForPort(port, process, log)
+        return Daemon(process, port, admin_port if admin else None, log)
 
     def spawn(self, args: Sequence[str], log: str) -> "subprocess.Popen[bytes]":
         """
@@ -490,39 +550,14 @@ class GatewayEndToEndTests(DaemonTestCase):
         """
         C{GET /dc1/demo/<file>} through the gateway returns the backend's file.
         """
-        installed = _installed()
         base = os.path.abspath(self.mktemp())
-        docroot = os.path.join(base, "www")
-        os.makedirs(docroot)
         body = f"restygate end-to-end {os.getpid()} {time.time()}\n".encode("ascii")
-        with open(os.path.join(docroot, "hello.txt"), "wb") as f:
-            f.write(body)
-
-        backend_port, gateway_port, admin_port = _free_ports(3)
-        backend_log = os.path.join(base, "backend.log")
-        backend = self.spawn(
-            [sys.executable, "-m", "http.server", str(backend_port), "--bind", "127.0.0.1", "--directory", docroot],
-            backend_log,
-        )
-
-        catalog = os.path.join(base, "catalog.toml")
-        with open(catalog, "w") as f:
-            f.write(f'[dc1]\ndemo = [ {{ address = "127.0.0.1", port = {backend_port} }} ]\n')
-        gateway_log = os.path.join(base, "twistd.log")
-        gateway = self.spawn(
-            [installed.venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate",
-             "--catalog", catalog, "--listen", f"tcp:{gateway_port}:interface=127.0.0.1",
-             "--admin", f"tcp:{admin_port}:interface=127.0.0.1"],
-            gateway_log,
-        )
-
-        self.waitForPort(backend_port, backend, backend_log)
-        self.waitForPort(gateway_port, gateway, gateway_log)
-        status, received = self.get(f"http://127.0.0.1:{gateway_port}/dc1/demo/hello.txt")
-        self.assertEqual((status, received), (200, body), _log_tail(gateway_log))
+        gateway = self.start_gateway(base, "demo", self.serve_file(base, "hello.txt", body), admin=True)
+        status, received = self.get(f"http://127.0.0.1:{gateway.port}/dc1/demo/hello.txt")
+        self.assertEqual((status, received), (200, body), gateway.tail())
         # The path docker/Dockerfile's HEALTHCHECK asks.
-        status, received = self.get(f"http://127.0.0.1:{admin_port}/healthz")
-        self.assertEqual(status, 200, _log_tail(gateway_log))
+        status, received = self.get(f"http://127.0.0.1:{gateway.admin_port}/healthz")
+        self.assertEqual(status, 200, gateway.tail())
 
     def test_sigterm_lets_requests_in_flight_finish(self) -> None:
         """
@@ -539,24 +574,13 @@ class GatewayEndToEndTests(DaemonTestCase):
         self.assertDrainsOnSigterm(workers=2)
 
     def assertDrainsOnSigterm(self, workers: int) -> None:
-        installed = _installed()
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
-        backend_port, gateway_port = _free_ports(2)
+        backend_port = self.start_backend(base, [sys.executable, "-c", _SLOW_BACKEND])
         backend_log = os.path.join(base, "backend.log")
-        backend = self.spawn([sys.executable, "-c", _SLOW_BACKEND, str(backend_port)], backend_log)
-        catalog = os.path.join(base, "catalog.toml")
-        with open(catalog, "w") as f:
-            f.write(f'[dc1]\nslow = [ {{ address = "127.0.0.1", port = {backend_port} }} ]\n')
-        gateway_log = os.path.join(base, "twistd.log")
-        gateway = self.spawn(
-            [installed.venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate",
-             "--catalog", catalog, "--listen", f"tcp:{gateway_port}:interface=127.0.0.1", "--admin", "none",
-             "--workers", str(workers)],
-            gateway_log,
-        )
-        self.waitForPort(backend_port, backend, backend_log)
-        self.waitForPort(gateway_port, gateway, gateway_log)
+        gateway = self.start_gateway(base, "slow", backend_port, "--workers", str(workers))
+        gateway_port, gateway_log = gateway.port, gateway.log
+        process = gateway.process
 
         outcome: List[Tuple[int, bytes]] = []
         client = threading.Thread(
@@ -566,12 +590,12 @@ class GatewayEndToEndTests(DaemonTestCase):
         deadline = time.monotonic() + TWISTD_TIMEOUT
         while b"started" not in _log_tail(backend_log).encode() and time.monotonic() < deadline:
             time.sleep(0.02)
-        gateway.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         client.join(TWISTD_TIMEOUT)
         self.assertEqual(outcome, [(200, b"slow answer\n")], _log_tail(gateway_log))
         # twistd ends by re-raising the signal that stopped it, which
         # systemd counts as a clean stop for SIGTERM.
-        self.assertEqual(gateway.wait(TWISTD_TIMEOUT), -signal.SIGTERM, _log_tail(gateway_log))
+        self.assertEqual(process.wait(TWISTD_TIMEOUT), -signal.SIGTERM, _log_tail(gateway_log))
         self.assertIn("Server Shut Down", _log_tail(gateway_log))
         self.assertIn("draining 1 in-flight request", _log_tail(gateway_log))
 

@@ -17,7 +17,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.workeradmin import merge_expositions
 from restygate.workers import PYPY_NURSERY, worker_environment
-from tests.test_packaging import TWISTD_TIMEOUT, DaemonTestCase, _free_ports, _installed, _log_tail
+from tests.test_packaging import TWISTD_TIMEOUT, DaemonTestCase, _log_tail
+
+
+def _stat(pid: int) -> List[bytes]:
+    """
+    The fields of C{/proc/<pid>/stat} after the command name: state, parent...
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
 
 
 def _gone(pid: int) -> bool:
@@ -25,8 +33,7 @@ def _gone(pid: int) -> bool:
     Whether process C{pid} has exited (a zombie nobody reaped has, too).
     """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        return _stat(pid)[0] == b"Z"
     except FileNotFoundError:
         return True
 
@@ -113,36 +120,18 @@ class WorkersTests(DaemonTestCase):
     """
 
     def setUp(self) -> None:
-        installed = _installed()
         self.base = os.path.abspath(self.mktemp())
-        docroot = os.path.join(self.base, "www")
-        os.makedirs(docroot)
+        os.makedirs(self.base)
         self.body = f"served {time.time()}\n".encode("ascii")
-        with open(os.path.join(docroot, "hello.txt"), "wb") as f:
-            f.write(self.body)
-        backend_port, self.port, self.admin_port = _free_ports(3)
-        backend_log = os.path.join(self.base, "backend.log")
-        backend = self.spawn(
-            [sys.executable, "-m", "http.server", str(backend_port), "--bind", "127.0.0.1", "--directory", docroot],
-            backend_log,
-        )
         self.config = os.path.join(self.base, "restygate.toml")
         with open(self.config, "w") as f:
             f.write("pool-size = 8\n")
-        catalog = os.path.join(self.base, "catalog.toml")
-        with open(catalog, "w") as f:
-            f.write(f'[dc1]\ndemo = [ {{ address = "127.0.0.1", port = {backend_port} }} ]\n')
-        self.log = os.path.join(self.base, "twistd.log")
-        self.daemon = self.spawn(
-            [installed.venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate", "--workers", "2",
-             "--worker-timeout", "2",
-             "--config", self.config,
-             "--catalog", catalog, "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-             "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1"],
-            self.log,
+        gateway = self.start_gateway(
+            self.base, "demo", self.serve_file(self.base, "hello.txt", self.body),
+            "--workers", "2", "--worker-timeout", "2", "--config", self.config, admin=True,
         )
-        self.waitForPort(backend_port, backend, backend_log)
-        self.waitForPort(self.port, self.daemon, self.log)
+        self.daemon, self.port, self.log = gateway.process, gateway.port, gateway.log
+        self.admin_port = gateway.admin_port
         self.waitFor(lambda: self.get(self.admin("/healthz"))[1].startswith(b"ok (2/2"), "both workers to be up")
         self.waitFor(lambda: self.get(self.admin("/readyz"))[0] == 200, "the gateway to be ready")
 
@@ -194,9 +183,7 @@ class WorkersTests(DaemonTestCase):
         self.assertEqual(len(set(pids)), 2)
         self.assertNotIn(self.daemon.pid, pids)
         for pid in pids:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
-            self.assertEqual(parent, self.daemon.pid)
+            self.assertEqual(int(_stat(pid)[1]), self.daemon.pid)
             with open(f"/proc/{pid}/environ", "rb") as f:
                 nursery = [v for v in f.read().split(b"\0") if v.startswith(b"PYPY_GC_NURSERY=")]
             expected = [b"PYPY_GC_NURSERY=" + PYPY_NURSERY.encode()] if sys.implementation.name == "pypy" else []
