@@ -11,6 +11,7 @@ import os
 import re
 import signal
 from typing import Any, Dict, List
+from unittest import SkipTest
 
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -18,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from restygate.accesslog import AccessLog, combined, json_line
 from restygate.config import Config, ConfigError, build
 from restygate.observe import Completed
-from tests.harness import GatewayRig, eventually, reactor
+from tests.harness import GatewayRig, captured_log, eventually, reactor
 
 COMBINED = re.compile(
     r'^(?P<client>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000)\] '
@@ -186,6 +187,22 @@ class FileTests(TestCase):
         self.assertEqual(seen, [signal.SIGUSR1])
         to_file.stopService()
         self.assertIs(signal.getsignal(signal.SIGUSR1), before)
+
+    async def test_failed_write_is_logged(self) -> None:
+        """
+        Lines that cannot be written (here: a full device) are counted in
+        one error line per turn, not raised into the reactor.
+        """
+        if not os.path.exists("/dev/full"):
+            raise SkipTest("no /dev/full to fail writes with")
+        lines = captured_log(self)
+        log = AccessLog(build([{"access-log": "/dev/full"}]), reactor)
+        log.startService()
+        self.addCleanup(log.stopService)
+        log(_record(uri="/one"))
+        log(_record(uri="/two"))
+        await eventually(lambda: any("lost 2 access log line(s)" in line for line in lines))
+        self.assertIn("cannot write /dev/full", "\n".join(lines))
 
     def test_unwritable_file_at_start(self) -> None:
         """
