@@ -43,7 +43,7 @@ TARGETS = ("restygate", "nginx", "stock")
 WATCHED_SERVICES = 100
 CONVERGENCE_FLIPS = 20
 # restygate's watcher allows 3 immediate re-queries and then 2 per second
-# (restygate.watcher.TokenBucket).  Flipping slower than that measures how
+# (restygate.discovery.consul.watch.TokenBucket).  Flipping slower than that measures how
 # fast a change propagates, not the rate limit.
 FLIP_SPACING = 1.0
 CONSUL_WAIT = 60.0  # restygate's --consul-wait default, which the run keeps
@@ -54,7 +54,7 @@ PROFILE_RATE = 100  # py-spy samples per second: each pauses restygate briefly
 # restygate worker warms its own JIT on its share of the connections: 30 s
 # leaves the first measured round no slower than the last (10 s did not).
 JIT_WARMUP = 30.0
-# What restygate.workers gives each worker under PyPy (PYPY_NURSERY).
+# What restygate.daemon.workers.pool gives each worker under PyPy (PYPY_NURSERY).
 STOCK_PYPY_GC = {"PYPY_GC_NURSERY": "32MB"}
 # Where bench/run --pypy makes the PyPy virtualenv.
 PYPY_VENV = ROOT / ".bench-pypy"
@@ -575,7 +575,7 @@ class Bench:
         bodies = [registration("web", self.ports["backend"]), registration("conv", self.ports["backend"])]
         bodies += [registration(f"svc{i}", self.ports["backend"]) for i in range(WATCHED_SERVICES)]
         (tmp / "register.json").write_text(json.dumps(bodies))
-        self._start("consul", [sys.executable, "-m", "tests.consul_server", "--port", str(self.ports["consul"]),
+        self._start("consul", [sys.executable, "-m", "restygate.testing.consul", "--port", str(self.ports["consul"]),
                                "--register", str(tmp / "register.json")], cwd=ROOT)
 
         self.restygate_cmd = [
@@ -601,7 +601,7 @@ class Bench:
         self._start("nginx", ["nginx", "-p", f"{tmp}/", "-e", str(tmp / "proxy-error.log"),
                               "-c", str(tmp / "proxy.conf")])
         # Under PyPy, restygate's workers start with a larger GC nursery
-        # (restygate.workers.PYPY_NURSERY); the stock proxy gets the same, so
+        # (restygate.daemon.workers.pool.PYPY_NURSERY); the stock proxy gets the same, so
         # the comparison is of the proxies, not of their GC settings.
         stock_env = dict(os.environ, **STOCK_PYPY_GC) if self.jit else None
         self._start("stock", [self.python, str(BENCH / "stock_proxy.py"), "--port", str(self.ports["stock"]),

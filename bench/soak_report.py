@@ -165,7 +165,7 @@ def read_log(path: str, detailed: Sequence[int], failed_rids: Sequence[int]) -> 
                 facts.discovery_updates += 1
                 continue
             final = _FINAL.search(msg)
-            if final is not None and system.startswith("restygate.proxy"):
+            if final is not None and system.startswith("restygate.proxy.resource"):
                 facts.final_failures[final.group("reason")] += 1
                 continue
             if "cut the response body short" in msg:

@@ -26,10 +26,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IResponse
 from zope.interface import provider
 
-from restygate.tap import load
-from restygate.service import Gateway, make_gateway
+from restygate.daemon.tap import load
+from restygate.daemon.assembly import Gateway, make_gateway
 from tests.backends import Backend
-from tests.consul_server import ConsulServer
+from restygate.testing.consul import ConsulServer
 
 reactor: Any = _reactor
 

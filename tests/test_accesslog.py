@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.accesslog}: the combined and JSON lines of proxied
+Tests for L{restygate.ops.accesslog}: the combined and JSON lines of proxied
 requests, the file destination and its reopening on SIGUSR1, and swapping
 format and destination at runtime.
 """
@@ -16,9 +16,9 @@ from unittest import SkipTest
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from restygate.accesslog import AccessLog, combined, json_line
+from restygate.ops.accesslog import AccessLog, combined, json_line
 from restygate.config import Config, ConfigError, build
-from restygate.observe import Completed
+from restygate.proxy.observe import Completed
 from tests.harness import GatewayRig, captured_log, eventually, reactor
 
 COMBINED = re.compile(

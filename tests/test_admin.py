@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.admin} and L{restygate.status}: the admin listener's
+Tests for L{restygate.ops.admin} and L{restygate.ops.status}: the admin listener's
 status page, health and readiness endpoints, on a real gateway over loopback.
 """
 
@@ -14,8 +14,8 @@ from twisted.web.iweb import IResponse
 
 from restygate import __version__
 from restygate.config import ConfigError, build
-from restygate.consul import ConsulClient, ConsulError
-from tests.consul_server import ConsulServer, _json_reply
+from restygate.discovery.consul.client import ConsulClient, ConsulError
+from restygate.testing.consul import ConsulServer, _json_reply
 from tests.harness import GatewayRig, reactor, settle
 
 ADMIN = "tcp:0:interface=127.0.0.1"

@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.balancer}: round-robin over a snapshot, per
+Tests for L{restygate.upstream.balancer}: round-robin over a snapshot, per
 (datacenter, service), surviving snapshot replacement.
 """
 
@@ -10,8 +10,8 @@ from typing import List
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from restygate.balancer import IBalancer, RoundRobin
-from restygate.discovery import Instance, Snapshot
+from restygate.upstream.balancer import IBalancer, RoundRobin
+from restygate.discovery.model import Instance, Snapshot
 
 A = Instance("10.0.0.1", 80, id="a")
 B = Instance("10.0.0.2", 80, id="b")

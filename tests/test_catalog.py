@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.catalog}: the static catalog file, its validation,
+Tests for L{restygate.discovery.catalog}: the static catalog file, its validation,
 and re-reading it when it changes.
 """
 
@@ -12,9 +12,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from restygate.catalog import StaticCatalog, load_catalog
+from restygate.discovery.catalog import StaticCatalog, load_catalog
 from restygate.config import ConfigError
-from restygate.discovery import IDiscovery, Instance, Snapshot, UnknownDatacenter
+from restygate.discovery.model import IDiscovery, Instance, Snapshot, UnknownDatacenter
 
 SAMPLE = """\
 [dc1]

@@ -18,8 +18,8 @@ from typing import Any, List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.checkconfig import main
-from restygate.tap import Options, check_config
+from restygate.daemon.checkconfig import main
+from restygate.daemon.tap import Options, check_config
 from tests.certificates import endpoint_files, issue, make_ca
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,7 +222,7 @@ class ConsoleScriptTests(_CheckCase):
         it, the module run with -m) as a real process.
         """
         installed = shutil.which("restygate-check-config")
-        command = [installed] if installed else [sys.executable, "-m", "restygate.checkconfig"]
+        command = [installed] if installed else [sys.executable, "-m", "restygate.daemon.checkconfig"]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, environ.get("PYTHONPATH")]))
         good = self.write("good.toml", "pool-size = 3\n")

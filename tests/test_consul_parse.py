@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.consul.parse_health} and L{restygate.consul.parse_entry}:
+Tests for L{restygate.discovery.consul.client.parse_health} and L{restygate.discovery.consul.client.parse_entry}:
 turning C{/v1/health/service} bodies, as real agents send them, into
 instances.
 """
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.consul import ConsulError, parse_entry, parse_health
-from restygate.discovery import Instance
+from restygate.discovery.consul.client import ConsulError, parse_entry, parse_health
+from restygate.discovery.model import Instance
 
 # The example answer in Consul's documentation for
 # GET /v1/health/service/redis?passing (api-docs/health.mdx).

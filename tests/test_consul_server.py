@@ -1,4 +1,4 @@
-"""Tests for the Consul HTTP API test server in `tests.consul_server`.
+"""Tests for the Consul HTTP API test server in `restygate.testing.consul`.
 
 restygate's own tests trust this server to behave like Consul, so its wire behaviour (status codes, bodies,
 headers, null maps, filtering, ACLs) is checked over real loopback HTTP with treq, and its blocking-query
@@ -30,7 +30,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.consul_server import (
+from restygate.testing.consul import (
     ConsulError,
     ConsulServer,
     _load_registrations,

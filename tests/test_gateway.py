@@ -465,7 +465,7 @@ class DiscoveryTests(TestCase):
         await eventually(lambda: rig.gateway_instances("dc1", "web") == 2)
 
     async def test_acl_token_sent_and_never_shown(self) -> None:
-        from tests.consul_server import ConsulServer
+        from restygate.testing.consul import ConsulServer
 
         lines = captured_log(self)
         consul = ConsulServer(reactor, jitter=False, acl_token="s3cr3t-t0ken")

@@ -15,8 +15,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
-from restygate.proxy import HOP_BY_HOP, forward_headers
-from restygate.routing import Route
+from restygate.proxy.resource import HOP_BY_HOP, forward_headers
+from restygate.proxy.routing import Route
 from tests.backends import HalfResponseBackend
 from tests.harness import GatewayRig, RawClient, eventually, raw_connect, reactor, settle
 

@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.metrics}: traffic through a real gateway, then its
+Tests for L{restygate.ops.metrics}: traffic through a real gateway, then its
 admin listener's C{/metrics} scraped and parsed as Prometheus text.
 """
 
@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from restygate.metrics import error_kind
-from restygate.observe import Completed
+from restygate.ops.metrics import error_kind
+from restygate.proxy.observe import Completed
 from tests.backends import closed_port
 from tests.harness import GatewayRig, eventually, settle
 

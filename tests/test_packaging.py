@@ -380,7 +380,7 @@ class PluginDiscoveryTests(TestCase):
 
     def test_subcommand_help(self) -> None:
         """
-        C{twistd restygate --help} loads C{restygate.tap} from the wheel and
+        C{twistd restygate --help} loads C{restygate.daemon.tap} from the wheel and
         shows the gateway's options.
         """
         output = self.venv.twistd_help("restygate")
@@ -681,7 +681,7 @@ class SampleConfigTests(TestCase):
         The sample catalog is one the gateway accepts, with the quick start's
         C{demo} service on port 8000 of C{dc1}.
         """
-        from restygate.catalog import load_catalog
+        from restygate.discovery.catalog import load_catalog
 
         catalog = load_catalog(os.path.join(ROOT, "etc", "catalog.toml"))
         [instance] = catalog["dc1"]["demo"].instances

@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.registry.ConsulDiscovery}: watchers started on demand,
+Tests for L{restygate.discovery.consul.source.ConsulDiscovery}: watchers started on demand,
 shared, expired when idle, and unknown datacenters remembered briefly.
 """
 
@@ -11,9 +11,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from restygate.consul import ConsulError
-from restygate.discovery import DiscoveryUnavailable, IDiscovery, Instance, UnknownDatacenter
-from restygate.registry import UNKNOWN_DC_TTL, ConsulDiscovery
+from restygate.discovery.consul.client import ConsulError
+from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Instance, UnknownDatacenter
+from restygate.discovery.consul.source import UNKNOWN_DC_TTL, ConsulDiscovery
 from tests.test_watcher import ScriptedSource
 
 A = Instance("10.0.0.1", 8000, id="a")

@@ -18,10 +18,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from restygate.config import build
-from restygate.discovery import Instance, UnknownDatacenter
-from restygate.registry import ConsulDiscovery
-from restygate.reload import Reloader
-from restygate.service import make_gateway
+from restygate.discovery.model import Instance, UnknownDatacenter
+from restygate.discovery.consul.source import ConsulDiscovery
+from restygate.daemon.reload import Reloader
+from restygate.daemon.assembly import make_gateway
 from tests.backends import Backend
 from tests.harness import GatewayRig, captured_log, eventually, raw_connect, reactor, settle
 from tests.test_watcher import ScriptedSource

@@ -12,9 +12,9 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from restygate.discovery import Instance
-from restygate.outliers import Outliers
-from restygate.retry import RetryBudget
+from restygate.discovery.model import Instance
+from restygate.upstream.outliers import Outliers
+from restygate.upstream.retry import RetryBudget
 from tests.backends import ResettingBackend, closed_port
 from tests.harness import GatewayRig, eventually, reactor, settle
 

@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.routing}: the request-target contract and the Host
+Tests for L{restygate.proxy.routing}: the request-target contract and the Host
 header check.
 """
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.routing import Route, RouteError, host_matches, parse_target, split_host
+from restygate.proxy.routing import Route, RouteError, host_matches, parse_target, split_host
 
 _ALLOWED_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.service}'s listeners: the accept queue they ask for.
+Tests for L{restygate.daemon.assembly}'s listeners: the accept queue they ask for.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from restygate.service import LISTEN_BACKLOG, Listener, with_backlog
+from restygate.front.listeners import LISTEN_BACKLOG, Listener, with_backlog
 
 
 class BacklogTests(TestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.tap.Options}: the command line, layered over the
+Tests for L{restygate.daemon.tap.Options}: the command line, layered over the
 config file, the environment and the defaults, into one L{Config}; a bad
 value ends the start with one clean line.
 """
@@ -12,7 +12,7 @@ from typing import List, Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.config import Config, ConsulAddress
-from restygate.tap import Options
+from restygate.daemon.tap import Options
 from tests.test_config import DEFAULT_CONFIG
 
 _CONSUL_VARIABLES = ("CONSUL_ADDR", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN")

@@ -27,12 +27,12 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from restygate.config import ConfigError, build
-from restygate.discovery import Instance
-from restygate.upstream import UpstreamTLSError, tls_server_name, uses_tls
-from restygate.worker import adopted_endpoint
+from restygate.discovery.model import Instance
+from restygate.upstream.pool import UpstreamTLSError, tls_server_name, uses_tls
+from restygate.daemon.workers.child import adopted_endpoint
 from tests.backends import Backend
 from tests.certificates import Issued, endpoint_files, issue, make_ca
-from tests.consul_server import ConsulServer
+from restygate.testing.consul import ConsulServer
 from tests.harness import GatewayRig, captured_log, reactor
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{restygate.watcher}: the blocking-query loop for one
+Tests for L{restygate.discovery.consul.watch}: the blocking-query loop for one
 (datacenter, service), driven by a L{Clock} and a scripted health source
 whose answers each test gives by hand.
 """
@@ -15,9 +15,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.consul import ConsulError, HealthAnswer
-from restygate.discovery import DiscoveryUnavailable, Instance, Snapshot, UnknownDatacenter
-from restygate.watcher import Backoff, TokenBucket, Watcher
+from restygate.discovery.consul.client import ConsulError, HealthAnswer
+from restygate.discovery.model import DiscoveryUnavailable, Instance, Snapshot, UnknownDatacenter
+from restygate.discovery.consul.watch import Watcher
+from restygate.pacing import Backoff, TokenBucket
 
 A = Instance("10.0.0.1", 8000, id="a")
 B = Instance("10.0.0.2", 8000, id="b")
@@ -53,7 +54,7 @@ class Query:
 
 class ScriptedSource:
     """
-    A L{restygate.watcher.HealthSource} that records each query and leaves
+    A L{restygate.discovery.consul.watch.HealthSource} that records each query and leaves
     it unanswered until the test answers it.
     """
 

@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, List, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.workeradmin import merge_expositions
-from restygate.workers import PYPY_NURSERY, worker_environment
+from restygate.daemon.workers.admin import merge_expositions
+from restygate.daemon.workers.pool import PYPY_NURSERY, worker_environment
 from tests.test_packaging import TWISTD_TIMEOUT, DaemonTestCase, _log_tail
 
 
@@ -256,11 +256,11 @@ class WorkersTests(DaemonTestCase):
         self.daemon.send_signal(signal.SIGHUP)
         for index in (0, 1):
             self.waitFor(
-                lambda: f"[worker {index} restygate.reload#info] reload ({self.config}): changed pool-size"
+                lambda: f"[worker {index} restygate.daemon.reload#info] reload ({self.config}): changed pool-size"
                 in self.logText(),
                 f"worker {index} to reload",
             )
-        self.assertIn(f"[restygate.reload#info] reload ({self.config}): changed pool-size", self.logText())
+        self.assertIn(f"[restygate.daemon.reload#info] reload ({self.config}): changed pool-size", self.logText())
         self.assertServes(2)
 
     def test_bad_reload_stops_at_the_parent(self) -> None:
@@ -274,7 +274,7 @@ class WorkersTests(DaemonTestCase):
         self.waitFor(lambda: "reload refused" in self.logText(), "the reload to be refused")
         self.assertServes(2)
         self.assertEqual(self.logText().count("reload refused"), 1)
-        self.assertNotIn("[worker 0 restygate.reload", self.logText())
+        self.assertNotIn("[worker 0 restygate.daemon.reload", self.logText())
 
     def test_workers_end_with_a_killed_parent(self) -> None:
         """

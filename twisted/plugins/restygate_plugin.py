@@ -8,7 +8,7 @@ from twisted.application.service import ServiceMaker
 
 restygate = ServiceMaker(
     "restygate",
-    "restygate.tap",
+    "restygate.daemon.tap",
     "HTTP gateway routing /<datacenter>/<service>/<path> to Consul's passing instances",
     "restygate",
 )

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restygate.config import Config, ConfigError
-from restygate.discovery import IDiscovery, Instance, Snapshot, UnknownDatacenter
+from restygate.discovery.model import IDiscovery, Instance, Snapshot, UnknownDatacenter
 
 __all__ = ["StaticCatalog", "load_catalog"]
 

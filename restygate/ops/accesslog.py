@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.web.http import datetimeToLogString
 
 from restygate.config import Config
-from restygate.observe import Completed
+from restygate.proxy.observe import Completed
 from restygate.signals import SignalHook
 
 __all__ = ["AccessLog", "combined", "json_line", "FORMATS"]

@@ -7,7 +7,7 @@ with Consul's status codes, plain-text error bodies, headers and ``null`` maps, 
 here, works unchanged against a real agent. `ConsulServer` also has knobs for the faults real Consul
 shows (stalls, outages, index resets after a snapshot restore, spurious wake-ups, health flips, vanished
 datacenters) and records every request it sees. Time comes from an injected ``IReactorTime`` so tests can
-drive blocking queries with ``twisted.internet.task.Clock``. ``python -m tests.consul_server --help``
+drive blocking queries with ``twisted.internet.task.Clock``. ``python -m restygate.testing.consul --help``
 runs it as a stand-alone server for the benchmark and for manual use; it needs no restygate module.
 """
 
@@ -756,8 +756,7 @@ class ConsulApiResource(Resource):
     isLeaf = True
 
     def __init__(self, server: ConsulServer) -> None:
-        # Resource.__init__ is unannotated in Twisted.
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self._server = server
 
     def render(self, request: Request) -> int:
@@ -837,7 +836,7 @@ class ConsulServer:
     def site(self, access_log: bool = False) -> Site:
         """A `Site` serving this server's API, writing an access log line per request if ``access_log``."""
         site_class = Site if access_log else _QuietSite
-        site = site_class(self.resource)  # type: ignore[no-untyped-call]  # Site.__init__ is unannotated
+        site = site_class(self.resource)
         site.displayTracebacks = False
         site.noisy = False
         return site
@@ -1470,7 +1469,7 @@ def _load_registrations(path: str) -> List[Dict[str, JSON]]:
 
 def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.consul_server",
+        prog="python -m restygate.testing.consul",
         description="Serve Consul's HTTP API (the part restygate uses) for tests and benchmarks.",
     )
     parser.add_argument("--port", type=int, default=8500, help="TCP port (default 8500; 0 picks one)")

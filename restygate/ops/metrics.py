@@ -31,9 +31,9 @@ from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool
 
-from restygate.observe import Completed
-from restygate.proxy import GatewayResource
-from restygate.status import has_instances, watched
+from restygate.proxy.observe import Completed
+from restygate.proxy.resource import GatewayResource
+from restygate.ops.status import has_instances, watched
 
 __all__ = ["Metrics", "error_kind"]
 

@@ -1,6 +1,6 @@
 """
-One worker process of a multi-worker gateway (L{restygate.workers}), started
-by the parent as C{python -m restygate.worker}; never by hand.
+One worker process of a multi-worker gateway (L{restygate.daemon.workers.pool}), started
+by the parent as C{python -m restygate.daemon.workers.child}; never by hand.
 
 It builds its configuration from the same command line, environment and
 config file as the parent, and runs a whole gateway of its own (pool,
@@ -34,13 +34,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from restygate.config import Config
-from restygate.service import make_gateway
-from restygate.tap import Options, load
-from restygate.workers import EXIT_GRACE
+from restygate.daemon.assembly import make_gateway
+from restygate.daemon.tap import Options, load
+from restygate.daemon.workers.pool import EXIT_GRACE
 
 __all__ = ["main", "as_worker", "WORKER_ADMIN"]
 
-log = Logger(namespace="restygate.worker")
+log = Logger(namespace="restygate.daemon.workers.child")
 
 # A worker's own admin site, which the parent's admin side reads: loopback,
 # on a port the kernel picks.
@@ -173,7 +173,7 @@ def _observer() -> ILogObserver:
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.environ) -> int:
-    parser = argparse.ArgumentParser(prog="python -m restygate.worker", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m restygate.daemon.workers.child", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--index", type=int, required=True, help="this worker's number, from 0")
     parser.add_argument("--control-fd", type=int, required=True, help="pipe to tell the parent we are up")
     parser.add_argument("--listen-fds", required=True, help="inherited listening sockets, one per listener, comma-separated")

@@ -34,8 +34,8 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from restygate.errors import send_error
-from restygate.streams import RequestBody
+from restygate.front.answers import send_error
+from restygate.front.body import RequestBody
 
 __all__ = ["GatewayChannel", "GatewayRequest", "GatewaySite"]
 
@@ -362,5 +362,5 @@ class GatewaySite(Site):
             transport.abortConnection()
 
     def log(self, request: Any) -> None:
-        # restygate writes its own access log (restygate.accesslog).
+        # restygate writes its own access log (restygate.ops.accesslog).
         pass

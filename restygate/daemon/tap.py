@@ -18,10 +18,10 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from restygate import __version__
-from restygate.catalog import load_catalog
+from restygate.discovery.catalog import load_catalog
 from restygate.config import Config, ConfigError, build, from_environment, load_toml
-from restygate.service import make_gateway
-from restygate.workers import make_workers
+from restygate.daemon.assembly import make_gateway
+from restygate.daemon.workers.pool import make_workers
 
 __all__ = ["Options", "makeService", "check_config", "run_check"]
 

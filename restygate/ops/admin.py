@@ -19,11 +19,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from restygate.metrics import Metrics
-from restygate.status import discovery_answered, gateway_status, render_html
+from restygate.ops.metrics import Metrics
+from restygate.ops.status import discovery_answered, gateway_status, render_html
 
 if TYPE_CHECKING:
-    from restygate.service import Gateway
+    from restygate.daemon.assembly import Gateway
 
 __all__ = ["Admin", "AdminSite", "PROBE_INTERVAL", "answer", "answer_html", "answer_json"]
 

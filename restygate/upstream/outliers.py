@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from restygate.discovery import Instance
+from restygate.discovery.model import Instance
 
 __all__ = ["Outliers", "InstanceState"]
 

@@ -6,7 +6,7 @@ TLS files they name) and exit 0 or 1 with one line, starting nothing.
 The same as C{twistd restygate --check-config --config FILE}, for deploy
 scripts and for C{ExecReload=} guards that should refuse a broken file
 before SIGHUP.  The environment (C{CONSUL_HTTP_ADDR}...) is read as at
-start.  Also runs as C{python3 -m restygate.checkconfig FILE}.
+start.  Also runs as C{python3 -m restygate.daemon.checkconfig FILE}.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from twisted.python import usage
 
-from restygate.tap import run_check
+from restygate.daemon.tap import run_check
 
 __all__ = ["main"]
 

@@ -2,8 +2,8 @@
 What discovery hands the data path: immutable snapshots of a service's
 usable instances, and the one interface every source of them provides.
 
-Consul (L{restygate.registry}) and the static catalog file
-(L{restygate.catalog}) are two implementations of L{IDiscovery}; the proxy
+Consul (L{restygate.discovery.consul.source}) and the static catalog file
+(L{restygate.discovery.catalog}) are two implementations of L{IDiscovery}; the proxy
 knows only this module.  A snapshot is replaced whole when its source learns
 something new, never changed in place, so a request holding one is never
 surprised halfway.

@@ -28,11 +28,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from restygate import __version__
-from restygate.admin import AdminSite, answer, answer_html, answer_json
-from restygate.upstream import quiet_pool
+from restygate.ops.admin import AdminSite, answer, answer_html, answer_json
+from restygate._compat import quiet_pool
 
 if TYPE_CHECKING:
-    from restygate.workers import WorkerPool, WorkerProcess
+    from restygate.daemon.workers.pool import WorkerPool, WorkerProcess
 
 __all__ = ["WorkerAdmin", "merge_expositions"]
 

@@ -12,7 +12,7 @@ from typing import Dict, Optional, Tuple
 
 from zope.interface import Interface, implementer
 
-from restygate.discovery import Instance, Snapshot
+from restygate.discovery.model import Instance, Snapshot
 
 __all__ = ["IBalancer", "RoundRobin"]
 

@@ -28,8 +28,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restygate.config import Config
-from restygate.discovery import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
-from restygate.watcher import HealthSource, Watcher
+from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
+from restygate.discovery.consul.watch import HealthSource, Watcher
 
 __all__ = ["ConsulDiscovery"]
 

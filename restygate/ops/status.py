@@ -3,7 +3,7 @@ What the admin side reads from a running gateway: the watched services and
 their instances, as plain data for the status page (HTML or JSON), the
 metrics collector and the readiness check.
 
-Discovery's public interface (L{restygate.discovery.IDiscovery}) only looks
+Discovery's public interface (L{restygate.discovery.model.IDiscovery}) only looks
 services up, and looking one up starts watching it; the admin side must only
 observe.  So this module is the one place that knows the state each source
 keeps (Consul's watchers, the static catalog's table) and reads it without
@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from twisted.internet.interfaces import IAddress, IListeningPort
 
 from restygate import __version__
-from restygate.catalog import StaticCatalog
-from restygate.discovery import Instance
-from restygate.outliers import Outliers
-from restygate.registry import ConsulDiscovery
+from restygate.discovery.catalog import StaticCatalog
+from restygate.discovery.model import Instance
+from restygate.upstream.outliers import Outliers
+from restygate.discovery.consul.source import ConsulDiscovery
 
 if TYPE_CHECKING:
-    from restygate.service import Gateway, Listener
+    from restygate.daemon.assembly import Gateway
+    from restygate.front.listeners import Listener
 
 __all__ = [
     "Watched",

@@ -4,7 +4,7 @@ gateway can use every core.
 
 The parent binds every listener -- before twistd drops privileges, so port
 80 works -- and never accepts on them.  Each worker process inherits the
-sockets and runs a whole gateway of its own (L{restygate.worker}): its own
+sockets and runs a whole gateway of its own (L{restygate.daemon.workers.child}): its own
 upstream pool, Consul watches and access log, so nothing is shared on the
 data path and the kernel spreads connections over the workers.
 
@@ -37,11 +37,11 @@ from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python.failure import Failure
 
 from restygate.config import Config
-from restygate.reload import Reloader
-from restygate.service import Listener
+from restygate.daemon.reload import Reloader
+from restygate.front.listeners import Listener
 from restygate.signals import SignalHook
-from restygate.watcher import Backoff
-from restygate.workeradmin import WorkerAdmin
+from restygate.pacing import Backoff
+from restygate.daemon.workers.admin import WorkerAdmin
 
 __all__ = ["WorkerPool", "WorkerProcess", "make_workers", "worker_environment", "STABLE_AFTER", "PYPY_NURSERY"]
 
@@ -279,7 +279,7 @@ class WorkerPool(MultiService):
             child_fds[_FIRST_LISTEN_FD + offset] = fd
         listen_fds = ",".join(str(_FIRST_LISTEN_FD + offset) for offset in range(len(fds)))
         args = [
-            sys.executable, "-m", "restygate.worker", "--index", str(index),
+            sys.executable, "-m", "restygate.daemon.workers.child", "--index", str(index),
             "--control-fd", str(_CONTROL_FD), "--listen-fds", listen_fds, "--", *self._argv,
         ]
         worker = WorkerProcess(index, self._reactor.seconds(), self.generation, self._up, self._ended)

@@ -26,9 +26,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from restygate.config import ConsulAddress
-from restygate.discovery import Instance, UnknownDatacenter
+from restygate.discovery.model import Instance, UnknownDatacenter
 from restygate.tls import CABundle, trust_root
-from restygate.upstream import quiet_pool
+from restygate._compat import quiet_pool
 
 __all__ = ["ConsulClient", "ConsulError", "HealthAnswer", "parse_health"]
 

@@ -21,10 +21,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from restygate.consul import ConsulError, HealthAnswer
-from restygate.discovery import DiscoveryUnavailable, Snapshot, UnknownDatacenter
+from restygate.discovery.consul.client import ConsulError, HealthAnswer
+from restygate.pacing import Backoff, TokenBucket
+from restygate.discovery.model import DiscoveryUnavailable, Snapshot, UnknownDatacenter
 
-__all__ = ["Watcher", "HealthSource", "TokenBucket", "Backoff"]
+__all__ = ["Watcher", "HealthSource"]
 
 log = Logger()
 
@@ -37,52 +38,6 @@ class HealthSource(Protocol):
     def health_service(
         self, dc: str, service: str, tags: Sequence[str], index: int, wait: float
     ) -> Deferred[HealthAnswer]: ...
-
-
-class TokenBucket:
-    """
-    Allows C{burst} queries at once and C{rate} per second after that, so
-    answers that come back immediately (index resets, flapping services,
-    an agent that ignores C{index}) cannot drive a hot loop.
-    """
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._updated: Optional[float] = None
-
-    def delay(self, now: float) -> float:
-        """
-        Take a token: how long to wait before the next query may start.
-        """
-        if self._updated is not None:
-            self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
-        self._updated = now
-        self._tokens -= 1
-        if self._tokens >= 0:
-            return 0.0
-        return -self._tokens / self._rate
-
-
-class Backoff:
-    """
-    Exponential backoff with full jitter, capped.
-    """
-
-    def __init__(self, base: float, cap: float, rng: random.Random) -> None:
-        self._base = base
-        self._cap = cap
-        self._rng = rng
-        self.failures = 0
-
-    def next(self) -> float:
-        self.failures += 1
-        ceiling: float = min(self._cap, self._base * 2.0 ** min(self.failures - 1, 32))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Watcher:

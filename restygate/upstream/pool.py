@@ -55,20 +55,20 @@ from twisted.web.client import (
     HTTPConnectionPool,
     RequestTransmissionFailed,
     ResponseFailed,
-    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
+from restygate._compat import QuietClientFactory
 from restygate.config import Config
-from restygate.discovery import Instance
+from restygate.discovery.model import Instance
 from restygate.tls import client_creator, openssl_reason, trust_root
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
-__all__ = ["Upstream", "UpstreamTLSError", "quiet_pool", "uses_tls", "tls_server_name"]
+__all__ = ["Upstream", "UpstreamTLSError", "uses_tls", "tls_server_name"]
 
 log = Logger()
 
@@ -84,22 +84,6 @@ class UpstreamTLSError(ConnectError):
 
     # ConnectError's messages start with this.
     MESSAGE = "TLS handshake with the upstream failed"
-
-
-class _QuietFactory(_HTTP11ClientFactory):
-    # One "Starting factory" log line per upstream connection is noise.
-    noisy = False
-
-
-def quiet_pool(reactor: Any, size: int) -> HTTPConnectionPool:
-    """
-    A persistent pool keeping C{size} idle connections per host, without
-    a log line per connection.
-    """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = size
-    pool._factory = _QuietFactory
-    return pool
 
 
 def uses_tls(instance: Instance) -> bool:
@@ -164,7 +148,7 @@ class _InstanceEndpoint:
 
 
 class _InstancePool(HTTPConnectionPool):
-    _factory = _QuietFactory
+    _factory = QuietClientFactory
 
 
 def _tls_failed(failure: Failure, endpoint: _InstanceEndpoint) -> Failure:

@@ -27,17 +27,17 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from restygate.balancer import IBalancer
+from restygate.upstream.balancer import IBalancer
 from restygate.config import Config
-from restygate.discovery import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
-from restygate.errors import send_error
-from restygate.outliers import Outliers
-from restygate.retry import RetryBudget, never_reached, retriable
-from restygate.observe import Completed, RequestObserver
-from restygate.routing import Route, RouteError, host_matches, parse_target
-from restygate.site import GatewayRequest
-from restygate.streams import ResponseRelay
-from restygate.upstream import Upstream
+from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
+from restygate.front.answers import send_error
+from restygate.upstream.outliers import Outliers
+from restygate.upstream.retry import RetryBudget, never_reached, retriable
+from restygate.proxy.observe import Completed, RequestObserver
+from restygate.proxy.routing import Route, RouteError, host_matches, parse_target
+from restygate.front.site import GatewayRequest
+from restygate.proxy.relay import ResponseRelay
+from restygate.upstream.pool import Upstream
 
 __all__ = ["GatewayResource", "forward_headers", "response_headers"]
 
