@@ -1,1 +1,1 @@
-"""Tests for restygate, and the Consul HTTP API test server they run against."""
+"""Tests for restygate."""

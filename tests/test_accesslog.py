@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from restygate.ops.accesslog import AccessLog, combined, json_line
 from restygate.config import Config, ConfigError, build
 from restygate.proxy.observe import Completed
-from tests.harness import GatewayRig, captured_log, eventually, reactor
+from tests.support.harness import GatewayRig, captured_log, eventually, reactor
 
 COMBINED = re.compile(
     r'^(?P<client>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000)\] '

@@ -16,7 +16,7 @@ from restygate import __version__
 from restygate.config import ConfigError, build
 from restygate.discovery.consul.client import ConsulClient, ConsulError
 from restygate.testing.consul import ConsulServer, _json_reply
-from tests.harness import GatewayRig, reactor, settle
+from tests.support.harness import GatewayRig, reactor, settle
 
 ADMIN = "tcp:0:interface=127.0.0.1"
 TOKEN = "s3cret-acl-token"

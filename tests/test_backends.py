@@ -1,5 +1,5 @@
 """
-Tests for the loopback test backends in L{tests.backends}.
+Tests for the loopback test backends in L{tests.support.backends}.
 
 These run over real loopback sockets with twisted.web's L{Agent} on a
 persistent L{HTTPConnectionPool}, the same client machinery restygate uses
@@ -29,7 +29,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from tests.backends import (
+from tests.support.backends import (
     COOKIES,
     Backend,
     HalfResponseBackend,

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.daemon.checkconfig import main
 from restygate.daemon.tap import Options, check_config
-from tests.certificates import endpoint_files, issue, make_ca
+from tests.support.certificates import endpoint_files, issue, make_ca
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

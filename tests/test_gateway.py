@@ -14,8 +14,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
-from tests.backends import ResettingBackend, closed_port, ipv6_available, pattern_sha256
-from tests.harness import GatewayRig, captured_log, eventually, raw_connect, reactor, settle
+from tests.support.backends import ResettingBackend, closed_port, ipv6_available, pattern_sha256
+from tests.support.harness import GatewayRig, captured_log, eventually, raw_connect, reactor, settle
 
 
 def _echo(body: bytes) -> Any:

@@ -17,8 +17,8 @@ from twisted.web.http_headers import Headers
 
 from restygate.proxy.resource import HOP_BY_HOP, forward_headers
 from restygate.proxy.routing import Route
-from tests.backends import HalfResponseBackend
-from tests.harness import GatewayRig, RawClient, eventually, raw_connect, reactor, settle
+from tests.support.backends import HalfResponseBackend
+from tests.support.harness import GatewayRig, RawClient, eventually, raw_connect, reactor, settle
 
 
 async def _exchange(rig: GatewayRig, data: bytes) -> RawClient:

@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from restygate.ops.metrics import error_kind
 from restygate.proxy.observe import Completed
-from tests.backends import closed_port
-from tests.harness import GatewayRig, eventually, settle
+from tests.support.backends import closed_port
+from tests.support.harness import GatewayRig, eventually, settle
 
 ADMIN = "tcp:0:interface=127.0.0.1"
 

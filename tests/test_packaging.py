@@ -13,26 +13,18 @@ accepts, so the documentation cannot drift from it.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import pickle
 import re
 import shutil
-import site
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import zipfile
-from dataclasses import dataclass
-from importlib import metadata
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 from unittest import SkipTest
 
 if sys.version_info >= (3, 11):
@@ -42,206 +34,18 @@ else:  # pragma: no cover - PyPy 3.9
 
 from twisted.trial.unittest import TestCase
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLUGIN = "twisted/plugins/restygate_plugin.py"
-
-# How long a subprocess (pip, twistd) may take before the test gives up.
-PIP_TIMEOUT = 180.0
-TWISTD_TIMEOUT = 30.0
-
-
-def _clean_env() -> Dict[str, str]:
-    """
-    The environment for processes run from the test virtualenv: nothing that
-    would put the checkout back on their path or point them at a real Consul.
-    """
-    env = dict(os.environ)
-    for name in ("PYTHONPATH", "PYTHONHOME", "CONSUL_ADDR", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN"):
-        env.pop(name, None)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
-
-
-def _run(args: Sequence[str], timeout: float, cwd: Optional[str] = None) -> str:
-    """
-    Run a command to completion and return its output; a failure's message
-    carries the whole output, since it is all a CI log will show.
-    """
-    result = subprocess.run(
-        list(args),
-        cwd=cwd,
-        env=_clean_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=timeout,
-    )
-    output = result.stdout.decode("utf-8", "replace")
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{output}")
-    return output
-
-
-def _offline_build_possible() -> bool:
-    """
-    Whether the installed setuptools can build our wheel without pip fetching
-    a build environment: it must do PEP 660 (64+) and have bdist_wheel, which
-    is built in from 70.1 and came from the C{wheel} package before.
-    """
-    try:
-        version = tuple(int(part) for part in metadata.version("setuptools").split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return False
-    if version >= (70, 1):
-        return True
-    try:
-        metadata.version("wheel")
-    except metadata.PackageNotFoundError:
-        return False
-    return version >= (64, 0)
-
-
-_IGNORED = shutil.ignore_patterns(
-    ".git", "_trial_temp*", "build", "dist", "*.egg-info", "__pycache__", "*.py[cod]",
-    ".mypy_cache", ".hypothesis", "dropin.cache", ".venv", "venv",
+from tests.support.installed import (
+    PLUGIN,
+    ROOT,
+    TWISTD_TIMEOUT,
+    DaemonTestCase,
+    Venv,
+    copy_checkout,
+    installed,
+    listed_plugins,
+    log_tail,
+    pip_build_options,
 )
-
-# Run first in every process started from a test virtualenv: take off
-# sys.path each entry, but the one under test, that holds a restygate package
-# or plugin.  The system site-packages a virtualenv inherits can name
-# checkouts (CI's `pip install -e .` adds this one), whose plugin would let
-# twistd list restygate even with a wheel that lost its own.
-_ONLY_THE_COPY_UNDER_TEST = """\
-import os, sys
-def _other_copy(entry, keep={keep!r}):
-    entry = os.path.realpath(entry or os.curdir)
-    return entry != keep and (
-        os.path.exists(os.path.join(entry, "restygate", "__init__.py"))
-        or os.path.exists(os.path.join(entry, "twisted", "plugins", "restygate_plugin.py")))
-sys.path[:] = [p for p in sys.path if not _other_copy(p)]
-"""
-
-# The launcher pip would have written for twistd, had Twisted been installed
-# into the virtualenv instead of inherited from the system site-packages.
-_TWISTD = """\
-#!{python}
-{prelude}
-from twisted.scripts.twistd import run
-sys.exit(run())
-"""
-
-
-def _pip_build_options() -> List[str]:
-    # Offline when the installed setuptools can build; otherwise pip fetches
-    # the build-system requirements (what a user's `pip install .` does).
-    return ["--no-build-isolation"] if _offline_build_possible() else []
-
-
-class _Venv:
-    """
-    A virtualenv over the system site-packages (so the dependencies are
-    there, offline), with a C{bin/twistd} that sees only C{keep}'s restygate:
-    the venv's own site-packages unless another directory is named.
-    """
-
-    def __init__(self, path: str, keep: Optional[str] = None) -> None:
-        # --without-pip: the system's pip, run by the venv's python, installs
-        # into the venv, so creating it fetches nothing.
-        _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", path], PIP_TIMEOUT)
-        self.path = path
-        self.python = os.path.join(path, "bin", "python")
-        self.site_packages = _run(
-            [self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], PIP_TIMEOUT
-        ).strip()
-        if sys.prefix != sys.base_prefix:
-            # The tests run in a virtualenv themselves: --system-site-packages
-            # reaches the base interpreter's packages, not that virtualenv's
-            # where the dependencies are, so name those too (after our own).
-            with open(os.path.join(self.site_packages, "_outer_venv.pth"), "w") as f:
-                f.write("\n".join(site.getsitepackages()) + "\n")
-        self.plugins = os.path.join(self.site_packages, "twisted", "plugins")
-        self.prelude = _ONLY_THE_COPY_UNDER_TEST.format(keep=os.path.realpath(keep or self.site_packages))
-        self.twistd = os.path.join(path, "bin", "twistd")
-        with open(self.twistd, "w") as f:
-            f.write(_TWISTD.format(python=self.python, prelude=self.prelude))
-        os.chmod(self.twistd, 0o755)
-
-    def pip_install(self, *args: str) -> None:
-        _run([self.python, "-m", "pip", "install", "--no-deps", "--ignore-installed", *args], PIP_TIMEOUT,
-             cwd=self.path)
-
-    def twistd_help(self, *args: str) -> str:
-        return _run([self.twistd, *args, "--help"], TWISTD_TIMEOUT, cwd=self.path)
-
-    def where(self) -> Tuple[str, str]:
-        """
-        The files the restygate package and plugin are imported from.
-        """
-        code = self.prelude + (
-            "import restygate, twisted.plugins.restygate_plugin as p\n"
-            "print(restygate.__file__)\n"
-            "print(p.__file__)\n"
-        )
-        package, plugin = _run([self.python, "-c", code], TWISTD_TIMEOUT, cwd=self.path).split()
-        return package, plugin
-
-
-def _copy_checkout(destination: str) -> str:
-    """
-    Copy the checkout without build output, caches or VCS data, as a fresh
-    clone would have it, so that builds never write into the checkout.
-    """
-    shutil.copytree(ROOT, destination, ignore=_IGNORED)
-    return destination
-
-
-class _Installation:
-    """
-    The wheel built from this checkout, installed into a throw-away
-    virtualenv; made once per test run and shared by the tests below.
-    """
-
-    def __init__(self, base: str) -> None:
-        source = _copy_checkout(os.path.join(base, "source"))
-        wheels = os.path.join(base, "wheels")
-        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *_pip_build_options(), "-w", wheels, source],
-             PIP_TIMEOUT, cwd=base)
-        [name] = os.listdir(wheels)
-        self.wheel = os.path.join(wheels, name)
-        self.venv = _Venv(os.path.join(base, "venv"))
-        self.venv.pip_install("--no-index", "--no-compile", self.wheel)
-
-
-_installation: Optional[_Installation] = None
-_installation_error: Optional[BaseException] = None
-
-
-def _installed() -> _Installation:
-    """
-    Build and install once per process; a failure is remembered, so the
-    other tests report it at once instead of building again.
-    """
-    global _installation, _installation_error
-    if _installation is None and _installation_error is None:
-        base = tempfile.mkdtemp(prefix="restygate-packaging-")
-        atexit.register(shutil.rmtree, base, True)
-        try:
-            _installation = _Installation(base)
-        except BaseException as e:
-            _installation_error = e
-    if _installation_error is not None:
-        raise AssertionError(f"building and installing the wheel failed: {_installation_error}")
-    assert _installation is not None
-    return _installation
-
-
-def _listed_plugins(help_text: str) -> List[str]:
-    """
-    The subcommand names in C{twistd --help}'s "Commands:" section.
-    """
-    _, _, commands = help_text.partition("Commands:")
-    return re.findall(r"^ {4}(\S+) ", commands, re.MULTILINE)
-
 
 class WheelTests(TestCase):
     """
@@ -249,7 +53,7 @@ class WheelTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.wheel = _installed().wheel
+        self.wheel = installed().wheel
         with zipfile.ZipFile(self.wheel) as z:
             self.names = z.namelist()
             [metadata_name] = [n for n in self.names if n.endswith(".dist-info/METADATA")]
@@ -314,7 +118,7 @@ class PluginDiscoveryTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.venv = _installed().venv
+        self.venv = installed().venv
         self.cache = os.path.join(self.venv.plugins, "dropin.cache")
         self.addCleanup(self.removeCache)
 
@@ -326,7 +130,7 @@ class PluginDiscoveryTests(TestCase):
 
     def assertListed(self) -> None:
         output = self.venv.twistd_help()
-        self.assertIn("restygate", _listed_plugins(output), output)
+        self.assertIn("restygate", listed_plugins(output), output)
 
     def test_plugin_from_the_wheel(self) -> None:
         """
@@ -399,145 +203,14 @@ class EditableInstallTests(TestCase):
 
     def test_twistd_lists_plugin(self) -> None:
         base = os.path.abspath(self.mktemp())
-        source = _copy_checkout(os.path.join(base, "source"))
-        venv = _Venv(os.path.join(base, "venv"), keep=source)
-        venv.pip_install(*_pip_build_options(), "-e", source)
+        source = copy_checkout(os.path.join(base, "source"))
+        venv = Venv(os.path.join(base, "venv"), keep=source)
+        venv.pip_install(*pip_build_options(), "-e", source)
         output = venv.twistd_help()
-        self.assertIn("restygate", _listed_plugins(output), output)
+        self.assertIn("restygate", listed_plugins(output), output)
         package, plugin = venv.where()
         self.assertEqual(os.path.realpath(plugin), os.path.join(os.path.realpath(source), PLUGIN))
         self.assertEqual(os.path.realpath(package), os.path.join(os.path.realpath(source), "restygate", "__init__.py"))
-
-
-def _free_ports(count: int) -> List[int]:
-    """
-    Distinct loopback ports free right now (held together, so no two are
-    the same), for processes that must be told their port up front.
-    """
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _log_tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read()[-4000:].decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-
-
-@dataclass
-class Daemon:
-    """
-    An installed C{twistd restygate} a test started.
-    """
-
-    process: "subprocess.Popen[bytes]"
-    port: int
-    admin_port: Optional[int]
-    log: str
-
-    def tail(self) -> str:
-        return _log_tail(self.log)
-
-
-class DaemonTestCase(TestCase):
-    """
-    Runs real processes (the installed daemon, backends) for a test, and
-    talks to them over loopback.
-    """
-
-    def start_backend(self, base: str, command: Sequence[str]) -> int:
-        """
-        Start a backend listening on the free port appended to C{command};
-        its port, once it listens.
-        """
-        [port] = _free_ports(1)
-        log = os.path.join(base, "backend.log")
-        process = self.spawn([*command, str(port)], log)
-        self.waitForPort(port, process, log)
-        return port
-
-    def serve_file(self, base: str, name: str, body: bytes) -> int:
-        """
-        A static file backend serving C{body} as C{/name}; its port.
-        """
-        docroot = os.path.join(base, "www")
-        os.makedirs(docroot, exist_ok=True)
-        with open(os.path.join(docroot, name), "wb") as f:
-            f.write(body)
-        return self.start_backend(
-            base, [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", docroot]
-        )
-
-    def start_gateway(
-        self, base: str, service: str, backend_port: int, *options: str, admin: bool = False
-    ) -> Daemon:
-        """
-        The installed daemon routing C{/dc1/<service>/} to the backend by a
-        static catalog, with these options, once it listens.
-        """
-        catalog = os.path.join(base, "catalog.toml")
-        with open(catalog, "w") as f:
-            f.write(f'[dc1]\n{service} = [ {{ address = "127.0.0.1", port = {backend_port} }} ]\n')
-        port, admin_port = _free_ports(2)
-        admin_option = f"tcp:{admin_port}:interface=127.0.0.1" if admin else "none"
-        log = os.path.join(base, "twistd.log")
-        process = self.spawn(
-            [_installed().venv.twistd, "-n", "--pidfile=", "--logfile=-", "restygate", "--catalog", catalog,
-             "--listen", f"tcp:{port}:interface=127.0.0.1", "--admin", admin_option, *options],
-            log,
-        )
-        self.waitForPort(port, process, log)
-        return Daemon(process, port, admin_port if admin else None, log)
-
-    def spawn(self, args: Sequence[str], log: str) -> "subprocess.Popen[bytes]":
-        """
-        Start a process whose output goes to C{log}; it is killed and reaped
-        when the test ends, however it ends.
-        """
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                list(args), cwd=os.path.dirname(log), env=_clean_env(),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )
-        self.addCleanup(self.stop, process)
-        return process
-
-    def stop(self, process: "subprocess.Popen[bytes]") -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def waitForPort(self, port: int, process: "subprocess.Popen[bytes]", log: str) -> None:
-        deadline = time.monotonic() + TWISTD_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                self.fail(f"{process.args!r} exited {process.returncode}:\n{_log_tail(log)}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.fail(f"nothing listens on port {port}:\n{_log_tail(log)}")
-
-    def get(self, url: str) -> Tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
 
 
 class GatewayEndToEndTests(DaemonTestCase):
@@ -588,16 +261,16 @@ class GatewayEndToEndTests(DaemonTestCase):
         )
         client.start()
         deadline = time.monotonic() + TWISTD_TIMEOUT
-        while b"started" not in _log_tail(backend_log).encode() and time.monotonic() < deadline:
+        while b"started" not in log_tail(backend_log).encode() and time.monotonic() < deadline:
             time.sleep(0.02)
         process.send_signal(signal.SIGTERM)
         client.join(TWISTD_TIMEOUT)
-        self.assertEqual(outcome, [(200, b"slow answer\n")], _log_tail(gateway_log))
+        self.assertEqual(outcome, [(200, b"slow answer\n")], log_tail(gateway_log))
         # twistd ends by re-raising the signal that stopped it, which
         # systemd counts as a clean stop for SIGTERM.
-        self.assertEqual(process.wait(TWISTD_TIMEOUT), -signal.SIGTERM, _log_tail(gateway_log))
-        self.assertIn("Server Shut Down", _log_tail(gateway_log))
-        self.assertIn("draining 1 in-flight request", _log_tail(gateway_log))
+        self.assertEqual(process.wait(TWISTD_TIMEOUT), -signal.SIGTERM, log_tail(gateway_log))
+        self.assertIn("Server Shut Down", log_tail(gateway_log))
+        self.assertIn("draining 1 in-flight request", log_tail(gateway_log))
 
 
 # A backend whose every answer takes a second, and says when it started one.

@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 from restygate.discovery.consul.client import ConsulError
 from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Instance, UnknownDatacenter
 from restygate.discovery.consul.source import UNKNOWN_DC_TTL, ConsulDiscovery
-from tests.test_watcher import ScriptedSource
+from tests.support.scripted import ScriptedSource
 
 A = Instance("10.0.0.1", 8000, id="a")
 B = Instance("10.0.0.2", 8000, id="b")

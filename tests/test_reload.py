@@ -22,9 +22,9 @@ from restygate.discovery.model import Instance, UnknownDatacenter
 from restygate.discovery.consul.source import ConsulDiscovery
 from restygate.daemon.reload import Reloader
 from restygate.daemon.assembly import make_gateway
-from tests.backends import Backend
-from tests.harness import GatewayRig, captured_log, eventually, raw_connect, reactor, settle
-from tests.test_watcher import ScriptedSource
+from tests.support.backends import Backend
+from tests.support.harness import GatewayRig, captured_log, eventually, raw_connect, reactor, settle
+from tests.support.scripted import ScriptedSource
 
 A = Instance("10.0.0.1", 8000, id="a", tags=("v1",))
 B = Instance("10.0.0.2", 8000, id="b", tags=("v2",))

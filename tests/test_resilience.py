@@ -15,8 +15,8 @@ from twisted.trial.unittest import TestCase
 from restygate.discovery.model import Instance
 from restygate.upstream.outliers import Outliers
 from restygate.upstream.retry import RetryBudget
-from tests.backends import ResettingBackend, closed_port
-from tests.harness import GatewayRig, eventually, reactor, settle
+from tests.support.backends import ResettingBackend, closed_port
+from tests.support.harness import GatewayRig, eventually, reactor, settle
 
 
 def _resetting(case: TestCase, name: str) -> ResettingBackend:
@@ -275,7 +275,7 @@ class RetryBudgetScopeTests(TestCase):
 
 
     async def test_exhausted_budget_is_logged(self) -> None:
-        from tests.harness import captured_log
+        from tests.support.harness import captured_log
 
         rig = GatewayRig(self)
         rig.register(rig.backend("good"))
@@ -292,7 +292,7 @@ class EarlyAnswerTests(TestCase):
     async def test_upstream_answering_before_the_upload_ends_is_clean(self) -> None:
         from twisted.internet.protocol import Factory, Protocol
 
-        from tests.harness import captured_log, raw_connect
+        from tests.support.harness import captured_log, raw_connect
 
         class AnswerEarly(Protocol):
             def dataReceived(self, data: bytes) -> None:

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.config import Config, ConsulAddress
 from restygate.daemon.tap import Options
-from tests.test_config import DEFAULT_CONFIG
+from tests.support.defaults import DEFAULT_CONFIG
 
 _CONSUL_VARIABLES = ("CONSUL_ADDR", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN")
 

@@ -30,10 +30,10 @@ from restygate.config import ConfigError, build
 from restygate.discovery.model import Instance
 from restygate.upstream.pool import UpstreamTLSError, tls_server_name, uses_tls
 from restygate.daemon.workers.child import adopted_endpoint
-from tests.backends import Backend
-from tests.certificates import Issued, endpoint_files, issue, make_ca
+from tests.support.backends import Backend
+from tests.support.certificates import Issued, endpoint_files, issue, make_ca
 from restygate.testing.consul import ConsulServer
-from tests.harness import GatewayRig, captured_log, reactor
+from tests.support.harness import GatewayRig, captured_log, reactor
 
 
 def temp_dir(case: TestCase) -> str:

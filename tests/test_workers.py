@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.daemon.workers.admin import merge_expositions
 from restygate.daemon.workers.pool import PYPY_NURSERY, worker_environment
-from tests.test_packaging import TWISTD_TIMEOUT, DaemonTestCase, _log_tail
+from tests.support.installed import TWISTD_TIMEOUT, DaemonTestCase, log_tail
 
 
 def _stat(pid: int) -> List[bytes]:
@@ -146,7 +146,7 @@ class WorkersTests(DaemonTestCase):
         deadline = time.monotonic() + TWISTD_TIMEOUT
         while not condition():
             if time.monotonic() > deadline:
-                self.fail(f"timed out waiting for {what}:\n{_log_tail(self.log)}")
+                self.fail(f"timed out waiting for {what}:\n{log_tail(self.log)}")
             time.sleep(0.05)
 
     def status(self) -> Dict[str, Any]:
@@ -165,7 +165,7 @@ class WorkersTests(DaemonTestCase):
         """
         url = f"http://127.0.0.1:{self.port}/dc1/demo/hello.txt"
         answers = [self.get(url) for _ in range(count)]
-        self.assertEqual(answers, [(200, self.body)] * count, _log_tail(self.log))
+        self.assertEqual(answers, [(200, self.body)] * count, log_tail(self.log))
 
     def metric(self, text: str, sample: str) -> float:
         for line in text.splitlines():

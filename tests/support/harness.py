@@ -28,7 +28,7 @@ from zope.interface import provider
 
 from restygate.daemon.tap import load
 from restygate.daemon.assembly import Gateway, make_gateway
-from tests.backends import Backend
+from tests.support.backends import Backend
 from restygate.testing.consul import ConsulServer
 
 reactor: Any = _reactor

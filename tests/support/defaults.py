@@ -1,0 +1,31 @@
+"""
+The configuration a gateway gets from no layer at all, written out by hand,
+so that a changed default is a visible, deliberate change.
+"""
+
+from __future__ import annotations
+
+import os
+
+from restygate.config import Config, ConsulAddress
+
+# "auto" workers: one per CPU this process may run on (PyPy 3.9's os has no
+# sched_getaffinity: all CPUs then).
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+DEFAULT_CONFIG = Config(
+    listen=("tcp:8080",),
+    consul=ConsulAddress("http", "127.0.0.1", 8500),
+    consul_token=None,
+    pool_size=64,
+    server_names=(),
+    tags=(),
+    upstream_timeout=60.0,
+    connect_timeout=5.0,
+    catalog=None,
+    watch_idle_timeout=600.0,
+    consul_wait=60.0,
+    discovery_timeout=5.0,
+    config_file=None,
+    workers=CPUS,
+)
