@@ -15,7 +15,7 @@ from twisted.web.iweb import IResponse
 from restygate import __version__
 from restygate.config import ConfigError, build
 from restygate.discovery.consul.client import ConsulClient, ConsulError
-from restygate.testing.consul import ConsulServer, _json_reply
+from restygate.testing.consul import ConsulServer
 from tests.support.harness import GatewayRig, reactor, settle
 
 ADMIN = "tcp:0:interface=127.0.0.1"
@@ -179,8 +179,8 @@ class HealthTests(TestCase):
         A watch's answer makes the gateway ready even if the probe has not
         succeeded (here: the agent has no leader to report).
         """
-        self.patch(ConsulServer, "_status_leader", lambda self, exchange: _json_reply(""))
         rig = GatewayRig(self, admin=ADMIN)
+        rig.consul.agent.leader = ""
         rig.register(rig.backend())
         response, _ = await rig.admin("/readyz")
         self.assertEqual(response.code, 503)

@@ -33,7 +33,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from restygate.testing.consul import (
     ConsulError,
     ConsulServer,
-    _load_registrations,
+    load_registrations,
     main,
     parse_go_bool,
     parse_go_duration,
@@ -163,13 +163,13 @@ class StateTests(unittest.TestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             json.dump({"Node": "n1", "Address": "a"}, f)
-        self.assertEqual(_load_registrations(path), [{"Node": "n1", "Address": "a"}])
+        self.assertEqual(load_registrations(path), [{"Node": "n1", "Address": "a"}])
         with open(path, "w") as f:
             json.dump([{"Node": "n1"}, {"Node": "n2"}], f)
-        self.assertEqual(len(_load_registrations(path)), 2)
+        self.assertEqual(len(load_registrations(path)), 2)
         with open(path, "w") as f:
             json.dump([1], f)
-        self.assertRaises(ValueError, _load_registrations, path)
+        self.assertRaises(ValueError, load_registrations, path)
 
     def test_cli_refuses_a_bad_register_file_in_one_line(self) -> None:
         fd, path = tempfile.mkstemp(suffix=".json")
