@@ -14,7 +14,7 @@ verifying path has no "but maybe not" branch in it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -31,10 +31,8 @@ from twisted.internet.ssl import (
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-if TYPE_CHECKING:
-    # What trustRootFromCertificates and platformTrust return; Twisted does
-    # not re-export the interface from a public module.
-    from twisted.internet._sslverify import IOpenSSLTrustRoot
+from restygate._compat import IOpenSSLTrustRoot
+
 
 __all__ = ["CABundle", "read_ca_bundle", "client_creator", "trust_root", "openssl_reason"]
 

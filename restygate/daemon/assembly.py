@@ -8,7 +8,7 @@ stop accepting before the pools and watchers they depend on go away.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from restygate import __version__
 from restygate.ops.accesslog import AccessLog
 from restygate.ops.admin import Admin
+from restygate.ops.views import IDiscoveryView, IListenerView, Inspected
 from restygate.upstream.balancer import RoundRobin
 from restygate.discovery.catalog import StaticCatalog
 from restygate.config import Config
@@ -132,8 +133,9 @@ def make_gateway(
     root.access_log = AccessLog(config, reactor)
     root.access_log.setServiceParent(root)
     consul: Optional[ConsulClient] = None
+    discovery: Union[StaticCatalog, ConsulDiscovery]
     if config.catalog:
-        discovery: Any = StaticCatalog(config.catalog, reactor, config.tags)
+        discovery = StaticCatalog(config.catalog, reactor, config.tags)
     else:
         consul = ConsulClient(
             reactor, config.consul, config.consul_token, ca=config.consul_ca,
@@ -172,7 +174,7 @@ def make_gateway(
         listener.setServiceParent(root)
     root.admin_listener = None
     if config.admin:
-        admin = Admin(root, reactor, ping=consul.ping if consul is not None else None)
+        admin = Admin(_inspected(root, discovery, upstream), reactor, ping=consul.ping if consul is not None else None)
         resource.observers.append(admin.metrics.observe)
         admin.setServiceParent(root)
         root.admin_listener = Listener(config.admin, admin.site, reactor)
@@ -181,3 +183,23 @@ def make_gateway(
     # Last, so it stops first: no reload into a gateway going away.
     Reloader(root, load or (lambda: config), reactor).setServiceParent(root)
     return root
+
+
+def _inspected(gateway: Gateway, discovery: IDiscoveryView, upstream: Upstream) -> Inspected:
+    """
+    What the admin side of C{gateway} shows.
+    """
+
+    def listeners() -> List[Tuple[str, IListenerView]]:
+        roles: List[Tuple[str, IListenerView]] = [("public", listener) for listener in gateway.listeners]
+        if gateway.admin_listener is not None:
+            roles.append(("admin", gateway.admin_listener))
+        return roles
+
+    return Inspected(
+        discovery=discovery,
+        outliers=gateway.resource.outliers,
+        pool=upstream,
+        config=lambda: gateway.config,
+        listeners=listeners,
+    )

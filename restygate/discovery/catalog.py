@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from restygate.config import Config, ConfigError
 from restygate.discovery.model import IDiscovery, Instance, Snapshot, UnknownDatacenter
+from restygate.ops.views import IDiscoveryView, Watched
 
 __all__ = ["StaticCatalog", "load_catalog"]
 
@@ -99,7 +100,7 @@ def load_catalog(path: str, tags: Tuple[str, ...] = ()) -> Catalog:
     return catalog
 
 
-@implementer(IDiscovery)
+@implementer(IDiscovery, IDiscoveryView)
 class StaticCatalog(Service):
     """
     L{IDiscovery} over a catalog file, re-read when it changes.
@@ -139,6 +140,23 @@ class StaticCatalog(Service):
         if snapshot is None:
             return succeed(Snapshot(dc, service, ()))
         return succeed(snapshot)
+
+    def watched(self) -> List[Watched]:
+        return sorted(
+            (
+                Watched(dc, service, snapshot.instances, synced=True)
+                for dc, services in self._catalog.items()
+                for service, snapshot in services.items()
+            ),
+            key=lambda w: (w.dc, w.service),
+        )
+
+    def has_instances(self, dc: str, service: str) -> bool:
+        snapshot = self._catalog.get(dc, {}).get(service)
+        return snapshot is not None and bool(snapshot.instances)
+
+    def answered(self) -> bool:
+        return bool(self._catalog)
 
     def _stat(self) -> Optional[Tuple[int, int]]:
         try:

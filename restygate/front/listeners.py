@@ -12,6 +12,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from restygate.ops.views import IListenerView
 
 __all__ = ["Listener", "LISTEN_BACKLOG", "with_backlog"]
 
@@ -35,6 +38,7 @@ def with_backlog(description: str) -> str:
     return description
 
 
+@implementer(IListenerView)
 class Listener(Service):
     """
     Listens on one endpoint description and keeps the port, so that tests,
@@ -76,6 +80,9 @@ class Listener(Service):
             )
         if outcome:
             self.port = outcome[0]
+
+    def listening(self) -> Optional[IListeningPort]:
+        return self.port
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -8,7 +8,7 @@ public listeners, where any client could read the fleet's layout.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.application.service import Service
@@ -20,10 +20,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from restygate.ops.metrics import Metrics
-from restygate.ops.status import discovery_answered, gateway_status, render_html
-
-if TYPE_CHECKING:
-    from restygate.daemon.assembly import Gateway
+from restygate.ops.status import gateway_status, render_html
+from restygate.ops.views import Inspected
 
 __all__ = ["Admin", "AdminSite", "PROBE_INTERVAL", "answer", "answer_html", "answer_json"]
 
@@ -47,10 +45,10 @@ class Admin(Service):
     """
 
     def __init__(
-        self, gateway: Gateway, reactor: Any, ping: Optional[Callable[[], Deferred[Any]]] = None
+        self, gateway: Inspected, reactor: Any, ping: Optional[Callable[[], Deferred[Any]]] = None
     ) -> None:
         self.gateway = gateway
-        self.metrics = Metrics(gateway.resource, reactor)
+        self.metrics = Metrics(gateway, reactor)
         self.started = reactor.seconds()
         self.clock = reactor
         self._ping = ping
@@ -80,15 +78,12 @@ class Admin(Service):
         bound and discovery has answered at least once.
         """
         gateway = self.gateway
-        listeners = list(gateway.listeners)
-        if gateway.admin_listener is not None:
-            listeners.append(gateway.admin_listener)
-        unbound = [listener.description for listener in listeners if listener.port is None]
+        unbound = [listener.description for _, listener in gateway.listeners() if listener.listening() is None]
         if unbound:
             return f"not listening on {', '.join(unbound)}"
-        if self._agent_answered or discovery_answered(gateway.resource.discovery):
+        if self._agent_answered or gateway.discovery.answered():
             return None
-        config = gateway.resource.config
+        config = gateway.config()
         if config.catalog:
             return f"the static catalog {config.catalog} is not loaded"
         return f"no answer from Consul at {config.consul.base_url} yet"
@@ -96,7 +91,7 @@ class Admin(Service):
     def _probe(self) -> Optional[Deferred[Any]]:
         # Each probe's failure is handled here: an unhandled one would stop
         # the LoopingCall for good.
-        if discovery_answered(self.gateway.resource.discovery):
+        if self.gateway.discovery.answered():
             self._prober.stop()
             return None
         assert self._ping is not None

@@ -29,11 +29,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import HTTPConnectionPool
 
+from restygate.ops.views import Inspected
 from restygate.proxy.observe import Completed
-from restygate.proxy.resource import GatewayResource
-from restygate.ops.status import has_instances, watched
 
 __all__ = ["Metrics", "error_kind"]
 
@@ -101,12 +99,12 @@ class _Series:
 
 class Metrics:
     """
-    The metrics of the gateway serving C{resource}; L{observe} is its
-    request observer.
+    The metrics of the gateway C{gateway} shows; L{observe} is its request
+    observer.
     """
 
-    def __init__(self, resource: GatewayResource, clock: IReactorTime) -> None:
-        self._resource = resource
+    def __init__(self, gateway: Inspected, clock: IReactorTime) -> None:
+        self._gateway = gateway
         self.registry = CollectorRegistry()
         labels = ("dc", "service")
         self.requests = Counter(
@@ -134,7 +132,7 @@ class Metrics:
         )
         self._series: Dict[Tuple[str, str], _Series] = {}
         self._unroutable = _Series(self, "", "")
-        self.registry.register(_StateCollector(resource, clock, self._series))
+        self.registry.register(_StateCollector(gateway, clock, self._series))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
@@ -147,7 +145,7 @@ class Metrics:
         key = (dc, service)
         series = self._series.get(key)
         if series is None:
-            if not has_instances(self._resource.discovery, dc, service):
+            if not self._gateway.discovery.has_instances(dc, service):
                 return self._unroutable
             series = self._series[key] = _Series(self, dc, service)
         return series
@@ -159,28 +157,21 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _idle_connections(pool: HTTPConnectionPool) -> int:
-    # HTTPConnectionPool counts its cached connections nowhere public: its
-    # private _connections (key -> idle connections) is the only source.
-    # Kept alone here so a Twisted change breaks this function only.
-    return sum(len(idle) for idle in pool._connections.values())
-
-
 class _StateCollector(Collector):
     """
     Reads discovery, outlier and pool state when Prometheus scrapes.
     """
 
     def __init__(
-        self, resource: GatewayResource, clock: IReactorTime, named: Dict[Tuple[str, str], _Series]
+        self, gateway: Inspected, clock: IReactorTime, named: Dict[Tuple[str, str], _Series]
     ) -> None:
-        self._resource = resource
+        self._gateway = gateway
         self._clock = clock
         self._named = named
 
     def collect(self) -> Iterable[Metric]:
-        resource = self._resource
-        outliers = resource.outliers
+        gateway = self._gateway
+        outliers = gateway.outliers
         now = self._clock.seconds()
         labels = ["dc", "service"]
         instances = GaugeMetricFamily(
@@ -197,7 +188,7 @@ class _StateCollector(Collector):
         errors = GaugeMetricFamily(
             "restygate_watch_errors", "Consul queries of a watch failed in a row.", labels=labels
         )
-        entries = watched(resource.discovery)
+        entries = gateway.discovery.watched()
         for w in entries:
             key = [w.dc, w.service]
             if not w.instances and (w.dc, w.service) not in self._named:
@@ -219,10 +210,10 @@ class _StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "restygate_ejections", "Instances ejected by passive outlier detection.",
-            value=outliers.ejections_total,
+            value=outliers.ejections(),
         )
         yield GaugeMetricFamily(
             "restygate_pool_idle_connections",
             "Idle keep-alive connections to upstream instances, ready for reuse.",
-            value=_idle_connections(resource.upstream.pool),
+            value=gateway.pool.idle_connections(),
         )

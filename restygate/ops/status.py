@@ -1,117 +1,22 @@
 """
-What the admin side reads from a running gateway: the watched services and
-their instances, as plain data for the status page (HTML or JSON), the
-metrics collector and the readiness check.
-
-Discovery's public interface (L{restygate.discovery.model.IDiscovery}) only looks
-services up, and looking one up starts watching it; the admin side must only
-observe.  So this module is the one place that knows the state each source
-keeps (Consul's watchers, the static catalog's table) and reads it without
-side effects.
+The status document of a running gateway: its listeners, where discovery
+comes from, and the watched services with their instances, as plain data for
+the status page (HTML or JSON).  Everything comes from the views in
+L{restygate.ops.views}.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 from twisted.internet.interfaces import IAddress, IListeningPort
 
 from restygate import __version__
-from restygate.discovery.catalog import StaticCatalog
 from restygate.discovery.model import Instance
-from restygate.upstream.outliers import Outliers
-from restygate.discovery.consul.source import ConsulDiscovery
+from restygate.ops.views import IListenerView, IOutlierView, Inspected, Watched
 
-if TYPE_CHECKING:
-    from restygate.daemon.assembly import Gateway
-    from restygate.front.listeners import Listener
-
-__all__ = [
-    "Watched",
-    "watched",
-    "has_instances",
-    "discovery_answered",
-    "gateway_status",
-    "render_html",
-]
-
-
-@dataclass(frozen=True)
-class Watched:
-    """
-    One (dc, service) discovery knows about, as of now.
-
-    @ivar instances: its usable instances, empty before the first answer.
-    @ivar synced: there has been an answer (Consul) or it is in the catalog.
-    @ivar index: Consul's index of the last answer; L{None} for the catalog.
-    @ivar last_success: when Consul last answered, L{None} if never or for
-        the catalog.
-    @ivar errors: Consul queries failed in a row since the last answer.
-    """
-
-    dc: str
-    service: str
-    instances: Tuple[Instance, ...]
-    synced: bool
-    index: Optional[int] = None
-    last_success: Optional[float] = None
-    last_error: Optional[str] = None
-    errors: int = 0
-
-
-def watched(discovery: object) -> List[Watched]:
-    """
-    Every (dc, service) C{discovery} holds, sorted.
-    """
-    found: List[Watched] = []
-    if isinstance(discovery, ConsulDiscovery):
-        for (dc, service), watcher in discovery.watchers.items():
-            snapshot = watcher.snapshot
-            found.append(
-                Watched(
-                    dc, service,
-                    instances=snapshot.instances if snapshot is not None else (),
-                    synced=snapshot is not None,
-                    index=watcher.index,
-                    last_success=watcher.last_success,
-                    last_error=watcher.last_error,
-                    errors=watcher.errors,
-                )
-            )
-    elif isinstance(discovery, StaticCatalog):
-        for dc, services in discovery.catalog.items():
-            for service, snapshot in services.items():
-                found.append(Watched(dc, service, snapshot.instances, synced=True))
-    found.sort(key=lambda w: (w.dc, w.service))
-    return found
-
-
-def has_instances(discovery: object, dc: str, service: str) -> bool:
-    """
-    Whether C{discovery} knows at least one instance of C{service} in C{dc}
-    right now; the metrics' test for a (dc, service) worth its own series.
-    """
-    snapshot: Any = None
-    if isinstance(discovery, ConsulDiscovery):
-        watcher = discovery.watchers.get((dc, service))
-        snapshot = watcher.snapshot if watcher is not None else None
-    elif isinstance(discovery, StaticCatalog):
-        snapshot = discovery.catalog.get(dc, {}).get(service)
-    return snapshot is not None and bool(snapshot.instances)
-
-
-def discovery_answered(discovery: object) -> bool:
-    """
-    Whether discovery has had a usable answer yet: some Consul watch
-    succeeded, or the static catalog is loaded.
-    """
-    if isinstance(discovery, ConsulDiscovery):
-        return any(w.last_success is not None for w in discovery.watchers.values())
-    if isinstance(discovery, StaticCatalog):
-        return bool(discovery.catalog)
-    return False
+__all__ = ["gateway_status", "render_html"]
 
 
 def _address(address: IAddress) -> str:
@@ -124,8 +29,8 @@ def _address(address: IAddress) -> str:
     return str(name if name is not None else address)
 
 
-def _listener(role: str, listener: Listener) -> Dict[str, Any]:
-    port: Optional[IListeningPort] = listener.port
+def _listener(role: str, listener: IListenerView) -> Dict[str, Any]:
+    port: Optional[IListeningPort] = listener.listening()
     return {
         "role": role,
         "description": listener.description,
@@ -133,8 +38,7 @@ def _listener(role: str, listener: Listener) -> Dict[str, Any]:
     }
 
 
-def _instance(w: Watched, instance: Instance, outliers: Outliers) -> Dict[str, Any]:
-    state = outliers.state(w.dc, w.service, instance)
+def _instance(w: Watched, instance: Instance, outliers: IOutlierView) -> Dict[str, Any]:
     return {
         "address": instance.address,
         "port": instance.port,
@@ -143,20 +47,16 @@ def _instance(w: Watched, instance: Instance, outliers: Outliers) -> Dict[str, A
         "tags": list(instance.tags),
         "meta": dict(instance.meta),
         "ejected": outliers.is_ejected(w.dc, w.service, instance),
-        # No state yet: the gateway has not sent it anything.
-        "inflight": state.inflight if state is not None else 0,
+        "inflight": outliers.inflight(w.dc, w.service, instance),
     }
 
 
-def gateway_status(gateway: Gateway, started: float, now: float) -> Dict[str, Any]:
+def gateway_status(gateway: Inspected, started: float, now: float) -> Dict[str, Any]:
     """
     The status document: JSON-ready, and what the HTML page shows.
     """
-    resource = gateway.resource
-    config = resource.config
-    listeners = [_listener("public", listener) for listener in gateway.listeners]
-    if gateway.admin_listener is not None:
-        listeners.append(_listener("admin", gateway.admin_listener))
+    config = gateway.config()
+    listeners = [_listener(role, listener) for role, listener in gateway.listeners()]
     # The Consul address only: the token stays out of everything shown.
     source = (
         {"kind": "catalog", "path": config.catalog}
@@ -172,9 +72,9 @@ def gateway_status(gateway: Gateway, started: float, now: float) -> Dict[str, An
             "index": w.index,
             "errors": w.errors,
             "last_error": w.last_error,
-            "instances": [_instance(w, i, resource.outliers) for i in w.instances],
+            "instances": [_instance(w, i, gateway.outliers) for i in w.instances],
         }
-        for w in watched(resource.discovery)
+        for w in gateway.discovery.watched()
     ]
     return {
         "version": __version__,

@@ -19,7 +19,6 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestNotSent
 from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.http import NO_BODY_CODES
@@ -27,6 +26,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from restygate._compat import RequestNotSent
 from restygate.upstream.balancer import IBalancer
 from restygate.config import Config
 from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter

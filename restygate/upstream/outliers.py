@@ -20,7 +20,10 @@ from typing import Dict, Optional, Tuple
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from zope.interface import implementer
+
 from restygate.discovery.model import Instance
+from restygate.ops.views import IOutlierView
 
 __all__ = ["Outliers", "InstanceState"]
 
@@ -45,6 +48,7 @@ class InstanceState:
     ejected_until: float = 0.0
 
 
+@implementer(IOutlierView)
 class Outliers:
     """
     Tracks instances' recent failures and decides which are ejected.
@@ -164,6 +168,14 @@ class Outliers:
             dc=dc, service=service, netloc=instance.netloc, duration=duration, n=self.threshold,
         )
         return True
+
+    def inflight(self, dc: str, service: str, instance: Instance) -> int:
+        state = self._states.get(_key(dc, service, instance))
+        # No state: the gateway has not sent it anything lately.
+        return state.inflight if state is not None else 0
+
+    def ejections(self) -> int:
+        return self.ejections_total
 
     def is_ejected(self, dc: str, service: str, instance: Instance) -> bool:
         ejected = self._ejected.get((dc, service))

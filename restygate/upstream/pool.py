@@ -32,7 +32,7 @@ they were made with, new connections get the new settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable, Optional, Tuple
+from typing import Any, Hashable, Optional, Tuple
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -48,9 +48,6 @@ from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-# Where Twisted defines the client's Request; twisted.web.client uses it
-# without exporting it.
-from twisted.web._newclient import Request
 from twisted.web.client import (
     HTTPConnectionPool,
     RequestTransmissionFailed,
@@ -60,13 +57,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from restygate._compat import QuietClientFactory
+from restygate._compat import IOpenSSLTrustRoot, QuietClientFactory, Request, idle_connections
 from restygate.config import Config
 from restygate.discovery.model import Instance
+from restygate.ops.views import IPoolView
 from restygate.tls import client_creator, openssl_reason, trust_root
-
-if TYPE_CHECKING:
-    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
 __all__ = ["Upstream", "UpstreamTLSError", "uses_tls", "tls_server_name"]
 
@@ -169,6 +164,7 @@ def _tls_failed(failure: Failure, endpoint: _InstanceEndpoint) -> Failure:
     return failure
 
 
+@implementer(IPoolView)
 class Upstream:
     """
     Sends requests to instances over the shared keep-alive pool.
@@ -223,6 +219,9 @@ class Upstream:
         if endpoint.server_name is not None:
             result.addErrback(_tls_failed, endpoint)
         return result
+
+    def idle_connections(self) -> int:
+        return idle_connections(self.pool)
 
     def close(self) -> Deferred[None]:
         result: Deferred[None] = self.pool.closeCachedConnections()

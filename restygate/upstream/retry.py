@@ -17,8 +17,9 @@ from typing import FrozenSet, List
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived
-from twisted.web.client import ResponseFailed
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+
+from restygate._compat import RequestNotSent
 
 __all__ = ["IDEMPOTENT", "never_reached", "retriable", "RetryBudget"]
 

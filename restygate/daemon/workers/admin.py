@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred, gatherResults
@@ -30,11 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from restygate import __version__
 from restygate.ops.admin import AdminSite, answer, answer_html, answer_json
 from restygate._compat import quiet_pool
-
-if TYPE_CHECKING:
-    from restygate.daemon.workers.pool import WorkerPool, WorkerProcess
-
-__all__ = ["WorkerAdmin", "merge_expositions"]
+__all__ = ["WorkerAdmin", "Worker", "Workers", "merge_expositions"]
 
 log = Logger()
 
@@ -42,6 +38,46 @@ log = Logger()
 WORKER_ANSWER_TIMEOUT = 5.0
 
 _FAMILY = re.compile(rb"^# (?:HELP|TYPE) (\S+)")
+
+
+class Worker(Protocol):
+    """
+    One worker process, as its parent knows it.
+    """
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def pid(self) -> Optional[int]: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def admin_port(self) -> Optional[int]:
+        """
+        The port of its private admin site, once it is up.
+        """
+
+
+class Workers(Protocol):
+    """
+    The worker processes the parent runs: a slot per worker (L{None} while
+    none runs in it), and the times each slot's worker was started again.
+    """
+
+    @property
+    def workers(self) -> Sequence[Optional[Worker]]: ...
+
+    @property
+    def restarts(self) -> Sequence[int]: ...
+
+    @property
+    def started(self) -> float: ...
 
 
 def merge_expositions(parts: Sequence[Tuple[str, bytes]]) -> bytes:
@@ -92,7 +128,7 @@ class WorkerAdmin:
     @ivar site: the admin L{Site}, for a listener.
     """
 
-    def __init__(self, pool: WorkerPool, reactor: Any) -> None:
+    def __init__(self, pool: Workers, reactor: Any) -> None:
         self.pool = pool
         self.clock = reactor
         self._agent = Agent(reactor, pool=quiet_pool(reactor, 2))
@@ -101,10 +137,10 @@ class WorkerAdmin:
             root.putChild(name, page(self))
         self.site = AdminSite(root, reactor)
 
-    def up(self) -> List[WorkerProcess]:
+    def up(self) -> List[Worker]:
         return [w for w in self.pool.workers if w is not None and w.up and w.admin_port is not None]
 
-    def fetch(self, worker: WorkerProcess, path: str) -> Deferred[Tuple[int, bytes]]:
+    def fetch(self, worker: Worker, path: str) -> Deferred[Tuple[int, bytes]]:
         """
         A worker's admin answer to C{GET path}: its status code and body.
         """
@@ -124,14 +160,14 @@ class WorkerAdmin:
         d.addBoth(done)
         return d
 
-    def fetch_all(self, path: str) -> Deferred[List[Tuple[WorkerProcess, Optional[Tuple[int, bytes]]]]]:
+    def fetch_all(self, path: str) -> Deferred[List[Tuple[Worker, Optional[Tuple[int, bytes]]]]]:
         """
         Every up worker's answer to C{GET path}; L{None} for one that did
         not give one (logged).
         """
         workers = self.up()
 
-        def one(worker: WorkerProcess) -> Deferred[Any]:
+        def one(worker: Worker) -> Deferred[Any]:
             def failed(failure: Failure) -> None:
                 log.warn(
                     "worker {index} admin site did not answer {path}: {error}",
@@ -156,7 +192,7 @@ class WorkerAdmin:
         ]
         return ("\n".join(lines) + "\n").encode("ascii")
 
-    def summary(self, worker: Optional[WorkerProcess], index: int) -> Dict[str, Any]:
+    def summary(self, worker: Optional[Worker], index: int) -> Dict[str, Any]:
         now = self.clock.seconds()
         return {
             "index": index,

@@ -18,7 +18,7 @@ because of a reload, and pairs nobody asks for are not re-queried at all.
 from __future__ import annotations
 
 import random
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -30,6 +30,7 @@ from zope.interface import implementer
 from restygate.config import Config
 from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
 from restygate.discovery.consul.watch import HealthSource, Watcher
+from restygate.ops.views import IDiscoveryView, Watched
 
 __all__ = ["ConsulDiscovery"]
 
@@ -40,7 +41,7 @@ log = Logger()
 UNKNOWN_DC_TTL = 5.0
 
 
-@implementer(IDiscovery)
+@implementer(IDiscovery, IDiscoveryView)
 class ConsulDiscovery(Service):
     """
     L{IDiscovery} over a Consul agent.
@@ -79,6 +80,31 @@ class ConsulDiscovery(Service):
     @property
     def watchers(self) -> Dict[Tuple[str, str], Watcher]:
         return self._watchers
+
+    def watched(self) -> List[Watched]:
+        found = []
+        for (dc, service), watcher in sorted(self._watchers.items()):
+            snapshot = watcher.snapshot
+            found.append(
+                Watched(
+                    dc, service,
+                    instances=snapshot.instances if snapshot is not None else (),
+                    synced=snapshot is not None,
+                    index=watcher.index,
+                    last_success=watcher.last_success,
+                    last_error=watcher.last_error,
+                    errors=watcher.errors,
+                )
+            )
+        return found
+
+    def has_instances(self, dc: str, service: str) -> bool:
+        watcher = self._watchers.get((dc, service))
+        snapshot = watcher.snapshot if watcher is not None else None
+        return snapshot is not None and bool(snapshot.instances)
+
+    def answered(self) -> bool:
+        return any(w.last_success is not None for w in self._watchers.values())
 
     def startService(self) -> None:
         super().startService()
