@@ -19,7 +19,8 @@ from typing import Any, List, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.daemon.checkconfig import main
-from restygate.daemon.tap import Options, check_config
+from restygate.daemon.load import check_config
+from restygate.daemon.tap import Options
 from tests.support.certificates import endpoint_files, issue, make_ca
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,24 @@ class CheckConfigTests(_CheckCase):
             port = taken.getsockname()[1]
             status, message = self.check(f'listen = ["tcp:{port}:interface=127.0.0.1"]\n')
         self.assertEqual(status, 0, message)
+
+    def test_interface_not_on_this_host(self) -> None:
+        """
+        A listener or admin interface the host does not have parses, but a
+        start could never listen on it: the check says so.
+        """
+        # TEST-NET-1 (RFC 5737): never assigned to a host.
+        message = self.assertRefused('listen = ["tcp:8081:interface=192.0.2.1"]\n', "listen: bad endpoint")
+        self.assertIn("192.0.2.1 is not an address of this host", message)
+        self.assertRefused('admin = "tcp:9901:interface=192.0.2.1"\n', "admin: bad endpoint")
+        self.assertEqual(self.check('admin = "tcp:9901:interface=127.0.0.1"\n')[0], 0)
+
+    def test_unix_socket_directory(self) -> None:
+        missing = os.path.join(self.directory, "nowhere", "rg.sock")
+        message = self.assertRefused(f'listen = ["unix:{missing}"]\n', "listen: bad endpoint")
+        self.assertIn("no such directory", message)
+        here = os.path.join(self.directory, "rg.sock")
+        self.assertEqual(self.check(f'listen = ["unix:{here}"]\n')[0], 0)
 
     def test_environment_below_file(self) -> None:
         path = self.write("c.toml", 'consul = "10.0.0.1:8500"\n')

@@ -6,6 +6,8 @@ every value that cannot be used.
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import os
 from typing import Any, Dict, Mapping, Sequence
 
@@ -56,6 +58,15 @@ class DefaultsTests(_ConfigTestCase):
         The defaults and the key table name the same keys.
         """
         self.assertEqual(set(DEFAULTS), set(KEYS))
+
+    def test_one_key_per_field(self) -> None:
+        """
+        Every field of a config but the file it came from is filled by
+        exactly one key, so no setting exists that the table does not define.
+        """
+        keyed = [key.field for key in KEYS.values()]
+        self.assertEqual(sorted(keyed), sorted(set(keyed)))
+        self.assertEqual(set(keyed), {f.name for f in fields(Config)} - {"config_file"})
 
     def test_config_file_recorded(self) -> None:
         """
@@ -176,7 +187,8 @@ class LayeringTests(_ConfigTestCase):
         )
         self.assertEqual(
             build([load_toml(path)], config_file=path),
-            Config(
+            replace(
+                DEFAULT_CONFIG,
                 listen=("tcp:9000", "unix:/tmp/restygate.sock"),
                 consul=ConsulAddress("https", "consul.example.com", 8501),
                 consul_token="file-token",
@@ -233,6 +245,34 @@ class LoadTomlTests(_ConfigTestCase):
 
     def test_empty_file(self) -> None:
         self.assertEqual(load_toml(self.write("")), {})
+
+    def test_quoted_number(self) -> None:
+        """
+        A number quoted by mistake is refused in a file (the command line
+        gives every value as a string; a file has types).
+        """
+        for line in ['pool-size = "64"', 'upstream-timeout = "5"', 'retries = 2.5', "listen = 8080"]:
+            key = line.split(" ")[0]
+            error = self.assertRaises(ConfigError, load_toml, self.write(line + "\n"))
+            self.assertTrue(str(error).startswith(f"{key}: expected "), str(error))
+
+    def test_switch_takes_a_boolean(self) -> None:
+        self.assertEqual(load_toml(self.write("panic-all-instances = true\n")), {"panic-all-instances": True})
+        error = self.assertRaises(ConfigError, load_toml, self.write('panic-all-instances = "yes"\n'))
+        self.assertEqual(str(error), "panic-all-instances: expected true or false, got 'yes'")
+        error = self.assertRaises(ConfigError, load_toml, self.write("pool-size = true\n"))
+        self.assertEqual(str(error), "pool-size: expected a whole number, got True")
+
+    def test_either_type_where_both_read(self) -> None:
+        """
+        Sizes, worker counts and optional values take a number or a string.
+        """
+        path = self.write('max-body = "10m"\nworkers = 2\nmax-stale = "none"\nupstream-timeout = 2.5\n')
+        config = build([load_toml(path)])
+        self.assertEqual(
+            (config.max_body, config.workers, config.max_stale, config.upstream_timeout),
+            (10 * 1024**2, 2, None, 2.5),
+        )
 
 
 class ConsulAddressTests(_ConfigTestCase):
@@ -317,6 +357,16 @@ class KeyParsingTests(_ConfigTestCase):
         for value in ["=", "tcp:8080\\", "unix:a\\", "\nbogus\n:1"]:
             message = self.assertConfigError("listen", [{"listen": [value]}])
             self.assertIn(repr(value), message)
+
+    def test_listen_port_range(self) -> None:
+        """
+        Twisted parses any integer as a port and fails only at bind time;
+        a port past 65535 is refused up front.
+        """
+        message = self.assertConfigError("listen", [{"listen": "tcp:99999"}])
+        self.assertIn("port must be 0 to 65535, got '99999'", message)
+        self.assertConfigError("admin", [{"admin": "tcp:70000:interface=127.0.0.1"}])
+        self.assertEqual(build([{"listen": "tcp:0"}]).listen, ("tcp:0",))
 
     def test_listen_empty(self) -> None:
         self.assertConfigError("listen", [{"listen": []}])

@@ -6,6 +6,8 @@ value ends the start with one clean line.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import os
 from typing import List, Optional
 
@@ -95,7 +97,8 @@ class OptionsTests(SynchronousTestCase):
         )
         self.assertEqual(
             config,
-            Config(
+            replace(
+                DEFAULT_CONFIG,
                 listen=("tcp:9000", "unix:/tmp/rg.sock"),
                 consul=ConsulAddress("https", "consul.example.com", 8501),
                 consul_token="flag-token",
@@ -150,7 +153,8 @@ class OptionsTests(SynchronousTestCase):
         config = self.parse(["--config", path, "--pool-size", "20", "--tag", "from-flag", "--workers", "6"])
         self.assertEqual(
             config,
-            Config(
+            replace(
+                DEFAULT_CONFIG,
                 listen=("tcp:7000", "tcp:7001"),
                 consul=ConsulAddress("http", "file", 2),
                 consul_token="env-token",

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from twisted.python import usage
 
-from restygate.daemon.tap import run_check
+from restygate.daemon.load import run_check
 
 __all__ = ["main"]
 

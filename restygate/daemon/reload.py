@@ -6,7 +6,7 @@ force without dropping a connection.
 
 A reload is all or nothing.  A file that cannot be read or holds a bad value
 is refused with one log line and the running configuration stays whole.
-Keys only a restart can change (L{RESTART_ONLY}: the listening sockets, the
+Keys only a restart can change (those not C{live} in L{restygate.config.keys}: the listening sockets, the
 discovery source, the number of workers) keep their running values, with a
 warning naming them; every other key takes effect at once, for requests that
 start after the reload.  Requests in flight finish with the settings they
@@ -17,25 +17,18 @@ from __future__ import annotations
 
 import signal
 from dataclasses import replace
-from typing import Any, Callable, Protocol, Tuple
+from typing import Any, Callable, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from restygate.config import KEYS, Config, ConfigError
+from restygate.config import KEYS, RESTART_ONLY, Config, ConfigError
 from restygate.signals import SignalHook
 
-__all__ = ["Reconfigurable", "Reloadable", "Reloader", "RESTART_ONLY"]
+__all__ = ["Reconfigurable", "Reloadable", "Reloader"]
 
 log = Logger()
-
-# Keys whose new value needs a restart: listeners are bound sockets, and the
-# discovery source and its credentials are wired into every watcher.
-RESTART_ONLY: Tuple[str, ...] = (
-    "listen", "admin", "consul", "consul-token", "consul-ca", "catalog", "workers",
-)
-
 
 class Reconfigurable(Protocol):
     """
@@ -57,7 +50,7 @@ class Reloadable(Reconfigurable, Protocol):
 
 
 def _value(config: Config, key: str) -> Any:
-    return getattr(config, KEYS[key][0])
+    return getattr(config, KEYS[key].field)
 
 
 class Reloader(Service):
@@ -104,7 +97,7 @@ class Reloader(Service):
                 "reload: changing {keys} needs a restart; the running value stays until then",
                 keys=", ".join(held),
             )
-        config = replace(loaded, **{KEYS[key][0]: _value(running, key) for key in RESTART_ONLY})
+        config = replace(loaded, **{KEYS[key].field: _value(running, key) for key in RESTART_ONLY})
         changed = [key for key in KEYS if _value(config, key) != _value(running, key)]
         if not changed:
             log.info("reload ({source}): nothing changed", source=source)

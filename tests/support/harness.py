@@ -26,7 +26,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IResponse
 from zope.interface import provider
 
-from restygate.daemon.tap import load
+from restygate.daemon.load import load
 from restygate.daemon.assembly import Gateway, make_gateway
 from tests.support.backends import Backend
 from restygate.testing.consul import ConsulServer

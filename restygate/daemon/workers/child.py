@@ -35,7 +35,8 @@ from zope.interface import implementer
 
 from restygate.config import Config
 from restygate.daemon.assembly import make_gateway
-from restygate.daemon.tap import Options, load
+from restygate.daemon.load import load
+from restygate.daemon.tap import Options
 from restygate.daemon.workers.pool import EXIT_GRACE
 
 __all__ = ["main", "as_worker", "WORKER_ADMIN"]
