@@ -360,6 +360,18 @@ class SampleConfigTests(TestCase):
         [instance] = catalog["dc1"]["demo"].instances
         self.assertEqual((instance.address, instance.port), ("127.0.0.1", 8000))
 
+    def test_catalog_gives_the_readme_quick_start(self) -> None:
+        """
+        The sample catalog's instructions are the README's quick start, word
+        for word, and that quick start keeps both processes on loopback.
+        """
+        quick_start = re.search(r"(sh -c '.*')\n", _read("README.md"))
+        assert quick_start is not None
+        command = quick_start.group(1)
+        self.assertIn(f"#   {command}\n", _read("etc", "catalog.toml"))
+        self.assertIn("--bind 127.0.0.1", command)
+        self.assertIn("--listen tcp:8080:interface=127.0.0.1", command)
+
 
 def _unit_directives(text: str) -> Dict[str, List[Tuple[str, str]]]:
     """
