@@ -6,14 +6,16 @@ plain-text messages) and returns either a `Reply` or a `BlockingQuery` for the d
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+from .bexpr import compile_filter
 from .datacenter import Datacenter
 from .decode import decode_json_object, node_write_denied
 from .goparse import UINT, parse_go_bool, parse_go_duration
 from .model import (
     ACL_NOT_FOUND,
     DEFAULT_WAIT_SECONDS,
+    HEALTH_STATUSES,
     JSON,
     MAX_WAIT_SECONDS,
     Agent,
@@ -30,6 +32,12 @@ from .wire import (
 )
 
 _Handler = Callable[[Exchange], Outcome]
+
+#: What ``?filter`` selectors may start with on each endpoint, as in Consul's bodies.
+HEALTH_ENTRY_FIELDS = frozenset({"Node", "Service", "Checks"})
+CHECK_FIELDS = frozenset(
+    {"Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName", "ServiceTags", "Type"}
+)
 
 
 class ConsulApi:
@@ -64,6 +72,8 @@ class ConsulApi:
         route: Optional[Tuple[Tuple[str, ...], Callable[[Exchange], Outcome]]]
         if path.startswith("/v1/health/service/"):
             route = (("GET",), self._health_service)
+        elif path.startswith("/v1/health/state/"):
+            route = (("GET",), self._health_state)
         else:
             route = self._routes.get(path)
         if route is None:
@@ -140,6 +150,10 @@ class ConsulApi:
             filters.append((key, value))
         return filters
 
+    def _filter(self, exchange: Exchange, fields: FrozenSet[str]) -> Callable[[JSON], bool]:
+        raw = exchange.query.get("filter")
+        return compile_filter(raw, fields) if raw.strip() else (lambda entry: True)
+
     def _refuse_filter(self, exchange: Exchange) -> None:
         # Consul evaluates ?filter as a bexpr expression; this server does not, and silently ignoring it
         # would make a test pass against data a real agent would not return.
@@ -151,8 +165,9 @@ class ConsulApi:
     def _meta_headers(self, index: int, consistency: str, filtered: bool) -> Tuple[Tuple[str, str], ...]:
         headers = [
             ("X-Consul-Index", str(max(1, index))),
-            ("X-Consul-Knownleader", "true"),
-            ("X-Consul-Lastcontact", "0"),
+            ("X-Consul-Knownleader", "true" if self._agent.leader else "false"),
+            # Only a stale read can be served by a follower that lost touch with the leader.
+            ("X-Consul-Lastcontact", str(self._agent.last_contact_ms if consistency == "stale" else 0)),
             ("X-Consul-Effective-Consistency", consistency),
             ("X-Consul-Default-Acl-Policy", "allow" if self._agent.acl_tokens is None else "deny"),
         ]
@@ -163,7 +178,7 @@ class ConsulApi:
     # -- endpoints ------------------------------------------------------------------------------------
 
     def _health_service(self, exchange: Exchange) -> Outcome:
-        min_index, wait, consistency = self._blocking_params(exchange)
+        params = self._blocking_params(exchange)
         service = exchange.seen.path[len("/v1/health/service/") :]
         if not service:
             raise ConsulError(400, "Missing service name")
@@ -174,47 +189,62 @@ class ConsulApi:
                 passing = True if raw == "" else parse_go_bool(raw)
             except ValueError:
                 raise ConsulError(400, "Invalid value for ?passing") from None
-        self._refuse_filter(exchange)
+        keep = self._filter(exchange, HEALTH_ENTRY_FIELDS)
         tags = exchange.query.get_all("tag")
         node_meta = self._node_meta_filters(exchange)
+        return self._dc_query(
+            exchange,
+            params,
+            lambda dc: dc.index_of_service(service),
+            lambda dc: [e for e in dc.health(service, tags, passing, node_meta) if keep(e)],
+            [],
+        )
+
+    def _health_state(self, exchange: Exchange) -> Outcome:
+        params = self._blocking_params(exchange)
+        state = exchange.seen.path[len("/v1/health/state/") :]
+        if state not in ("any",) + HEALTH_STATUSES:
+            raise ConsulError(400, "Bad check state")
+        keep = self._filter(exchange, CHECK_FIELDS)
+        node_meta = self._node_meta_filters(exchange)
+        return self._dc_query(
+            exchange,
+            params,
+            lambda dc: dc.index,
+            lambda dc: [c for c in dc.checks_in_state(state, node_meta) if keep(c)],
+            [],
+        )
+
+    def _catalog_services(self, exchange: Exchange) -> Outcome:
+        params = self._blocking_params(exchange)
+        self._refuse_filter(exchange)
+        node_meta = self._node_meta_filters(exchange)
+        return self._dc_query(exchange, params, lambda dc: dc.index, lambda dc: dc.service_tags(node_meta), {})
+
+    def _dc_query(
+        self,
+        exchange: Exchange,
+        params: Tuple[int, float, str],
+        index_of: Callable[[Datacenter], int],
+        body_of: Callable[[Datacenter], JSON],
+        hidden: JSON,
+    ) -> Outcome:
+        """A blocking read of one datacenter: ``body_of`` it at ``index_of`` it, ``hidden`` for no ACL."""
+        min_index, wait, consistency = params
         dc_name = self._dc_of(exchange)
         if dc_name not in self._datacenters:
             return text_reply(500, self._agent.no_path_message())
         # Consul filters what the token may not read rather than refusing the request.
         allowed = self._authorized(exchange)
 
-        def current_index() -> int:
-            return self._datacenters[dc_name].index_of_service(service)
-
         def answer() -> Reply:
             dc = self._datacenters.get(dc_name)
             if dc is None:
                 return text_reply(500, self._agent.no_path_message())
-            entries = dc.health(service, tags, passing, node_meta) if allowed else []
-            return json_reply(entries, self._meta_headers(dc.index_of_service(service), consistency, not allowed))
+            body = body_of(dc) if allowed else hidden
+            return json_reply(body, self._meta_headers(index_of(dc), consistency, not allowed))
 
-        return BlockingQuery(dc_name, min_index, wait, current_index, answer)
-
-    def _catalog_services(self, exchange: Exchange) -> Outcome:
-        min_index, wait, consistency = self._blocking_params(exchange)
-        self._refuse_filter(exchange)
-        node_meta = self._node_meta_filters(exchange)
-        dc_name = self._dc_of(exchange)
-        if dc_name not in self._datacenters:
-            return text_reply(500, self._agent.no_path_message())
-        allowed = self._authorized(exchange)
-
-        def current_index() -> int:
-            return self._datacenters[dc_name].index
-
-        def answer() -> Reply:
-            dc = self._datacenters.get(dc_name)
-            if dc is None:
-                return text_reply(500, self._agent.no_path_message())
-            services = dc.service_tags(node_meta) if allowed else {}
-            return json_reply(services, self._meta_headers(dc.index, consistency, not allowed))
-
-        return BlockingQuery(dc_name, min_index, wait, current_index, answer)
+        return BlockingQuery(dc_name, min_index, wait, lambda: index_of(self._datacenters[dc_name]), answer)
 
     def _catalog_datacenters(self, exchange: Exchange) -> Outcome:
         # No ACL and no blocking on this endpoint in Consul.

@@ -21,6 +21,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from .connlimit import DEFAULT_MAX_CONNS_PER_CLIENT
 from .model import JSON, ConsulError
 from .server import ConsulServer
 
@@ -67,6 +68,14 @@ def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.ArgumentParser,
         action="store_true",
         help="prefix 'No path to datacenter' like a client agent does (rpc error making call: ...)",
     )
+    parser.add_argument(
+        "--http-max-conns-per-client",
+        type=int,
+        default=DEFAULT_MAX_CONNS_PER_CLIENT,
+        metavar="N",
+        help="limits.http_max_conns_per_client: concurrent connections per client IP, past it 429 (default "
+        f"{DEFAULT_MAX_CONNS_PER_CLIENT}; 0: no limit)",
+    )
     parser.add_argument("--no-jitter", action="store_true", help="do not add jitter to blocking waits")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--verbose", action="store_true", help="also log every catalog change (debug level)")
@@ -89,6 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         jitter=not args.no_jitter,
         # Nobody can read requests_seen from outside the process; /_test/stats has the counts.
         record_limit=0,
+        max_conns_per_client=args.http_max_conns_per_client,
     )
     for path in args.register:
         try:

@@ -82,6 +82,20 @@ class Datacenter:
                 )
         return entries
 
+    def checks_in_state(self, state: str, node_meta: Sequence[Tuple[str, str]]) -> List[JSON]:
+        """``/v1/health/state/<state>``: every check (``any``) or those in ``state``, node by node."""
+        found: List[JSON] = []
+        for node_name in sorted(self.checks):
+            if not node_meta_matches(self.nodes[node_name], node_meta):
+                continue
+            services = self.services.get(node_name, {})
+            checks = self.checks[node_name]
+            for check_id in sorted(checks):
+                check = checks[check_id]
+                if state == "any" or check.status == state:
+                    found.append(check.to_json(services.get(check.service_id) if check.service_id else None))
+        return found
+
     def service_tags(self, node_meta: Sequence[Tuple[str, str]]) -> Dict[str, List[str]]:
         union: Dict[str, Set[str]] = {}
         for node_name, services in self.services.items():

@@ -161,6 +161,8 @@ class Agent:
     agent_prefix: bool
     #: What ``/v1/status/leader`` reports; ``""`` while the cluster has no leader.
     leader: str = "127.0.0.1:8300"
+    #: What ``X-Consul-LastContact`` reports on a ``?stale`` read: ms since the server heard from the leader.
+    last_contact_ms: int = 0
 
     def no_path_message(self) -> str:
         """The body of Consul's 500 for an unknown datacenter, as this agent words it."""

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from .api import ConsulApi
+from .connlimit import DEFAULT_MAX_CONNS_PER_CLIENT, PerClientLimit
 from .datacenter import Datacenter, Mutation
 from .decode import decode_registration, str_field
 from .dispatch import Dispatcher
@@ -40,6 +41,7 @@ class ConsulServer:
     :param rng: the source of that jitter.
     :param record_limit: keep only this many of the latest `requests_seen` (None: all; 0: none), so a
         long benchmark run does not grow without bound. `request_counts` is kept regardless.
+    :param max_conns_per_client: the agent's ``limits.http_max_conns_per_client`` for `listen` (0: none).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class ConsulServer:
         jitter: bool = True,
         rng: Optional[random.Random] = None,
         record_limit: Optional[int] = None,
+        max_conns_per_client: int = DEFAULT_MAX_CONNS_PER_CLIENT,
     ) -> None:
         self.agent = Agent(
             datacenter=datacenter,
@@ -69,7 +72,7 @@ class ConsulServer:
             reactor,
             api.route,
             lambda dc: dc in self._datacenters,
-            lambda: {"requests": self.request_counts, "index": self._index, "blocked": self.blocked_count},
+            self._stats,
             jitter=jitter,
             rng=rng if rng is not None else random.Random(),
             record_limit=record_limit,
@@ -80,6 +83,8 @@ class ConsulServer:
         self.request_counts: Dict[str, int] = self._dispatcher.request_counts
         self.resource = ConsulApiResource(self._dispatcher.handle)
         self._port: Optional[IListeningPort] = None
+        #: The per-client connection cap of `listen` (go-connlimit); its counters show the connections.
+        self.connections = PerClientLimit(self.site(), max_conns_per_client)
 
     @property
     def datacenter(self) -> str:
@@ -112,10 +117,21 @@ class ConsulServer:
 
         The caller owns the port: call ``stopListening()`` on it when done.
         """
-        site = self.site(access_log)
-        # IReactorTCP wants ServerFactory[P]; Site's unannotated HTTPFactory base does not say which P.
-        self._port = reactor.listenTCP(port, site, interface=interface)  # type: ignore[arg-type]
+        if access_log:
+            self.connections.wrappedFactory = self.site(access_log)
+        # IReactorTCP wants ServerFactory[P]; WrappingFactory's unannotated base does not say which P.
+        self._port = reactor.listenTCP(port, self.connections, interface=interface)  # type: ignore[arg-type]
         return self._port
+
+    def _stats(self) -> Dict[str, JSON]:
+        return {
+            "requests": self.request_counts,
+            "index": self._index,
+            "blocked": self.blocked_count,
+            "connections": self.connections.total,
+            "peak_connections": self.connections.peak,
+            "refused_connections": self.connections.refused,
+        }
 
     @property
     def address(self) -> str:
