@@ -6,8 +6,8 @@ status page, health and readiness endpoints, on a real gateway over loopback.
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
-from typing import Any, List, Tuple
+
+from typing import Tuple
 
 from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IResponse
@@ -17,46 +17,11 @@ from restygate.config import ConfigError, build
 from restygate.discovery.consul.client import ConsulClient, ConsulError
 from restygate.testing.consul import ConsulServer
 from tests.support.harness import GatewayRig, reactor, settle
+from tests.support.markup import parse
 
 ADMIN = "tcp:0:interface=127.0.0.1"
 TOKEN = "s3cret-acl-token"
 HOSTILE = '<script>alert("x")</script>'
-
-
-class _Page(HTMLParser):
-    """
-    Collects a page's tags and text, and checks that elements nest.
-    """
-
-    VOID = {"meta", "br", "hr", "img", "input", "link"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: List[str] = []
-        self.text: List[str] = []
-        self.open: List[str] = []
-        self.errors: List[str] = []
-
-    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Any]]) -> None:
-        self.tags.append(tag)
-        if tag not in self.VOID:
-            self.open.append(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        if not self.open or self.open[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.open[-1:] or 'nothing'}")
-        else:
-            self.open.pop()
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def _parse(page: bytes) -> _Page:
-    parser = _Page()
-    parser.feed(page.decode("utf-8"))
-    parser.close()
-    return parser
 
 
 class StatusTests(TestCase):
@@ -106,7 +71,7 @@ class StatusTests(TestCase):
         response, page = await rig.admin("/status")
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"])
-        parsed = _parse(page)
+        parsed = parse(page)
         self.assertEqual(parsed.errors, [])
         self.assertEqual(parsed.open, [])
         self.assertNotIn("script", parsed.tags)

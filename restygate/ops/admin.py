@@ -20,7 +20,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from restygate.ops.metrics import Metrics
-from restygate.ops.status import gateway_status, render_html
+from restygate.ops.pages import gateway_page
+from restygate.ops.status import gateway_status
 from restygate.ops.views import Inspected
 
 __all__ = ["Admin", "AdminSite", "PROBE_INTERVAL", "answer", "answer_html", "answer_json"]
@@ -178,7 +179,7 @@ class _Status(_Endpoint):
         accept = request.getHeader(b"accept") or b""
         if request.args.get(b"format") == [b"json"] or b"application/json" in accept.lower():
             return answer_json(request, 200, document)
-        return answer_html(request, 200, render_html(document).encode("utf-8"))
+        return answer_html(request, 200, gateway_page(document))
 
 
 def _root(admin: Admin) -> Resource:

@@ -14,7 +14,6 @@ private loopback port; the parent reads them and answers for the whole:
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
@@ -29,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from restygate import __version__
 from restygate.ops.admin import AdminSite, answer, answer_html, answer_json
+from restygate.ops.pages import workers_page
 from restygate._compat import quiet_pool
 __all__ = ["WorkerAdmin", "Worker", "Workers", "merge_expositions"]
 
@@ -294,7 +294,7 @@ class _Status(_Page):
         }
         if as_json:
             return answer_json(request, 200, document)
-        return answer_html(request, 200, _render(document).encode("utf-8"))
+        return answer_html(request, 200, workers_page(document))
 
     async def _one_worker(self, request: Request, wanted: bytes, as_json: bool) -> bytes:
         workers = {str(w.index).encode("ascii"): w for w in self._admin.up()}
@@ -310,25 +310,3 @@ class _Status(_Page):
         if as_json:
             return answer(request, got[0], b"application/json", got[1])
         return answer_html(request, got[0], got[1])
-
-
-def _render(document: Dict[str, Any]) -> str:
-    e = html.escape
-    rows = []
-    for w in document["workers"]:
-        link = f'<a href="?worker={w["index"]}">worker {w["index"]}</a>' if w["up"] else f"worker {w['index']}"
-        uptime = "-" if w["uptime_seconds"] is None else f"{w['uptime_seconds']:.0f} s"
-        rows.append(
-            f"<tr><td>{link}</td><td>{e(str(w['pid'] or '-'))}</td><td>{'up' if w['up'] else 'down'}</td>"
-            f"<td>{e(uptime)}</td><td>{w['restarts']}</td></tr>"
-        )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>restygate status</title>'
-        "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style></head><body>"
-        f"<h1>restygate {e(document['version'])}</h1>"
-        f"<p>{len(document['workers'])} worker processes; up {document['uptime_seconds']:.0f} s. "
-        "Each worker's page shows its instances, watches and pool.</p>"
-        "<table><tr><th>worker</th><th>pid</th><th>state</th><th>uptime</th><th>restarts</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>\n"
-    )
