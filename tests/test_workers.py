@@ -41,8 +41,9 @@ def _gone(pid: int) -> bool:
 class MergeExpositionsTests(SynchronousTestCase):
     def test_labels_and_groups(self) -> None:
         """
-        Each sample gains its worker's label, first among its labels; a
-        family's HELP and TYPE appear once, all its samples below them.
+        Each sample gains its worker's label (labels in name order, as
+        prometheus_client writes them); a family's HELP and TYPE appear
+        once, all its samples below them.
         """
         one = (
             b"# HELP rg_requests_total Requests.\n"
@@ -66,9 +67,9 @@ class MergeExpositionsTests(SynchronousTestCase):
             [
                 "# HELP rg_requests_total Requests.",
                 "# TYPE rg_requests_total counter",
-                'rg_requests_total{worker="0",code="2xx"} 3.0',
-                'rg_requests_total{worker="1",code="2xx"} 5.0',
-                'rg_requests_total{worker="1",code="5xx"} 1.0',
+                'rg_requests_total{code="2xx",worker="0"} 3.0',
+                'rg_requests_total{code="2xx",worker="1"} 5.0',
+                'rg_requests_total{code="5xx",worker="1"} 1.0',
                 "# HELP rg_open Open connections.",
                 "# TYPE rg_open gauge",
                 'rg_open{worker="0"} 2.0',
@@ -87,11 +88,19 @@ class MergeExpositionsTests(SynchronousTestCase):
         )
         self.assertEqual(
             merge_expositions([("3", text)]).decode().splitlines()[2:],
-            ['h_bucket{worker="3",le="0.1",path="a b{c}"} 1.0', 'h_count{worker="3"} 1.0', 'h_sum{worker="3"} 0.05'],
+            ['h_bucket{le="0.1",path="a b{c}",worker="3"} 1.0', 'h_count{worker="3"} 1.0', 'h_sum{worker="3"} 0.05'],
         )
 
     def test_nothing(self) -> None:
         self.assertEqual(merge_expositions([]), b"")
+
+    def test_unparsable_part_left_out(self) -> None:
+        """
+        A worker whose exposition does not parse costs only its own series.
+        """
+        good = b"# HELP rg_open Open.\n# TYPE rg_open gauge\nrg_open 2.0\n"
+        merged = merge_expositions([("0", b"rg_open{ 2.0\n"), ("1", good)])
+        self.assertEqual(merged.decode().splitlines()[2:], ['rg_open{worker="1"} 2.0'])
 
 
 class WorkerEnvironmentTests(SynchronousTestCase):
@@ -196,8 +205,8 @@ class WorkersTests(DaemonTestCase):
         text = metrics.decode()
         self.assertEqual(self.metric(text, "restygate_workers_up"), 2.0)
         served = [
-            self.metric(text, f'restygate_requests_total{{worker="{index}",code="2xx",dc="dc1",service="demo"}}')
-            if f'restygate_requests_total{{worker="{index}",code="2xx"' in text else 0.0
+            self.metric(text, f'restygate_requests_total{{code="2xx",dc="dc1",service="demo",worker="{index}"}}')
+            if f'service="demo",worker="{index}"' in text else 0.0
             for index in (0, 1)
         ]
         self.assertEqual(sum(served), 10.0)

@@ -15,10 +15,12 @@ private loopback port; the parent reads them and answers for the whole:
 from __future__ import annotations
 
 import json
-import re
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,9 +38,6 @@ log = Logger()
 
 # Seconds a worker's admin site gets to answer the parent.
 WORKER_ANSWER_TIMEOUT = 5.0
-
-_FAMILY = re.compile(rb"^# (?:HELP|TYPE) (\S+)")
-
 
 class Worker(Protocol):
     """
@@ -80,44 +79,72 @@ class Workers(Protocol):
     def started(self) -> float: ...
 
 
-def merge_expositions(parts: Sequence[Tuple[str, bytes]]) -> bytes:
+class _Merged(Collector):
     """
-    One Prometheus text exposition from several, each sample labelled with
-    its part's C{worker} value; a family's HELP and TYPE lines appear once,
-    its samples from every part together under them.
+    The families of several workers' expositions, as one: each sample
+    labelled with its worker, a family's samples from every worker together.
+    A worker's exposition that does not parse is left out (logged): it
+    must not cost the others' series.
+    """
+
+    def __init__(self, parts: Sequence[Tuple[str, bytes]]) -> None:
+        self._parts = parts
+
+    def collect(self) -> Iterable[Metric]:
+        families: Dict[str, Metric] = {}
+        for worker, exposition in self._parts:
+            try:
+                parsed = list(text_string_to_metric_families(exposition.decode("utf-8")))
+            except ValueError as e:
+                log.warn("worker {worker}'s metrics do not parse: {error}", worker=worker, error=e)
+                continue
+            for family in parsed:
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for sample in family.samples:
+                    merged.add_sample(
+                        sample.name, {**sample.labels, "worker": worker}, sample.value, sample.timestamp,
+                        sample.exemplar,
+                    )
+        return families.values()
+
+
+class _Supervision(Collector):
+    """
+    The parent's own series: workers up, and restarts per worker.
+    """
+
+    def __init__(self, admin: WorkerAdmin) -> None:
+        self._admin = admin
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "restygate_workers_up", "Worker processes up and serving.", value=len(self._admin.up())
+        )
+        restarts = CounterMetricFamily(
+            "restygate_worker_restarts", "Times a worker process was started again after it exited.",
+            labels=["worker"],
+        )
+        for index, count in enumerate(self._admin.pool.restarts):
+            restarts.add_metric([str(index)], count)
+        yield restarts
+
+
+def merge_expositions(parts: Sequence[Tuple[str, bytes]], *more: Collector) -> bytes:
+    """
+    One Prometheus text exposition from several workers' (after the series
+    of the C{more} collectors), each sample labelled with its part's
+    C{worker} value; prometheus_client parses, groups and writes them.
 
     @param parts: (worker label value, that worker's exposition).
     """
-    headers: Dict[bytes, List[bytes]] = {}
-    samples: Dict[bytes, List[bytes]] = {}
-    for worker, exposition in parts:
-        label = b'worker="' + worker.encode("ascii") + b'"'
-        family: Optional[bytes] = None
-        for line in exposition.splitlines():
-            match = _FAMILY.match(line)
-            if match is not None:
-                family = match.group(1)
-                seen = headers.setdefault(family, [])
-                samples.setdefault(family, [])
-                if line not in seen:
-                    seen.append(line)
-            elif line and not line.startswith(b"#") and family is not None:
-                samples[family].append(_labelled(line, label))
-    out: List[bytes] = []
-    for family, lines in headers.items():
-        out.extend(lines)
-        out.extend(samples[family])
-    return b"\n".join(out) + b"\n" if out else b""
-
-
-def _labelled(sample: bytes, label: bytes) -> bytes:
-    brace = sample.find(b"{")
-    space = sample.find(b" ")
-    if brace != -1 and (space == -1 or brace < space):
-        rest = sample[brace + 1 :]
-        separator = b"" if rest.startswith(b"}") else b","
-        return sample[: brace + 1] + label + separator + rest
-    return sample[:space] + b"{" + label + b"}" + sample[space:]
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in [*more, _Merged(parts)]:
+        registry.register(collector)
+    return generate_latest(registry)
 
 
 class WorkerAdmin:
@@ -177,20 +204,6 @@ class WorkerAdmin:
             return self.fetch(worker, path).addErrback(failed).addCallback(lambda got: (worker, got))
 
         return gatherResults([one(worker) for worker in workers])
-
-    def own_metrics(self) -> bytes:
-        lines = [
-            "# HELP restygate_workers_up Worker processes up and serving.",
-            "# TYPE restygate_workers_up gauge",
-            f"restygate_workers_up {len(self.up())}",
-            "# HELP restygate_worker_restarts_total Times a worker process was started again after it exited.",
-            "# TYPE restygate_worker_restarts_total counter",
-        ]
-        lines += [
-            f'restygate_worker_restarts_total{{worker="{index}"}} {count}'
-            for index, count in enumerate(self.pool.restarts)
-        ]
-        return ("\n".join(lines) + "\n").encode("ascii")
 
     def summary(self, worker: Optional[Worker], index: int) -> Dict[str, Any]:
         now = self.clock.seconds()
@@ -266,7 +279,7 @@ class _Metrics(_Page):
     async def answer(self, request: Request) -> bytes:
         admin = self._admin
         parts = [(str(worker.index), got[1]) for worker, got in await admin.fetch_all("/metrics") if got is not None]
-        body = admin.own_metrics() + merge_expositions(parts)
+        body = merge_expositions(parts, _Supervision(admin))
         return answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), body)
 
 
