@@ -12,6 +12,7 @@ from prometheus_client.samples import Sample
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from restygate.ops.metrics import error_kind
+from restygate.proxy.failure import Failure
 from restygate.proxy.observe import Completed
 from tests.support.backends import closed_port
 from tests.support.harness import GatewayRig, eventually, settle
@@ -216,30 +217,38 @@ def _python_info(metrics: Scrape) -> Dict[str, str]:
     return dict(sample.labels)
 
 
-def _completed(status: int, error: Optional[str], upstream: Optional[str]) -> Completed:
+def _completed(status: int, error: Optional[str], failure: Optional[Failure]) -> Completed:
     return Completed(
         started=0.0, duration=0.0, client="127.0.0.1", method="GET", uri="/", proto="HTTP/1.1",
-        host="", status=status, bytes_sent=0, dc="dc1", service="web", upstream=upstream,
-        upstream_latency=None, retries=0, error=error, aborted=False,
+        host="", status=status, bytes_sent=0, dc="dc1", service="web", upstream="10.0.0.1:80",
+        upstream_latency=None, retries=0, error=error, aborted=failure is Failure.CLIENT_GONE,
+        failure=failure,
     )
 
 
 class ErrorKindTests(SynchronousTestCase):
     def test_kinds(self) -> None:
         """
-        The proxy's messages map to a few kinds; an unknown 5xx message with
-        an instance tried is "other"; client errors and successes are none.
+        The label is the failure's own kind, whatever message the answer
+        carries, for the gateway's own answers about the upstream side;
+        client errors, a client gone, a response cut after it began (the
+        upstream's status stands) and successes are none.
         """
         cases = [
-            (502, "upstream unreachable", "10.0.0.1:80", "connect"),
-            (502, "upstream closed the connection before answering", "10.0.0.1:80", "reset"),
-            (504, "upstream timed out", "10.0.0.1:80", "timeout"),
-            (503, "no passing instance", None, "no_instance"),
-            (502, "something new", "10.0.0.1:80", "other"),
-            (503, "service discovery unavailable", None, None),
-            (400, "cannot forward this request: bad", "10.0.0.1:80", None),
-            (404, "unknown datacenter", None, None),
-            (500, None, "10.0.0.1:80", None),
+            (502, "upstream unreachable", Failure.CONNECT_REFUSED, "connect"),
+            (502, "upstream unreachable", Failure.CONNECT_TIMEOUT, "connect"),
+            (502, "upstream unreachable", Failure.TLS_FAILED, "tls"),
+            (502, "upstream closed the connection before answering", Failure.RESET_BEFORE_RESPONSE, "reset"),
+            (504, "upstream timed out", Failure.RESPONSE_TIMEOUT, "timeout"),
+            (502, "upstream sent an invalid response", Failure.UPSTREAM_PROTOCOL, "protocol"),
+            (503, "no passing instance", Failure.NO_INSTANCE, "no_instance"),
+            (503, "service discovery unavailable", Failure.DISCOVERY_UNAVAILABLE, None),
+            (400, "more than one Host header", Failure.CLIENT_PROTOCOL, None),
+            (413, "request body too large", Failure.BODY_TOO_LARGE, None),
+            (404, "unknown datacenter", Failure.UNKNOWN_DATACENTER, None),
+            (200, None, Failure.UPSTREAM_CUT, None),
+            (200, None, Failure.CLIENT_GONE, None),
+            (500, None, None, None),
         ]
-        for status, error, upstream, kind in cases:
-            self.assertEqual(error_kind(_completed(status, error, upstream)), kind, (status, error))
+        for status, error, failure, kind in cases:
+            self.assertEqual(error_kind(_completed(status, error, failure)), kind, (status, error, failure))

@@ -74,8 +74,8 @@ class LiveKeysTests(_ReloadCase):
             (config.pool_size, config.server_names, config.connect_timeout, config.upstream_timeout),
             (9, ("new.example",), 1.5, 7.0),
         )
-        self.assertIs(rig.gateway.resource.config, config)
-        self.assertEqual(rig.gateway.resource.upstream.pool.maxPersistentPerHost, 9)
+        self.assertIs(rig.gateway.engine.config, config)
+        self.assertEqual(rig.gateway.engine.upstream.max_idle, 9)
         old, _ = await rig.get("/dc1/web/", headers={b"Host": [b"old.example"]})
         new, _ = await rig.get("/dc1/web/", headers={b"Host": [b"new.example"]})
         self.assertEqual((old.code, new.code), (404, 200))
@@ -86,13 +86,13 @@ class LiveKeysTests(_ReloadCase):
 
     async def test_client_idle_timeout(self) -> None:
         rig = self.rig("body-idle-timeout = 60\n")
-        self.assertEqual(rig.gateway.site.timeOut, 60)
+        self.assertEqual(rig.gateway.front.timeOut, 60)
         self.write("body-idle-timeout = 0.3\n")
         self.assertTrue(reloader_of(rig).reload())
         client = await raw_connect(rig.port)
         # A connection accepted after the reload is closed when idle that long.
         await client.closed
-        self.assertEqual(rig.gateway.site.timeOut, 0.3)
+        self.assertEqual(rig.gateway.front.timeOut, 0.3)
 
     async def test_upstream_timeout(self) -> None:
         rig = self.rig("upstream-timeout = 30\n")
@@ -198,7 +198,7 @@ class RefusedTests(_ReloadCase):
             self.write(text)
         self.assertFalse(reloader_of(rig).reload())
         self.assertIs(rig.gateway.config, before)
-        self.assertEqual(rig.gateway.resource.upstream.pool.maxPersistentPerHost, 4)
+        self.assertEqual(rig.gateway.engine.upstream.max_idle, 4)
         [line] = self.logged("reload refused")
         self.assertIn(fragment, line)
         self.assertNotIn("\n", line)

@@ -85,7 +85,7 @@ class EjectionTests(TestCase):
             response, _ = await rig.get("/dc1/web/")
             self.assertEqual(response.code, 200)
         self.assertEqual(reset.connections_made, 3)
-        outliers = rig.gateway.resource.outliers
+        outliers = rig.gateway.engine.outliers
         self.assertEqual(outliers.ejections_total, 1)
         # A Consul update re-listing the instance does not bring it back early.
         rig.consul.spurious_wakeup("dc1", "web")
@@ -102,7 +102,7 @@ class EjectionTests(TestCase):
         for _ in range(20):
             response, _ = await rig.get("/dc1/web/")
             self.assertEqual(response.code, 502)
-        self.assertEqual(rig.gateway.resource.outliers.ejections_total, 1)
+        self.assertEqual(rig.gateway.engine.outliers.ejections_total, 1)
         # One is ejected after its third failure; the other must keep serving
         # (failing), since ejecting both would leave nothing to route to.
         self.assertEqual(sorted([one.connections_made, two.connections_made]), [3, 17])
@@ -256,7 +256,7 @@ class ConsulFaultTests(TestCase):
         self.assertEqual((await rig.get("/dc2/web/"))[0].code, 200)
 
         # Once the grace is over, the next failed query drops the datacenter.
-        await eventually(lambda: ("dc2", "web") not in rig.gateway.resource.discovery.watchers, timeout=5)
+        await eventually(lambda: ("dc2", "web") not in rig.gateway.engine.discovery.watchers, timeout=5)
         response, body = await rig.get("/dc2/web/")
         self.assertEqual((response.code, json.loads(body)["error"]), (404, "unknown datacenter"))
 
@@ -283,7 +283,7 @@ class RetryBudgetScopeTests(TestCase):
         rig.register(_resetting(self, "r2"))
         lines = captured_log(self)
         codes = [(await rig.get("/dc1/web/"))[0].code for _ in range(200)]
-        refusals = rig.gateway.resource.budget_refusals
+        refusals = rig.gateway.engine.budget_refusals
         self.assertGreater(refusals, 0)
         self.assertEqual(codes.count(502), refusals)
         self.assertEqual(len([line for line in lines if "retry budget exhausted" in line]), 1)

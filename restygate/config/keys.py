@@ -121,6 +121,8 @@ KEYS: Mapping[str, Key] = _keys(
         "Seconds a client may take to send a request's headers; then 408."),
     Key("body-idle-timeout", "body_idle_timeout", values.seconds(0), 60,
         "Seconds a body transfer (either way) or an idle keep-alive client connection may stall before it is closed."),
+    Key("tunnel-idle-timeout", "tunnel_idle_timeout", values.seconds(0), 3600,
+        "Seconds an Upgrade tunnel (a WebSocket...) may carry no byte either way before both its connections are closed."),
     Key("drain-timeout", "drain_timeout", values.seconds(0), 30,
         "On SIGTERM: stop accepting, then let in-flight requests finish for this many seconds."),
     Key("admin", "admin", values.optional(values.endpoint), "tcp:9901:interface=127.0.0.1",

@@ -75,6 +75,7 @@ class Config:
     max_body: Optional[int]
     header_timeout: float
     body_idle_timeout: float
+    tunnel_idle_timeout: float
     drain_timeout: float
     admin: Optional[str]
     access_log: Optional[str]

@@ -1,6 +1,7 @@
 """
 Assembles a running gateway from a L{Config}: discovery, balancer, upstream
-pool, the HTTP site and its listeners, as one L{MultiService}.
+pool, the engine, the lean HTTP/1.1 front and its listeners, as one
+L{MultiService}.
 
 Children stop in reverse order of addition, so the listeners (added last)
 stop accepting before the pools and watchers they depend on go away.
@@ -23,11 +24,11 @@ from restygate.upstream.balancer import RoundRobin
 from restygate.discovery.catalog import StaticCatalog
 from restygate.config import Config
 from restygate.discovery.consul.client import ConsulClient
-from restygate.proxy.resource import GatewayResource
+from restygate.proxy.engine import Engine
 from restygate.discovery.consul.source import ConsulDiscovery
 from restygate.daemon.reload import Reconfigurable, Reloader
 from restygate.front.listeners import Listener
-from restygate.front.site import GatewaySite
+from restygate.front.server import GatewayFront
 from restygate.upstream.pool import Upstream
 
 __all__ = ["make_gateway", "Gateway"]
@@ -75,8 +76,8 @@ class Gateway(MultiService):
     those requests may still need.
     """
 
-    resource: GatewayResource
-    site: GatewaySite
+    engine: Engine
+    front: GatewayFront
     listeners: List[Listener]
     access_log: AccessLog
     admin_listener: Optional[Listener]
@@ -85,14 +86,14 @@ class Gateway(MultiService):
 
     @property
     def config(self) -> Config:
-        return self.resource.config
+        return self.engine.config
 
     def reconfigure(self, config: Config) -> None:
         """
         Put a validated C{config} in force: requests read it from the
-        resource from now on, and every part caching a value takes the new one.
+        engine from now on, and every part caching a value takes the new one.
         """
-        self.resource.config = config
+        self.engine.config = config
         for part in self.reconfigurable:
             part.reconfigure(config)
 
@@ -102,10 +103,10 @@ class Gateway(MultiService):
     async def _stop(self) -> None:
         for listener in self.listeners:
             await listener.stopService()
-        in_flight = sum(len(channel.requests) for channel in self.site.channels)
+        in_flight = self.front.in_flight()
         if in_flight:
             log.info("draining {n} in-flight request(s)", n=in_flight)
-        await self.site.drain(self.resource.config.drain_timeout)
+        await self.front.drain(self.engine.config.drain_timeout)
         await super().stopService()
 
 
@@ -155,31 +156,24 @@ def make_gateway(
     discovery.setServiceParent(root)
     upstream = Upstream(reactor, config)
     _Closing(upstream.close).setServiceParent(root)
-    resource = GatewayResource(
-        discovery,
-        RoundRobin(),
-        upstream,
-        reactor,
-        config,
-        observers=[root.access_log],
-    )
-    site = GatewaySite(resource, reactor=reactor, timeout=config.body_idle_timeout)
-    root.resource = resource
-    root.site = site
+    engine = Engine(discovery, RoundRobin(), upstream, reactor, config, observers=[root.access_log])
+    front = GatewayFront(engine, reactor, timeout=config.body_idle_timeout)
+    root.engine = engine
+    root.front = front
     where: Sequence[Optional[IStreamServerEndpoint]] = endpoints or [None] * len(config.listen)
     root.listeners = [
-        Listener(description, site, reactor, endpoint) for description, endpoint in zip(config.listen, where)
+        Listener(description, front, reactor, endpoint) for description, endpoint in zip(config.listen, where)
     ]
     for listener in root.listeners:
         listener.setServiceParent(root)
     root.admin_listener = None
     if config.admin:
         admin = Admin(_inspected(root, discovery, upstream), reactor, ping=consul.ping if consul is not None else None)
-        resource.observers.append(admin.metrics.observe)
+        engine.observers.append(admin.metrics.observe)
         admin.setServiceParent(root)
         root.admin_listener = Listener(config.admin, admin.site, reactor)
         root.admin_listener.setServiceParent(root)
-    root.reconfigurable = [discovery, upstream, root.access_log, site]
+    root.reconfigurable = [discovery, upstream, root.access_log, front]
     # Last, so it stops first: no reload into a gateway going away.
     Reloader(root, load or (lambda: config), reactor).setServiceParent(root)
     return root
@@ -198,8 +192,9 @@ def _inspected(gateway: Gateway, discovery: IDiscoveryView, upstream: Upstream) 
 
     return Inspected(
         discovery=discovery,
-        outliers=gateway.resource.outliers,
+        outliers=gateway.engine.outliers,
         pool=upstream,
         config=lambda: gateway.config,
         listeners=listeners,
+        tunnels=lambda: gateway.engine.tunnels,
     )

@@ -1,4 +1,5 @@
 """
-The client side of the gateway: listeners and the HTTP/1.1 server that
-turns client bytes into requests, with every refusal of hostile input.
+The client side of the gateway: listeners, the parser seam and the lean
+HTTP/1.1 server protocol that turns client bytes into requests for the
+engine, with every refusal of hostile input, and the gateway's own answers.
 """

@@ -1,28 +1,21 @@
 """
-The client's upload, streamed from the HTTP channel to the upstream request
-with backpressure.
+The client's upload, streamed from the front to the upstream connection with
+backpressure.
 
-L{RequestBody} takes the body as it arrives and produces it to the upstream
-request.  It never holds more than a small window in memory: when no
-upstream takes the bytes fast enough, the client's transport is paused.
-Small bodies are also kept whole, so a failed attempt can be replayed to
-another instance.
+L{RequestBody} takes the body as the front parses it and writes it into
+whichever upstream connection the engine started it on.  It never holds
+more than a small window in memory: when no upstream takes the bytes fast
+enough, the client's reading is paused.  Small bodies are also kept whole,
+so a failed attempt can be replayed to another instance.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, List, Optional, Tuple
 
-from typing import Callable, List, Optional, Set
+__all__ = ["RequestBody", "WINDOW", "REPLAY_LIMIT"]
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IConsumer, IPushProducer
-from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from zope.interface import implementer
-
-
-__all__ = ["RequestBody"]
+HeaderList = List[Tuple[bytes, bytes]]
 
 # Bytes of upload kept while no upstream connection takes them yet; past it
 # the client is paused.  Small: the window is all we promise to hold.
@@ -33,40 +26,45 @@ WINDOW = 64 * 1024
 REPLAY_LIMIT = 64 * 1024
 
 
-@implementer(IBodyProducer)
 class RequestBody:
     """
-    A request body in flight: the HTTP channel writes into it as a file (it
-    stands in for C{Request.content}), the upstream HTTP client consumes it
-    as an L{IBodyProducer}.
+    A request body in flight.  The front calls L{write}, L{finish} and
+    L{client_lost}; an upstream connection consumes it through L{start},
+    L{pause}, L{resume} and L{detach}.
 
+    @ivar length: the announced length, or L{None} for a chunked upload.
     @ivar received: bytes of body received from the client so far.
+    @ivar trailers: the client's trailer fields, once complete.
+    @ivar complete: whether the client sent the whole body.
     """
 
     def __init__(
         self,
         length: Optional[int],
-        client: IPushProducer,
+        pause_client: Callable[[bool], None],
         limit: Optional[int] = None,
-        on_too_large: Optional[Callable[[], None]] = None,
     ) -> None:
-        self.length = UNKNOWN_LENGTH if length is None else length
+        self.length = length
         self._limit = limit
-        self._on_too_large = on_too_large
+        self._pause_client = pause_client
         self.received = 0
         self.complete = False
-        self._client = client
-        self._paused_by: Set[str] = set()
+        self.trailers: HeaderList = []
+        self._paused_by: set[str] = set()
         self._pending: List[bytes] = []
         self._pending_size = 0
-        self._consumer: Optional[IConsumer] = None
-        self._done: Optional[Deferred[None]] = None
-        self._abandoned = False
+        self._consumer: Any = None
         self._replay: Optional[List[bytes]] = []
         self._client_gone = False
+        self._dropping = False
         self._started = False
+        # Set by the front: called once if the body goes over the limit, and
+        # when an upstream starts reading a body the client holds back until
+        # told to go on (Expect: 100-continue).
+        self.on_too_large: Optional[Callable[[], None]] = None
+        self.continue_wanted: Optional[Callable[[], None]] = None
 
-    # -- the channel's side ---------------------------------------------------
+    # -- the front's side -----------------------------------------------------
     def write(self, data: bytes) -> None:
         self.received += len(data)
         if self._limit is not None and self.received > self._limit:
@@ -77,9 +75,9 @@ class RequestBody:
                 self._replay.append(data)
             else:
                 self._replay = None
-        if self._abandoned:
+        if self._client_gone or self._dropping:
             return
-        if self._consumer is not None and not self._pending:
+        if self._consumer is not None and not self._pending and not self._paused_by:
             self._consumer.write(data)
             return
         self._pending.append(data)
@@ -90,116 +88,111 @@ class RequestBody:
     def _too_large(self) -> None:
         # A chunked body over the limit: the upstream request fails rather
         # than receive a truncated body, and the client gets a 413.
-        if self._abandoned and self._on_too_large is None:
-            return
-        on_too_large, self._on_too_large = self._on_too_large, None
-        self._client_gone = True
-        self._abandoned = True
-        self._pending = []
-        self._replay = None
-        if self._done is not None:
-            done, self._done = self._done, None
-            done.errback(Failure(ConnectionLost("request body over the limit")))
+        on_too_large, self.on_too_large = self.on_too_large, None
+        self.client_lost()
         if on_too_large is not None:
             on_too_large()
 
-    def finish(self) -> None:
-        """
-        The client sent the whole body.
-        """
+    def finish(self, trailers: HeaderList) -> None:
+        """The client sent the whole body."""
         self.complete = True
+        self.trailers = trailers
         if self._consumer is not None and not self._pending:
-            self._succeed()
+            self._consumer.finish(trailers)
 
     def client_lost(self) -> None:
         """
-        The client connection went away: if the body never completed, the
-        upstream request must fail rather than send a short body.
+        The client connection went away (or its upload was refused): if the
+        body never completed, the upstream request must fail rather than
+        send a short body.
         """
-        if not self.complete:
-            self._client_gone = True
-            if self._done is not None:
-                done, self._done = self._done, None
-                done.errback(Failure(ConnectionLost("client closed the connection during the upload")))
-
-    def close(self) -> None:
-        """
-        The request is over.  An upload still incomplete now was answered
-        early by the upstream (or by us); the upstream client stops asking
-        for the rest by itself, so nothing is fired here, only dropped.
-        """
-        if not self.complete:
-            self._client_gone = True
-        self._abandoned = True
+        if self.complete or self._client_gone:
+            return
+        self._client_gone = True
         self._pending = []
         self._replay = None
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.fail()
 
     @property
     def replayable(self) -> bool:
-        """
-        Whether every byte sent so far is still at hand to send again.
-        """
+        """Whether every byte sent so far is still at hand to send again."""
         if self._client_gone:
             return False
         return not self._started or self._replay is not None
 
-    def rewind(self) -> None:
-        """
-        Start over for another upstream attempt: the next C{startProducing}
-        gets everything from the first byte.
-        """
-        if not self._started:
-            return  # nothing was consumed: what is pending is the whole body
-        assert self._replay is not None
-        self._started = False
-        self._consumer = None
-        self._done = None
-        self._abandoned = False
-        self._pending = list(self._replay)
-        self._pending_size = sum(map(len, self._pending))
+    @property
+    def started(self) -> bool:
+        return self._started
 
-    # -- the upstream client's side -------------------------------------------
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+    # -- the upstream connection's side ---------------------------------------
+    def start(self, consumer: Any) -> None:
+        """
+        Write into C{consumer} from the first byte (again, for a retry).
+        """
+        if self._started:
+            assert self._replay is not None
+            self._pending = list(self._replay)
+            self._pending_size = sum(map(len, self._pending))
         self._started = True
         self._consumer = consumer
-        self._done = Deferred()
-        done = self._done
-        pending, self._pending, self._pending_size = self._pending, [], 0
-        for data in pending:
-            consumer.write(data)
-        self._resume("window")
-        if self.complete:
-            self._succeed()
-        return done
+        self._paused_by.discard("upstream")
+        if self.continue_wanted is not None:
+            # Expect: 100-continue: the client waits for our word to send.
+            wanted, self.continue_wanted = self.continue_wanted, None
+            wanted()
+        self._flush()
 
-    def pauseProducing(self) -> None:
+    def _flush(self) -> None:
+        while self._pending and self._consumer is not None and "upstream" not in self._paused_by:
+            data = self._pending.pop(0)
+            self._pending_size -= len(data)
+            self._consumer.write(data)
+        if not self._pending:
+            self._resume("window")
+            if self.complete and self._consumer is not None:
+                self._consumer.finish(self.trailers)
+
+    def pause(self) -> None:
         self._pause("upstream")
 
-    def resumeProducing(self) -> None:
+    def resume(self) -> None:
         self._resume("upstream")
+        self._flush()
 
-    def stopProducing(self) -> None:
-        # The upstream request is over before the body is (it failed, or the
-        # upstream answered early).  Per IBodyProducer, our Deferred must not
-        # fire now; the rest of the upload is read and dropped.
-        self._done = None
-        self._abandoned = True
+    def detach(self) -> None:
+        """
+        The attempt is over before the body is: keep reading what the client
+        sends (and drop it, unless a retry will want it), never pausing it.
+        """
+        self._consumer = None
         self._pending = []
-        self._paused_by.clear()
-        self._client.resumeProducing()
+        self._pending_size = 0
+        self._paused_by.discard("upstream")
+        self._resume("window")
 
-    def _succeed(self) -> None:
-        if self._done is not None:
-            done, self._done = self._done, None
-            done.callback(None)
+    def close(self) -> None:
+        """
+        The request is over: whatever more of the body arrives is dropped.
+        """
+        self._dropping = True
+        self._consumer = None
+        self._pending = []
+        self._pending_size = 0
+        self._replay = None
+        self.continue_wanted = None
+        if self._paused_by:
+            self._paused_by.clear()
+            self._pause_client(False)
 
     def _pause(self, reason: str) -> None:
         if not self._paused_by:
-            self._client.pauseProducing()
+            self._pause_client(True)
         self._paused_by.add(reason)
 
     def _resume(self, reason: str) -> None:
         if reason in self._paused_by:
             self._paused_by.discard(reason)
             if not self._paused_by:
-                self._client.resumeProducing()
+                self._pause_client(False)

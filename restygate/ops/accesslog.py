@@ -67,7 +67,8 @@ def _log_time(second: int) -> str:
 
 def combined(c: Completed) -> str:
     """
-    The combined log format, then C{upstream dc service duration retries}.
+    The combined log format, then C{upstream dc service duration retries}
+    (and, for a tunnel, the bytes the client sent through it).
     """
     request_line = _escape(f"{c.method} {c.uri} {c.proto}")
     return (
@@ -75,6 +76,8 @@ def combined(c: Completed) -> str:
         f'{c.status} {c.bytes_sent or "-"} '
         f'"{_escape(c.referer) or "-"}" "{_escape(c.user_agent) or "-"}" '
         f'{c.upstream or "-"} {c.dc or "-"} {c.service or "-"} {c.duration:.3f} {c.retries}'
+        # An Upgrade tunnel's line, at its close, has the bytes the other way too.
+        + (f" {c.bytes_received}" if c.status == 101 else "")
     )
 
 
@@ -90,6 +93,8 @@ def json_line(c: Completed) -> str:
     }
     for name in _FIELDS:
         record[name] = getattr(c, name)
+    if c.failure is not None:
+        record["failure"] = c.failure.name.lower()
     return json.dumps(record, separators=(",", ":"))
 
 

@@ -38,28 +38,15 @@ __all__ = ["Metrics", "error_kind"]
 # From a millisecond to the default upstream timeout (60 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-# The proxy's error messages as a small fixed set of kinds.  A 5xx whose
-# message is not listed counts as "other" when an instance was tried, so a
-# new message in the proxy can never add label values.
-_UPSTREAM_ERRORS: Dict[str, str] = {
-    "upstream unreachable": "connect",
-    "upstream closed the connection before answering": "reset",
-    "upstream timed out": "timeout",
-    "no passing instance": "no_instance",
-}
-
-
 def error_kind(c: Completed) -> Optional[str]:
     """
-    The C{kind} label of a request's upstream error, or L{None} when the
-    request had none (success, the upstream's own answer, a client error).
+    The C{kind} label of a request's upstream error: the failure's own, when
+    the gateway answered with an error of its own about the upstream side;
+    L{None} otherwise (success, the upstream's own answer, a client error).
     """
-    if c.error is None or c.status < 500:
+    if c.failure is None or c.error is None:
         return None
-    kind = _UPSTREAM_ERRORS.get(c.error)
-    if kind is None and c.upstream is not None:
-        return "other"
-    return kind
+    return c.failure.kind
 
 
 class _Series:
@@ -216,4 +203,7 @@ class _StateCollector(Collector):
             "restygate_pool_idle_connections",
             "Idle keep-alive connections to upstream instances, ready for reuse.",
             value=gateway.pool.idle_connections(),
+        )
+        yield GaugeMetricFamily(
+            "restygate_tunnels", "Open Upgrade tunnels (WebSocket...).", value=gateway.tunnels(),
         )

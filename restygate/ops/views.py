@@ -133,3 +133,5 @@ class Inspected:
     pool: IPoolView
     config: Callable[[], Config]
     listeners: Callable[[], Sequence[Tuple[str, IListenerView]]]
+    # Open Upgrade tunnels (WebSocket...).
+    tunnels: Callable[[], int] = lambda: 0

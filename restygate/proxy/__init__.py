@@ -1,4 +1,5 @@
 """
-The forwarding engine: the routing contract, the exchange of one request
-with an instance, the header rules and the relay of bodies.
+The forwarding engine, independent of the front that feeds it: the routing
+contract, the one failure classification, the exchange of one request with
+instances, the header rules, Upgrade tunnels, and the twisted.web face.
 """

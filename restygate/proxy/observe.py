@@ -9,9 +9,11 @@ state, so adding one cannot change how requests are served.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, List, Optional, Protocol, Tuple
 
-__all__ = ["Completed", "RequestObserver"]
+from restygate.proxy.failure import Failure
+
+__all__ = ["Completed", "RequestObserver", "completed_record"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class Completed:
         (C{"no passing instance"}, C{"upstream timed out"}...), else L{None}.
     @ivar aborted: the client went away, or the connection was cut, before
         the response was complete.
+    @ivar failure: what went wrong, when something did (the gateway's own
+        answer, a cut response, a client gone), else L{None}.
+    @ivar bytes_received: for an Upgrade tunnel, bytes the client sent
+        through it (C{bytes_sent} counts the other way).
     @ivar referer: the client's C{Referer} header, or C{""}.
     @ivar user_agent: the client's C{User-Agent} header, or C{""}; these two
         are what the combined access log format needs beyond the request.
@@ -50,6 +56,59 @@ class Completed:
     aborted: bool
     referer: str = ""
     user_agent: str = ""
+    failure: Optional[Failure] = None
+    bytes_received: int = 0
 
 
 RequestObserver = Callable[[Completed], None]
+
+
+class Outcome(Protocol):
+    """What an exchange knows of a request at its end."""
+
+    started: float
+    route: Any
+    upstream_latency: Optional[float]
+    retries: int
+    error: Optional[str]
+    aborted: bool
+    failure: Optional[Failure]
+    tunnel_bytes_up: int
+
+    @property
+    def upstream(self) -> Optional[str]: ...
+
+
+def _first(headers: List[Tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
+    """The record of a request (a L{restygate.proxy.downstream.Downstream}) that ended."""
+    route = outcome.route
+    headers = request.headers
+    return Completed(
+        started=outcome.started,
+        duration=now - outcome.started,
+        client=request.client_ip,
+        method=request.method.decode("latin-1"),
+        uri=request.target.decode("latin-1"),
+        proto=request.version.decode("latin-1"),
+        host=_first(headers, b"host"),
+        referer=_first(headers, b"referer"),
+        user_agent=_first(headers, b"user-agent"),
+        status=request.status,
+        bytes_sent=request.bytes_sent,
+        dc=route.dc if route else None,
+        service=route.service if route else None,
+        upstream=outcome.upstream,
+        upstream_latency=outcome.upstream_latency,
+        retries=outcome.retries,
+        error=outcome.error,
+        aborted=outcome.aborted,
+        failure=outcome.failure,
+        bytes_received=outcome.tunnel_bytes_up,
+    )

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Tuple
 
-__all__ = ["Route", "RouteError", "parse_target", "host_matches"]
+__all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "valid_host"]
 
 # Consul's service and datacenter names: letters, digits, '-', '_', '.'.
 _NAME = re.compile(rb"[A-Za-z0-9_.\-]{1,255}")
+
+# host[:port]: a registered name, an IPv4 address or a bracketed IPv6 one,
+# and nothing else (no userinfo, path, spaces or controls).
+_HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
 
 
 class RouteError(Exception):
@@ -100,3 +104,23 @@ def host_matches(host: bytes, names: Tuple[str, ...]) -> bool:
         elif wanted == name:
             return True
     return False
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether a C{Host} value is a plain C{host[:port]}."""
+    return _HOST.fullmatch(value) is not None
+
+
+def route_request(target: bytes, hosts: List[bytes], server_names: Tuple[str, ...]) -> Route:
+    """
+    Where a request goes, given its target and its C{Host} values; checks
+    the C{Host} first (RFC 9112: one, and a valid one, or 400), then the
+    configured server names (404), then the target (L{parse_target}).
+    """
+    if len(hosts) > 1:
+        raise RouteError(400, "more than one Host header")
+    if hosts and not valid_host(hosts[0]):
+        raise RouteError(400, "invalid Host header")
+    if server_names and not host_matches(hosts[0] if hosts else b"", server_names):
+        raise RouteError(404, "unknown server name")
+    return parse_target(target)

@@ -1,4 +1,5 @@
 """
-The instance side: the pooled HTTP/1.1 connections to instances, TLS to
-them, and the policy that chooses and judges them (balancer, outliers, retries).
+The instance side: restygate's own HTTP/1.1 client protocol, its pool of
+connections per instance, TLS to them, and the policy that chooses and
+judges them (balancer, outliers, retries).
 """

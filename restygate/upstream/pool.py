@@ -1,15 +1,22 @@
 """
-The upstream side: one L{HTTPConnectionPool} of HTTP/1.1 keep-alive
-connections to service instances, and requests sent over it.
+The upstream side: a pool of HTTP/1.1 keep-alive connections per instance,
+speaking restygate's own client protocol (L{restygate.upstream.client}).
 
-A request goes straight to a pooled connection, as Twisted's C{Agent} does
-inside, without the agent around it: the target is already in origin form
-and the instance already chosen, so parsing a URL back out of them, once per
-request, was a tenth of the gateway's time.  Nor is it treq's
-C{HTTPClient}: a proxy must not keep a cookie jar shared by every client,
-decode content encodings or follow redirects.  Connections go only to the address and port of an
-L{Instance} that discovery handed us; the endpoint is built from that
-instance, never from anything the client sent.
+It is a pool of its own with C{HTTPConnectionPool}'s knob, not
+C{HTTPConnectionPool} itself: that pool is built around Twisted's
+C{HTTP11ClientProtocol} (its private states, a Deferred chain per request,
+its own retry of requests it thinks safe), and plugging another protocol in
+means imitating those private states.  What restygate needs from a pool is
+small: per instance key, a stack of idle connections, at most C{pool-size}
+of them kept (C{maxPersistentPerHost}'s meaning: more may be open at once,
+only that many wait idle), idle ones closed after
+L{IDLE_CONNECTION_TIMEOUT}, and nothing retried behind the proxy's back.  A
+connection that receives bytes while idle, or that a response left in
+doubt, closes itself and never comes back here.
+
+Connections go only to the address and port of an L{Instance} that
+discovery handed us; the endpoint is built from that instance, never from
+anything the client sent.
 
 An instance is reached over HTTPS when Consul says it speaks it: a tag
 C{https}, or C{Meta.protocol = "https"}.  Its certificate must then be valid
@@ -32,36 +39,30 @@ they were made with, new connections get the new settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Tuple
 
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import (
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseFailed,
-)
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.python.failure import Failure as TwistedFailure
 from zope.interface import implementer
 
-from restygate._compat import IOpenSSLTrustRoot, QuietClientFactory, Request, idle_connections
+from restygate._compat import IOpenSSLTrustRoot
 from restygate.config import Config
 from restygate.discovery.model import Instance
 from restygate.ops.views import IPoolView
-from restygate.tls import client_creator, openssl_reason, trust_root
+from restygate.proxy.failure import Failed, Failure
+from restygate.tls import client_creator, trust_root
+from restygate.upstream.client import UpstreamConnection, UpstreamTLSError
 
 __all__ = ["Upstream", "UpstreamTLSError", "uses_tls", "tls_server_name"]
 
@@ -71,14 +72,7 @@ log = Logger()
 # timeouts (nginx 75 s, many app servers less) close them under us.
 IDLE_CONNECTION_TIMEOUT = 30
 
-
-class UpstreamTLSError(ConnectError):
-    """
-    The TLS handshake with an upstream failed: the request never reached it.
-    """
-
-    # ConnectError's messages start with this.
-    MESSAGE = "TLS handshake with the upstream failed"
+Key = Tuple[Hashable, ...]
 
 
 def uses_tls(instance: Instance) -> bool:
@@ -138,45 +132,54 @@ class _InstanceEndpoint:
         return HostnameEndpoint(self._reactor, host, port, timeout=timeout)
 
     def __repr__(self) -> str:
-        # The pool names each connection's factory with this.
         return f"<upstream {self.scheme.decode()}://{self._instance.netloc}>"
 
 
-class _InstancePool(HTTPConnectionPool):
-    _factory = QuietClientFactory
+class _ConnectionFactory(Factory):
+    """
+    Builds the one connection an endpoint's connect makes.
+    """
+
+    noisy = False
+
+    def __init__(self, upstream: Upstream, key: Key, tls_name: Optional[str]) -> None:
+        self._upstream = upstream
+        self._key = key
+        self._tls_name = tls_name
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> UpstreamConnection:
+        connection = UpstreamConnection(self._key, self._upstream._idle, self._upstream._lost)
+        connection.tls_name = self._tls_name
+        return connection
 
 
-def _tls_failed(failure: Failure, endpoint: _InstanceEndpoint) -> Failure:
-    """
-    A failed handshake (a certificate not trusted or not for this name, a
-    peer that does not speak TLS) reaches the HTTP client as a response that
-    never came.  Say what it was, as the connection failure it is: the
-    request never reached the upstream's application.
-    """
-    if not failure.check(ResponseFailed, RequestTransmissionFailed):
-        return failure
-    for reason in getattr(failure.value, "reasons", []):
-        if reason.check(VerificationError):
-            raise UpstreamTLSError(string=f"certificate is not valid for {endpoint.server_name!r}")
-        if reason.check(SSL.Error):
-            reason_text = openssl_reason(reason.value)
-            raise UpstreamTLSError(string=f"{reason_text} (expecting {endpoint.server_name!r})")
-    return failure
+def _connect_failed(failure: TwistedFailure) -> UpstreamConnection:
+    if failure.check(Failed):
+        failure.raiseException()
+    if failure.check(TimeoutError):
+        raise Failed(Failure.CONNECT_TIMEOUT, f"connect timed out: {failure.getErrorMessage()}")
+    if failure.check(ConnectionRefusedError):
+        raise Failed(Failure.CONNECT_REFUSED, f"connection refused: {failure.getErrorMessage()}")
+    failure.trap(Exception)
+    raise Failed(Failure.CONNECT_REFUSED, f"cannot connect: {failure.getErrorMessage()}")
 
 
 @implementer(IPoolView)
 class Upstream:
     """
-    Sends requests to instances over the shared keep-alive pool.
+    Connections to instances: a kept idle one when there is one, else a new one.
+
+    @ivar max_idle: idle connections kept per instance (C{pool-size}).
     """
 
     _settings: _Settings
 
     def __init__(self, reactor: Any, config: Config) -> None:
         self._reactor = reactor
-        self.pool = _InstancePool(reactor, persistent=True)
-        self.pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
+        self._idle_by_key: Dict[Key, List[Tuple[float, UpstreamConnection]]] = {}
+        self._sweep: Optional[IDelayedCall] = None
         self._insecure = False
+        self.max_idle = config.pool_size
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -184,7 +187,7 @@ class Upstream:
         Take C{config}'s pool size, connect timeout and upstream TLS trust.
         A smaller pool size applies as idle connections expire.
         """
-        self.pool.maxPersistentPerHost = config.pool_size
+        self.max_idle = config.pool_size
         if config.upstream_tls_insecure and not self._insecure:
             log.warn(
                 "upstream-tls-insecure is set: certificates of HTTPS upstreams are NOT verified, "
@@ -194,35 +197,66 @@ class Upstream:
         trust = None if self._insecure else trust_root(config.upstream_ca)
         self._settings = _Settings(config.connect_timeout, trust)
 
-    def request(
-        self,
-        instance: Instance,
-        method: bytes,
-        target: bytes,
-        headers: Headers,
-        body: Optional[IBodyProducer],
-    ) -> Deferred[IResponse]:
+    def acquire(self, instance: Instance) -> Deferred[UpstreamConnection]:
         """
-        Send C{method target} to C{instance}; C{target} is the origin-form
-        path and query for the upstream.
+        A connection to C{instance} that is ready for a request; fails with
+        L{Failed} when none can be made.
         """
         endpoint = _InstanceEndpoint(self._reactor, instance, self._settings)
-        if not headers.hasHeader(b"host"):
-            # An HTTP/1.0 client may send none; HTTP/1.1 requires one.
-            headers.setRawHeaders(b"host", [instance.netloc.encode("ascii")])
-        # Keyed by the endpoint's key, not (scheme, host, port): TLS
-        # connections to one address checked for different names differ.
-        connecting: Deferred[Any] = self.pool.getConnection(endpoint.pool_key, endpoint)
-        result: Deferred[IResponse] = connecting.addCallback(
-            lambda connection: connection.request(Request(method, target, headers, body, True))
+        idle = self._idle_by_key.get(endpoint.pool_key)
+        while idle:
+            _, connection = idle.pop()
+            if connection.connected:
+                return succeed(connection)
+        connecting: Deferred[Any] = endpoint.connect(
+            _ConnectionFactory(self, endpoint.pool_key, endpoint.server_name)
         )
-        if endpoint.server_name is not None:
-            result.addErrback(_tls_failed, endpoint)
+        result: Deferred[UpstreamConnection] = connecting.addErrback(_connect_failed)
         return result
 
     def idle_connections(self) -> int:
-        return idle_connections(self.pool)
+        """Idle keep-alive connections, ready for reuse."""
+        return sum(len(idle) for idle in self._idle_by_key.values())
+
+    def _idle(self, connection: UpstreamConnection) -> None:
+        idle = self._idle_by_key.setdefault(connection.key, [])
+        if len(idle) >= self.max_idle:
+            transport: Any = connection.transport
+            transport.loseConnection()
+            return
+        idle.append((self._reactor.seconds(), connection))
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(IDLE_CONNECTION_TIMEOUT, self._expire)
+
+    def _lost(self, connection: UpstreamConnection) -> None:
+        idle = self._idle_by_key.get(connection.key)
+        if idle:
+            kept = [entry for entry in idle if entry[1] is not connection]
+            if kept:
+                self._idle_by_key[connection.key] = kept
+            else:
+                del self._idle_by_key[connection.key]
+
+    def _expire(self) -> None:
+        # One timer for the whole pool rather than one per idle connection:
+        # going idle and busy again must cost nothing on the request path.
+        self._sweep = None
+        oldest = self._reactor.seconds() - IDLE_CONNECTION_TIMEOUT
+        for idle in list(self._idle_by_key.values()):
+            for since, connection in [entry for entry in idle if entry[0] <= oldest]:
+                transport: Any = connection.transport
+                transport.loseConnection()
+        if self.idle_connections():
+            self._sweep = self._reactor.callLater(IDLE_CONNECTION_TIMEOUT / 2, self._expire)
 
     def close(self) -> Deferred[None]:
-        result: Deferred[None] = self.pool.closeCachedConnections()
-        return result
+        """Close every idle connection (the gateway is stopping)."""
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        for idle in list(self._idle_by_key.values()):
+            for _, connection in list(idle):
+                transport: Any = connection.transport
+                transport.loseConnection()
+        self._idle_by_key.clear()
+        return succeed(None)

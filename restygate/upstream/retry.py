@@ -1,10 +1,9 @@
 """
-When a failed upstream attempt may be tried again on another instance.
+What bounds retries of failed upstream attempts on another instance.
 
-Only failures before any response byte are retried: a connection that was
-never established (any method: the request provably never reached the
-upstream), or one reset or closed before the status line (idempotent methods
-only: the upstream may have acted on it).  A retry budget caps retries of
+Which failures may be retried is each L{restygate.proxy.failure.Failure}'s
+to say (any method when the request provably never reached the upstream,
+L{IDEMPOTENT} methods when the upstream may have acted on it).  A retry budget caps retries of
 requests an upstream may have seen at a fraction of recent requests, plus a
 small floor, so a broken service meets a trickle of retries rather than a
 storm; a refused connection put no load on anyone and is not budgeted.
@@ -12,38 +11,24 @@ storm; a refused connection put no load on anyone and is not budgeted.
 
 from __future__ import annotations
 
-from typing import FrozenSet, List
+from typing import Any, FrozenSet, List
 
-from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
-from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
-from restygate._compat import RequestNotSent
-
-__all__ = ["IDEMPOTENT", "never_reached", "retriable", "RetryBudget"]
+__all__ = ["IDEMPOTENT", "RetryBudget", "may_retry"]
 
 IDEMPOTENT: FrozenSet[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
-def never_reached(failure: Failure) -> bool:
+def may_retry(never_reached: bool, retriable: bool, method: bytes, body: Any) -> bool:
     """
-    The request never got to the upstream: no connection, or the pool's
-    connection died before a byte of the request was sent.
+    Whether a failed attempt may be tried elsewhere, budget aside: any
+    method when it C{never_reached} the upstream, an idempotent one when the
+    failure is C{retriable}; and only with a body still at hand to resend.
     """
-    return bool(failure.check(ConnectError, DNSLookupError, RequestNotSent))
-
-
-def retriable(method: bytes, failure: Failure) -> bool:
-    """
-    Whether C{failure} of a C{method} request, before any response, may be
-    retried elsewhere.
-    """
-    if never_reached(failure):
-        return True
-    return method in IDEMPOTENT and bool(
-        failure.check(ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed)
-    )
+    if not (never_reached or (retriable and method in IDEMPOTENT)):
+        return False
+    return body is None or bool(body.replayable)
 
 
 class RetryBudget:

@@ -34,6 +34,7 @@ DEFAULT_CONFIG = Config(
     max_connections=10000,
     max_body=None,
     header_timeout=30.0,
+    tunnel_idle_timeout=3600.0,
     body_idle_timeout=60.0,
     drain_timeout=30.0,
     admin="tcp:9901:interface=127.0.0.1",

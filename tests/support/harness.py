@@ -107,7 +107,7 @@ class GatewayRig:
         return stopped
 
     def watcher(self, dc: str, service: str) -> Any:
-        discovery: Any = self.gateway.resource.discovery
+        discovery: Any = self.gateway.engine.discovery
         return discovery.watchers[(dc, service)]
 
     def gateway_instances(self, dc: str, service: str) -> int:

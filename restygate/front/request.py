@@ -1,0 +1,157 @@
+"""
+One request on a lean front connection, as the engine sees it (a
+L{restygate.proxy.downstream.Downstream}): its head, its body, and the
+writing of its response in HTTP/1.1 framing.
+
+The framing is the front's business: the upstream's C{Content-Length} is
+kept (on HEAD and 304 answers too); a body of unknown length goes out
+chunked to an HTTP/1.1 client (with the upstream's trailers when the client
+said C{TE: trailers}) and delimited by closing to an HTTP/1.0 one; an
+HTTP/1.0 client that asked for keep-alive gets it.  A response given before
+the upload was all read ends the connection, since the rest of the upload
+cannot be told from a next request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Protocol, Tuple
+
+from restygate.front.body import RequestBody
+from restygate.proxy.downstream import ExchangeEvents, Pausable
+
+__all__ = ["ClientRequest", "FrontConnection"]
+
+HeaderList = List[Tuple[bytes, bytes]]
+
+
+class FrontConnection(Protocol):
+    """What a request needs of its connection (L{restygate.front.server.HTTPConnection})."""
+
+    client_ip: str
+    secure: bool
+    closing: bool
+    write_paused: bool
+    transport: Any
+
+    def request_done(self, request: ClientRequest) -> None: ...
+
+    def cut(self, delimited: bool) -> None: ...
+
+    def take_over(self, request: ClientRequest, sink: Callable[[bytes], None]) -> Optional[Tuple[Any, bytes]]: ...
+
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class ClientRequest:
+    """
+    A request read by a front connection, answered through it.
+    """
+
+    def __init__(
+        self,
+        connection: FrontConnection,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: HeaderList,
+        keep_alive: bool,
+        body: Optional[RequestBody],
+        wants_trailers: bool,
+    ) -> None:
+        self.connection = connection
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = body
+        self.client_ip = connection.client_ip
+        self.secure = connection.secure
+        self.wants_trailers = wants_trailers
+        self.status = 0
+        self.bytes_sent = 0
+        self.started = False
+        self.finished = False
+        self.source: Optional[Pausable] = None
+        self.events: Optional[ExchangeEvents] = None
+        self._chunked = False
+        self._no_body = False
+        self._length: Optional[int] = None
+
+    def attach(self, events: ExchangeEvents) -> None:
+        self.events = events
+
+    def interim(self, status: int, headers: HeaderList) -> None:
+        if self.version == b"HTTP/1.1" and not self.started and not self.finished:
+            transport: Any = self.connection.transport
+            transport.write(
+                b"HTTP/1.1 %d Early Hints\r\n%s\r\n" % (status, b"".join(b"%s: %s\r\n" % h for h in headers))
+                if status == 103 else
+                b"HTTP/1.1 %d Informational\r\n%s\r\n" % (status, b"".join(b"%s: %s\r\n" % h for h in headers))
+            )
+
+    def respond(self, status: int, reason: bytes, headers: HeaderList, length: Optional[int]) -> None:
+        self.started = True
+        self.status = status
+        body = self.body
+        keep = self.keep_alive and not self.connection.closing
+        if body is not None and not body.complete:
+            # The rest of the upload could not be told from a next request.
+            keep = False
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
+        self._no_body = self.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
+        self._length = length
+        if status == 101:
+            keep = False
+        elif length is None and not self._no_body:
+            if self.version == b"HTTP/1.1":
+                self._chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep = False
+        if not keep:
+            if status != 101:
+                lines.append(b"Connection: close\r\n")
+        elif self.version == b"HTTP/1.0":
+            lines.append(b"Connection: keep-alive\r\n")
+        self.keep_alive = keep
+        lines.append(b"\r\n")
+        transport: Any = self.connection.transport
+        transport.write(b"".join(lines))
+
+    def write(self, data: bytes) -> None:
+        if self._no_body or not data or self.finished:
+            return
+        self.bytes_sent += len(data)
+        transport: Any = self.connection.transport
+        if self._chunked:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def finish(self, trailers: HeaderList) -> None:
+        if self.finished:
+            return
+        if self._chunked:
+            transport: Any = self.connection.transport
+            if trailers and self.wants_trailers:
+                transport.write(b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % t for t in trailers))
+            else:
+                transport.write(b"0\r\n\r\n")
+        self.finished = True
+        self.source = None
+        self.connection.request_done(self)
+
+    def abort(self) -> None:
+        self.finished = True
+        self.source = None
+        self.connection.cut(delimited=self._chunked or self._length is not None)
+
+    def set_source(self, source: Optional[Pausable]) -> None:
+        self.source = source
+        if source is not None and self.connection.write_paused:
+            source.pause_reading()
+
+    def take_over(self, sink: Callable[[bytes], None]) -> Optional[Tuple[Any, bytes]]:
+        return self.connection.take_over(self, sink)

@@ -1,0 +1,399 @@
+"""
+The lean HTTP/1.1 front: a plain Twisted L{Protocol} per client connection,
+parsing with llhttp (L{restygate.front.parser}) and handing each request to
+the engine as a L{ClientRequest}.
+
+It is where hostile input is turned away before it can reach an upstream:
+malformed framing and smuggling vectors (400), oversized or too many
+headers (431), a request line over the limit (414), HTTP versions other
+than 1.0/1.1 (505), headers sent too slowly (408), bodies over the limit
+(413) and connections over the limit (503).  Each gets a short JSON answer,
+a log line, and a closed connection.
+
+Pipelined requests are read ahead a little and answered in order; the
+connection is the producer of its transport, so a slow client pauses the
+upstream connection its current response comes from.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure as TwistedFailure
+from zope.interface import implementer
+
+from restygate.front.answers import refusal
+from restygate.front.body import RequestBody
+from restygate.front.parser import ParseError, RequestParser
+from restygate.front.request import ClientRequest
+from restygate.proxy.engine import Engine
+from restygate.proxy.failure import Failure
+
+__all__ = ["HTTPConnection", "GatewayFront"]
+
+log = Logger()
+
+# Requests read ahead of the one being answered before reading pauses.
+PIPELINE_DEPTH = 8
+
+# Seconds a cut response gets to deliver what was written before it.
+CUT_GRACE = 5.0
+
+
+@implementer(IPushProducer)
+class HTTPConnection(Protocol):
+    """
+    One client connection.
+    """
+
+    factory: GatewayFront
+
+    def __init__(self) -> None:
+        self.client_ip = "unknown"
+        self.secure = False
+        self.closing = False
+        self.write_paused = False
+        self._parser = RequestParser(self)
+        self._queue: Deque[ClientRequest] = deque()
+        self._parsing: Optional[ClientRequest] = None
+        self._refused = False
+        self._timer: Optional[IDelayedCall] = None
+        self._timing_headers = False
+        self._read_paused: Set[Any] = set()
+        self._tunnel: Optional[Callable[[bytes], None]] = None
+        self._upgrade_rest: Optional[List[bytes]] = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is being answered (or a tunnel is open)."""
+        return bool(self._queue) or self._tunnel is not None
+
+    # -- connection -----------------------------------------------------------
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.client_ip = str(getattr(transport.getPeer(), "host", "") or "unknown")
+        self.secure = ISSLTransport.providedBy(transport)
+        self.factory.channels.add(self)
+        transport.registerProducer(self, True)
+        self._timer = self.factory.clock.callLater(self.factory.timeOut, self._timed_out)
+
+    def connectionLost(self, reason: TwistedFailure = connectionDone) -> None:
+        self.closing = True
+        self.factory.forget(self)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel(b"")
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None and parsing.body is not None:
+            parsing.body.client_lost()
+        if self._queue:
+            active = self._queue[0]
+            self._queue.clear()
+            if active.body is not None:
+                active.body.client_lost()
+            if not active.finished and active.events is not None:
+                active.events.client_gone()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel(data)
+            return
+        if self._refused:
+            return
+        if self._upgrade_rest is not None:
+            self._upgrade_rest.append(data)
+            self.pause_reading("upgrade", True)
+            return
+        if not self._timing_headers and self._parsing is None:
+            # The first byte of a request starts the clock for its headers,
+            # so a client trickling them in (slowloris) cannot hold us.
+            self._timing_headers = True
+            self._set_timer(self.factory.config.header_timeout)
+        try:
+            rest = self._parser.feed(data)
+        except ParseError as e:
+            self.refuse(e.status, e.message)
+            return
+        if rest is not None:
+            # An Upgrade request: what follows belongs to the new protocol
+            # if the upstream agrees, so it is held, and reading stops.
+            self._upgrade_rest = [rest]
+            self.pause_reading("upgrade", True)
+
+    # -- the parser's events --------------------------------------------------
+    def request_head(self, method: bytes, target: bytes, version: bytes, headers: List[Any],
+                     keep_alive: bool, upgrade: bool) -> None:
+        self._timing_headers = False
+        config = self.factory.config
+        length: Optional[int] = None
+        chunked = False
+        expect = te = False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = int(value)
+            elif lowered == b"transfer-encoding":
+                chunked = True
+            elif lowered == b"expect":
+                expect = value.lower() == b"100-continue"
+            elif lowered == b"te":
+                te = b"trailers" in value.lower()
+        limit = config.max_body
+        if limit is not None and length is not None and length > limit:
+            raise ParseError(413, "request body too large")
+        body: Optional[RequestBody] = None
+        if chunked or (length is not None and length > 0 and not upgrade):
+            body = RequestBody(None if chunked else length, self._body_paused(), limit)
+        # After an Upgrade request the parser stops: whatever answer it gets,
+        # the connection ends with it unless it becomes a tunnel.
+        request = ClientRequest(self, method, target, version, headers, keep_alive and not upgrade, body, te)
+        if body is not None:
+            body.on_too_large = lambda: self._too_large(request)
+            if expect and version == b"HTTP/1.1":
+                body.continue_wanted = lambda: self._continue(request)
+        self._parsing = request
+        self._queue.append(request)
+        if self._timer is not None and self._timer.active() and len(self._queue) == 1:
+            self._timer.cancel()
+            self._timer = None
+        if len(self._queue) == 1:
+            self.factory.engine.handle(request)
+        elif len(self._queue) > PIPELINE_DEPTH:
+            self.pause_reading("pipeline", True)
+
+    def request_body(self, data: bytes) -> None:
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None:
+            parsing.body.write(data)
+
+    def request_end(self, trailers: List[Any]) -> None:
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None and parsing.body is not None:
+            parsing.body.finish(trailers)
+
+    def _body_paused(self) -> Callable[[bool], None]:
+        key = object()
+        return lambda paused: self.pause_reading(key, paused)
+
+    def _continue(self, request: ClientRequest) -> None:
+        if not request.started and self._queue and self._queue[0] is request:
+            transport: Any = self.transport
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _too_large(self, request: ClientRequest) -> None:
+        log.info("request body from {peer} over the limit; refused", peer=self.client_ip)
+        if self._queue and self._queue[0] is request and request.events is not None:
+            request.events.client_failed(Failure.BODY_TOO_LARGE)
+        else:
+            self.refuse(413, "request body too large")
+
+    # -- answers --------------------------------------------------------------
+    def request_done(self, request: ClientRequest) -> None:
+        """C{request}'s response is complete."""
+        if not self._queue or self._queue[0] is not request:
+            return
+        self._queue.popleft()
+        if request.body is not None and request is not self._parsing:
+            request.body.close()
+        if not request.keep_alive or self.factory.draining or self.closing:
+            self.closing = True
+            transport: Any = self.transport
+            transport.loseConnection()
+            return
+        if self._queue:
+            self.pause_reading("pipeline", len(self._queue) > PIPELINE_DEPTH)
+            self.factory.engine.handle(self._queue[0])
+        elif not self._timing_headers:
+            self._set_timer(self.factory.timeOut)
+
+    def cut(self, delimited: bool) -> None:
+        """
+        End a response that cannot be completed.  When its framing tells the
+        client the body is short (a length, or chunks without the last one),
+        what was written is still delivered before the close; otherwise, or
+        when the client is not reading, the connection is reset.
+        """
+        self.closing = True
+        transport: Any = self.transport
+        if delimited and not self.write_paused:
+            transport.loseConnection()
+            # A client that stops reading now must not hold the connection.
+            self._timing_headers = False
+            self._set_timer(CUT_GRACE)
+        else:
+            transport.abortConnection()
+
+    def refuse(self, status: int, error: str) -> None:
+        """
+        Answer with C{status} and close, discarding whatever else the client
+        sends: after malformed framing nothing more it says can be trusted.
+        """
+        log.info("refused a request from {peer}: {status} {error}", peer=self.client_ip, status=status, error=error)
+        self._refused = True
+        self.closing = True
+        transport: Any = self.transport
+        if self._queue and self._queue[0].started:
+            # Another response is under way: it cannot be followed cleanly.
+            transport.abortConnection()
+            return
+        transport.write(refusal(status, error))
+        transport.loseConnection()
+
+    # -- timers ---------------------------------------------------------------
+    def _set_timer(self, seconds: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self.factory.clock.callLater(seconds, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        transport: Any = self.transport
+        if self.closing:
+            transport.abortConnection()
+        elif self._timing_headers:
+            self.refuse(408, "request headers not received in time")
+        elif not self._queue:
+            transport.loseConnection()
+
+    # -- flow control ---------------------------------------------------------
+    def pause_reading(self, key: Any, paused: bool) -> None:
+        """Stop (or start again) reading from the client, for C{key}'s sake."""
+        transport: Any = self.transport
+        if paused:
+            if not self._read_paused:
+                transport.pauseProducing()
+            self._read_paused.add(key)
+        elif key in self._read_paused:
+            self._read_paused.discard(key)
+            if not self._read_paused and not self.closing:
+                transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.write_paused = True
+        if self._queue and self._queue[0].source is not None:
+            self._queue[0].source.pause_reading()
+
+    def resumeProducing(self) -> None:
+        self.write_paused = False
+        if self._queue and self._queue[0].source is not None:
+            self._queue[0].source.resume_reading()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def take_over(self, request: ClientRequest, sink: Callable[[bytes], None]) -> Optional[Tuple[Any, bytes]]:
+        """
+        Give C{request}'s connection to a tunnel: from now on what the client
+        sends goes to C{sink}.  Returns the transport and the bytes already
+        read after the request's head.
+        """
+        if not self._queue or self._queue[0] is not request or self._upgrade_rest is None:
+            return None
+        self._queue.clear()
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        self._tunnel = sink
+        held, self._upgrade_rest = self._upgrade_rest, None
+        self._read_paused.clear()
+        return transport, b"".join(held)
+
+
+class _Busy(Protocol):
+    """
+    Answers a connection over the limit with a 503 and closes it: a clear
+    refusal instead of a silent reset.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        log.warn("too many client connections; refusing {peer}",
+                 peer=str(getattr(transport.getPeer(), "host", "-")))
+        transport.write(refusal(503, "too many connections"))
+        transport.loseConnection()
+
+
+class GatewayFront(Factory):
+    """
+    Builds the front's connections for every listener of one gateway.
+
+    @ivar channels: the open client connections.
+    @ivar timeOut: seconds an idle keep-alive connection is kept.
+    """
+
+    noisy = False
+
+    def __init__(self, engine: Engine, clock: IReactorTime, timeout: float) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.timeOut = timeout
+        self.channels: Set[HTTPConnection] = set()
+        self.draining = False
+        self._closed_waiters: Dict[HTTPConnection, List[Deferred[None]]] = {}
+
+    @property
+    def config(self) -> Any:
+        return self.engine.config
+
+    def reconfigure(self, config: Any) -> None:
+        # Connections go idle with the new timeout from now on; the other
+        # limits are read from the config on each use.
+        self.timeOut = config.body_idle_timeout
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        if len(self.channels) >= self.config.max_connections:
+            busy = _Busy()
+            busy.factory = self
+            return busy
+        connection = HTTPConnection()
+        connection.factory = self
+        return connection
+
+    def forget(self, connection: HTTPConnection) -> None:
+        self.channels.discard(connection)
+        for waiter in self._closed_waiters.pop(connection, []):
+            waiter.callback(None)
+
+    def in_flight(self) -> int:
+        """Requests being answered now."""
+        return sum(1 for connection in self.channels if connection.busy)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Close idle connections now, the others as soon as their response is
+        done; after C{timeout} seconds, cut what is left.
+        """
+        self.draining = True
+        waits: List[Deferred[Any]] = []
+        for connection in list(self.channels):
+            if not connection.busy:
+                transport: Any = connection.transport
+                transport.loseConnection()
+            closed: Deferred[None] = Deferred()
+            self._closed_waiters.setdefault(connection, []).append(closed)
+            waits.append(closed)
+        if not waits:
+            return succeed(None)
+        timer = self.clock.callLater(timeout, self._cut, "drain timeout")
+        done: Deferred[Any] = DeferredList(waits)
+
+        def finished(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+
+        done.addCallback(finished)
+        return done
+
+    def _cut(self, why: str) -> None:
+        for connection in list(self.channels):
+            log.warn("closing a client connection still busy at shutdown ({why})", why=why)
+            transport: Any = connection.transport
+            transport.abortConnection()

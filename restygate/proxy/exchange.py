@@ -1,0 +1,400 @@
+"""
+One request's trip through the engine, from routing to the last byte.
+
+Each step's failure is a L{Failure} member, and the member alone decides what
+follows: a retry on another instance (any method when the request never
+reached the upstream, idempotent ones when it may have), a mark against the
+instance for outlier ejection, the status and JSON body the client gets, the
+log line, and the metric label.  Gateway-made answers never show an
+instance's address; the log and C{/status} do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Protocol, Tuple
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure as TwistedFailure
+from twisted.web.http import RESPONSES
+
+from restygate.config import Config
+from restygate.front.answers import error_response
+from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
+from restygate.proxy.downstream import Downstream, HeaderList
+from restygate.proxy.failure import Failed, Failure
+from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
+from restygate.proxy.observe import Completed, completed_record
+from restygate.proxy.routing import Route, RouteError, route_request
+from restygate.proxy.tunnel import open_tunnel
+from restygate.upstream.balancer import IBalancer
+from restygate.upstream.client import UpstreamConnection
+from restygate.upstream.outliers import Outliers
+from restygate.upstream.pool import Upstream
+from restygate.upstream.retry import RetryBudget, may_retry
+
+__all__ = ["Exchange", "EngineParts"]
+
+log = Logger()
+
+class EngineParts(Protocol):
+    """What an exchange uses of its engine."""
+
+    discovery: IDiscovery
+    balancer: IBalancer
+    upstream: Upstream
+    clock: IReactorTime
+    config: Config
+    outliers: Outliers
+    budget: RetryBudget
+    tunnels: int
+
+    def panic(self, snapshot: Snapshot) -> Snapshot: ...
+
+    def budget_exhausted(self, snapshot: Snapshot) -> None: ...
+
+    def completed(self, record: Completed) -> None: ...
+
+
+class Exchange:
+    """
+    Serves one L{Downstream}; also the L{ResponseHandler} of its attempts.
+    """
+
+    def __init__(self, engine: EngineParts, request: Downstream) -> None:
+        self.engine = engine
+        self.request = request
+        self.started = engine.clock.seconds()
+        self.route: Optional[Route] = None
+        self.instance: Optional[Instance] = None
+        self.retries = 0
+        self.error: Optional[str] = None
+        self.failure: Optional[Failure] = None
+        self.upstream_sent: Optional[float] = None
+        self.upstream_latency: Optional[float] = None
+        self.done = False
+        self.aborted = False
+        self._pending: Optional[Deferred[Any]] = None
+        self._connection: Optional[UpstreamConnection] = None
+        self._timer: Optional[IDelayedCall] = None
+        self._snapshot: Optional[Snapshot] = None
+        self._headers: HeaderList = []
+        self._tried: List[Instance] = []
+        self._active: Optional[Instance] = None
+        self._upgrade: Optional[bytes] = None
+        self._progress = False
+        self._response_started = False
+        self._host_pending = False
+        self.tunnel_bytes_up = 0
+
+    # -- routing --------------------------------------------------------------
+    def run(self) -> None:
+        request = self.request
+        try:
+            self.route = route = route_request(
+                request.target, headers_named(request.headers, b"host"), self.engine.config.server_names
+            )
+        except RouteError as e:
+            self._fail(Failure.CLIENT_PROTOCOL if e.status == 400 else None, e.message, status=e.status)
+            return
+        self._pending = d = self.engine.discovery.lookup(route.dc, route.service)
+        d.addCallbacks(self._forward, self._discovery_failed)
+        d.addErrback(self._crashed)
+
+    def _discovery_failed(self, failure: TwistedFailure) -> None:
+        self._pending = None
+        route = self.route
+        assert route is not None
+        if failure.check(UnknownDatacenter):
+            self._fail(Failure.UNKNOWN_DATACENTER, datacenter=route.dc)
+        elif failure.check(DiscoveryUnavailable):
+            self._fail(Failure.DISCOVERY_UNAVAILABLE, datacenter=route.dc, service=route.service)
+        elif not failure.check(CancelledError):
+            failure.raiseException()
+
+    def _forward(self, snapshot: Snapshot) -> None:
+        self._pending = None
+        route = self.route
+        assert route is not None
+        if self.done:
+            return
+        if not snapshot.instances:
+            if not (self.engine.config.panic_all_instances and snapshot.registered):
+                self._fail(Failure.NO_INSTANCE, datacenter=route.dc, service=route.service)
+                return
+            snapshot = self.engine.panic(snapshot)
+        self._snapshot = snapshot
+        request = self.request
+        self._upgrade = wants_upgrade(request.headers)
+        self._headers = forward_headers(
+            request.headers, route.prefix.encode("ascii"), request.client_ip.encode("ascii"),
+            request.secure, request.body is not None, self._upgrade,
+        )
+        # An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
+        self._host_pending = header(self._headers, b"host") is None
+        self.engine.budget.request()
+        self._attempt(snapshot.instances)
+
+    # -- attempts -------------------------------------------------------------
+    def _attempt(self, candidates: Tuple[Instance, ...]) -> None:
+        engine = self.engine
+        route, snapshot = self.route, self._snapshot
+        assert route is not None and snapshot is not None
+        usable = engine.outliers.usable(route.dc, route.service, candidates)
+        self.instance = instance = engine.balancer.pick(snapshot, usable)
+        self._tried.append(instance)
+        engine.outliers.started(route.dc, route.service, instance)
+        self._active = instance
+        self.upstream_sent = engine.clock.seconds()
+        self._timer = engine.clock.callLater(engine.config.upstream_timeout, self._timed_out)
+        self._pending = d = engine.upstream.acquire(instance)
+        d.addCallbacks(self._connected, self._not_connected)
+        d.addErrback(self._crashed)
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        self._pending = None
+        if self.done or self._active is None:
+            connection.abort()
+            return
+        self._connection = connection
+        request = self.request
+        headers = self._headers
+        if self._host_pending:
+            assert self.instance is not None
+            headers = [(b"Host", self.instance.netloc.encode("ascii")), *headers]
+        assert self.route is not None
+        connection.send(request.method, self.route.target, headers, request.body, self)
+
+    def _not_connected(self, failure: TwistedFailure) -> None:
+        self._pending = None
+        if failure.check(CancelledError):
+            return
+        failure.trap(Failed)
+        failed: Any = failure.value
+        self.response_failed(failed)
+
+    def _release(self) -> None:
+        """The current attempt is over: it no longer counts as in flight."""
+        instance, self._active = self._active, None
+        if instance is not None and self.route is not None:
+            self.engine.outliers.ended(self.route.dc, self.route.service, instance)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._response_started:
+            if not self._progress:
+                self._stalled()
+                return
+            self._progress = False
+            self._timer = self.engine.clock.callLater(self.engine.config.body_idle_timeout, self._timed_out)
+            return
+        pending, self._pending = self._pending, None
+        connection, self._connection = self._connection, None
+        self._release()
+        log.warn(
+            "{dc}/{service}: upstream {upstream} sent no response headers in {timeout:g}s",
+            dc=self.route.dc if self.route else "-", service=self.route.service if self.route else "-",
+            upstream=self.upstream, timeout=self.engine.config.upstream_timeout,
+        )
+        self._fail(Failure.RESPONSE_TIMEOUT)
+        if pending is not None:
+            pending.cancel()
+        if connection is not None:
+            connection.abort()
+
+    def _stalled(self) -> None:
+        log.warn(
+            "upstream {upstream}: response body made no progress for {timeout:g}s; cut",
+            upstream=self.upstream, timeout=self.engine.config.body_idle_timeout,
+        )
+        self.failure = Failure.BODY_STALLED
+        self._cut()
+
+    def _retry(self, failure: Failure, detail: str) -> bool:
+        """
+        Try another instance if this failure, this request and the budget
+        allow it.
+        """
+        snapshot = self._snapshot
+        request = self.request
+        body = request.body
+        if snapshot is None or self.retries >= self.engine.config.retries or not may_retry(
+            failure.never_reached, failure.retriable, request.method, body
+        ):
+            return False
+        untried = tuple(i for i in snapshot.instances if i not in self._tried)
+        if not untried:
+            return False
+        # A request that never reached an upstream costs nothing to send
+        # elsewhere, so only retries of requests an upstream may have seen
+        # draw on the budget (the per-request limit still bounds the rest).
+        if not failure.never_reached and not self.engine.budget.try_retry():
+            self.engine.budget_exhausted(snapshot)
+            return False
+        self.retries += 1
+        log.info(
+            "{dc}/{service}: retrying on another instance after {upstream} failed: {error}",
+            dc=snapshot.dc, service=snapshot.service, upstream=self.upstream, error=detail,
+        )
+        self._attempt(untried)
+        return True
+
+    # -- the upstream's answer (ResponseHandler) ------------------------------
+    def response_interim(self, status: int, headers: HeaderList) -> None:
+        # 100 Continue is the gateway's own business with its client.
+        if status != 100 and not self.done:
+            self.request.interim(status, response_headers(headers))
+
+    def response_started(self, status: int, reason: bytes, headers: HeaderList, length: Optional[int]) -> None:
+        engine = self.engine
+        self._stop_timer()
+        route, instance = self.route, self.instance
+        if route is not None and instance is not None:
+            engine.outliers.succeeded(route.dc, route.service, instance)
+        if self.upstream_sent is not None:
+            self.upstream_latency = engine.clock.seconds() - self.upstream_sent
+        if self.done:
+            return
+        self._response_started = True
+        request = self.request
+        request.respond(status, reason, response_headers(headers), length)
+        request.set_source(self._connection)
+        self._progress = False
+        self._timer = engine.clock.callLater(engine.config.body_idle_timeout, self._timed_out)
+
+    def response_body(self, data: bytes) -> None:
+        self._progress = True
+        if not self.done:
+            self.request.write(data)
+
+    def response_done(self, trailers: HeaderList) -> None:
+        self._stop_timer()
+        self._connection = None
+        self._release()
+        if not self.done:
+            self.request.set_source(None)
+            self.request.finish(response_headers(trailers) if trailers else [])
+            self._end()
+
+    def response_failed(self, failed: Failed) -> None:
+        self._stop_timer()
+        self._connection = None
+        self._release()
+        if self.done:
+            return
+        failure, route, instance, snapshot = failed.failure, self.route, self.instance, self._snapshot
+        if failure.ejects and route is not None and instance is not None and snapshot is not None:
+            self.engine.outliers.failed(route.dc, route.service, instance, snapshot.instances)
+        if self._response_started:
+            log.warn(
+                "upstream {upstream} cut the response body short: {error}",
+                upstream=self.upstream, error=failed.detail,
+            )
+            self.failure = Failure.UPSTREAM_CUT
+            self._cut()
+            return
+        if self._retry(failure, failed.detail):
+            return
+        log.warn(
+            "{dc}/{service}: upstream {upstream} failed: {error}",
+            dc=route.dc if route else "-", service=route.service if route else "-",
+            upstream=self.upstream, error=failed.detail,
+        )
+        self._fail(failure)
+
+    def upgraded(self, connection: UpstreamConnection, reason: bytes, headers: HeaderList, rest: bytes) -> None:
+        self._stop_timer()
+        self._connection = None
+        self._release()
+        if self.done:
+            connection.abort()
+            return
+        if self._upgrade is None or not open_tunnel(self, connection, reason, headers, rest):
+            log.warn("upstream {upstream} switched protocols unasked; refused", upstream=self.upstream)
+            connection.abort()
+            self._fail(Failure.UPSTREAM_PROTOCOL)
+
+    def tunnel_closed(self, bytes_up: int) -> None:
+        """The Upgrade tunnel this exchange became is closed."""
+        self.tunnel_bytes_up = bytes_up
+        self._end()
+
+    # -- the client's side ----------------------------------------------------
+    def client_gone(self) -> None:
+        """The client connection closed before the response was complete."""
+        if self.done:
+            return
+        self.aborted = True
+        if self.failure is None:
+            self.failure = Failure.CLIENT_GONE
+        # Ended first: a cancelled step's late answer then finds it done.
+        self._end()
+        self._stop_attempt()
+
+    def client_failed(self, failure: Failure) -> None:
+        """The client broke a rule mid-request: answer so, if still possible."""
+        if self.done:
+            return
+        # Answered first: a cancelled step's late answer then finds it done.
+        self._fail(failure)
+        self._stop_attempt()
+
+    def _stop_attempt(self) -> None:
+        """Drop whatever attempt is under way."""
+        self._stop_timer()
+        self._release()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            # Its state is unknown now: it can never be reused.
+            connection.abort()
+
+    def _cut(self) -> None:
+        """A response that began cannot be completed: the client must see it cut."""
+        self.aborted = True
+        self.request.abort()
+        self._end()
+        self._stop_attempt()
+
+    def _crashed(self, failure: TwistedFailure) -> None:
+        log.failure("internal error routing {uri!r}", failure, uri=self.request.target)
+        self._fail(Failure.INTERNAL)
+
+    def _fail(self, failure: Optional[Failure], message: Optional[str] = None,
+              status: Optional[int] = None, **details: Any) -> None:
+        """Answer with a gateway error, if it can still be answered."""
+        if self.done:
+            return
+        if failure is not None:
+            self.failure = failure
+        if self.request.started:
+            self._cut()
+            return
+        status = status or (failure.status if failure is not None else 500)
+        self.error = message or (failure.message if failure is not None else "error")
+        headers, body = error_response(status, self.error, **details)
+        request = self.request
+        request.respond(status, RESPONSES.get(status, b"Error"), headers, len(body))
+        request.write(body)
+        request.finish([])
+        self._end()
+
+    def _end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.engine.completed(completed_record(self, self.request, self.engine.clock.seconds()))
+
+    @property
+    def upstream(self) -> Optional[str]:
+        """C{host:port} of the instance tried last, if any."""
+        return self.instance.netloc if self.instance is not None else None
