@@ -215,6 +215,14 @@ class WorkersTests(DaemonTestCase):
         code, page = self.get(self.admin("/status?worker=1"))
         self.assertEqual(code, 200)
         self.assertIn(b"demo", page)
+        # The log names one admin side, the parent's: the workers' private
+        # sites stay out of it.
+        log = self.logText()
+        self.assertEqual(
+            [line.rsplit(" ", 1)[1] for line in log.splitlines() if "restygate admin starting on" in line],
+            [str(self.admin_port)],
+        )
+        self.assertIn(f"starting 2 workers; their admin side (/metrics, /status, /healthz, /readyz) is tcp:{self.admin_port}", log)
 
     def test_crashed_worker_is_replaced(self) -> None:
         """

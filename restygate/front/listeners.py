@@ -8,15 +8,18 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from restygate.ops.views import IListenerView
 
 __all__ = ["Listener", "LISTEN_BACKLOG", "with_backlog"]
+
+log = Logger()
 
 
 # Twisted listens with an accept queue of 50: a burst of new connections
@@ -47,7 +50,11 @@ class Listener(Service):
 
     It listens in C{privilegedStartService}, before twistd drops privileges,
     and a port that cannot be had ends the start with one line instead of a
-    traceback.
+    traceback.  An endpoint may also answer later (its C{listen()} Deferred
+    still pending): it is then asked once, its port kept when it comes, and
+    a late refusal logged as that same line (readiness says what is not
+    bound).  Twisted's C{StreamServerEndpointService} does the same, but
+    keeps its port and the pending answer private.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class Listener(Service):
         self.port: Optional[IListeningPort] = None
         self._endpoint = endpoint or serverFromString(reactor, with_backlog(description))
         self._factory = factory
+        self._listening: Optional[Deferred[None]] = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -68,24 +76,42 @@ class Listener(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.port is None:
-            self._listen()
+        self._listen()
 
     def _listen(self) -> None:
-        outcome: List[Any] = []
-        self._endpoint.listen(self._factory).addBoth(outcome.append)
-        if outcome and isinstance(outcome[0], Failure):
-            raise SystemExit(
-                f"restygate: cannot listen on {self.description}: {outcome[0].getErrorMessage()}"
-            )
-        if outcome:
-            self.port = outcome[0]
+        if self.port is not None or self._listening is not None:
+            return
+        refused: List[Failure] = []
+        waiting = False
+
+        def failed(failure: Failure) -> None:
+            self._listening = None
+            if not waiting:
+                refused.append(failure)
+            elif not failure.check(CancelledError):
+                log.error("{line}", line=self._cannot(failure))
+
+        listening = self._endpoint.listen(self._factory).addCallbacks(self._bound, failed)
+        if refused:
+            raise SystemExit(self._cannot(refused[0]))
+        if self.port is None:
+            waiting = True
+            self._listening = listening
+
+    def _bound(self, port: IListeningPort) -> None:
+        self._listening = None
+        self.port = port
+
+    def _cannot(self, failure: Failure) -> str:
+        return f"restygate: cannot listen on {self.description}: {failure.getErrorMessage()}"
 
     def listening(self) -> Optional[IListeningPort]:
         return self.port
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._listening is not None:
+            self._listening.cancel()
         port, self.port = self.port, None
         if port is None:
             return succeed(None)

@@ -24,12 +24,15 @@ from restygate.ops.pages import gateway_page
 from restygate.ops.status import gateway_status
 from restygate.ops.views import Inspected
 
-__all__ = ["Admin", "AdminSite", "PROBE_INTERVAL", "answer", "answer_html", "answer_json"]
+__all__ = ["Admin", "AdminSite", "ADMIN_LOG_PREFIX", "PROBE_INTERVAL", "answer", "answer_html", "answer_json"]
 
 log = Logger()
 
 # Seconds between probes of a Consul agent that has not answered yet.
 PROBE_INTERVAL = 10.0
+
+# What the admin site's port calls it in its "... starting on <port>" line.
+ADMIN_LOG_PREFIX = "restygate admin"
 
 
 class Admin(Service):
@@ -203,3 +206,6 @@ class AdminSite(Site):
     def log(self, request: Any) -> None:
         # Scrapes and probes every few seconds would drown the daemon's log.
         pass
+
+    def logPrefix(self) -> str:
+        return ADMIN_LOG_PREFIX

@@ -173,18 +173,13 @@ class WorkerAdmin:
         """
         url = f"http://127.0.0.1:{worker.admin_port}{path}".encode("ascii")
         d: Deferred[Any] = self._agent.request(b"GET", url)
-        timeout = self.clock.callLater(WORKER_ANSWER_TIMEOUT, d.cancel)
 
         def body(response: Any) -> Deferred[Tuple[int, bytes]]:
             return readBody(response).addCallback(lambda data: (response.code, data))
 
-        def done(result: Any) -> Any:
-            if timeout.active():
-                timeout.cancel()
-            return result
-
         d.addCallback(body)
-        d.addBoth(done)
+        # Bounds the answer as a whole: connecting, the headers and the body.
+        d.addTimeout(WORKER_ANSWER_TIMEOUT, self.clock)
         return d
 
     def fetch_all(self, path: str) -> Deferred[List[Tuple[Worker, Optional[Tuple[int, bytes]]]]]:

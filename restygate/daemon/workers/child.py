@@ -28,16 +28,28 @@ from twisted.internet.fdesc import setNonBlocking
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
-from twisted.logger import FileLogObserver, ILogObserver, Logger, eventAsText, globalLogBeginner
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    Logger,
+    LogEvent,
+    PredicateResult,
+    eventAsText,
+    globalLogBeginner,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
+from restygate._compat import adopt_listening_socket, server_tls_context
 from restygate.config import Config
 from restygate.daemon.assembly import make_gateway
 from restygate.daemon.load import load
 from restygate.daemon.tap import Options
 from restygate.daemon.workers.pool import EXIT_GRACE
+from restygate.ops.admin import ADMIN_LOG_PREFIX
 
 __all__ = ["main", "as_worker", "WORKER_ADMIN"]
 
@@ -66,9 +78,7 @@ class _AdoptedTLS:
 
     def __init__(self, adopted: IStreamServerEndpoint, tls: SSL4ServerEndpoint) -> None:
         self._adopted = adopted
-        # Twisted builds the context factory from the description and keeps
-        # it only here; parsing it ourselves would duplicate Twisted's parser.
-        self._context = tls._sslContextFactory
+        self._context = server_tls_context(tls)
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         return self._adopted.listen(TLSMemoryBIOFactory(self._context, False, protocolFactory))
@@ -112,7 +122,7 @@ class _SharedTCPSocket:
         # the descriptor, so ours is closed after.
         try:
             setNonBlocking(self._fd)
-            port = _OneAcceptPerTurn._fromListeningDescriptor(self._reactor, self._fd, self._family, protocolFactory)
+            port = adopt_listening_socket(_OneAcceptPerTurn, self._reactor, self._fd, self._family, protocolFactory)
             port.startListening()
             os.close(self._fd)
         except BaseException:
@@ -168,9 +178,22 @@ def _exit_now(index: int) -> None:
 
 def _observer() -> ILogObserver:
     # No timestamp: the parent stamps each line as it logs it.
-    return FileLogObserver(
-        sys.stdout, lambda event: eventAsText(event, includeTimestamp=False) + "\n"
-    )
+    text = FileLogObserver(sys.stdout, lambda event: eventAsText(event, includeTimestamp=False) + "\n")
+    return FilteringLogObserver(text, [_not_private_admin])
+
+
+_PRIVATE_ADMIN_STARTS = f"{ADMIN_LOG_PREFIX} starting on "
+
+
+@provider(ILogFilterPredicate)
+def _not_private_admin(event: LogEvent) -> PredicateResult:
+    # A worker's admin site is private: the parent reads it on the port the
+    # worker reports on the control pipe.  Its port's "starting on <random
+    # port>" line (Twisted logs it whatever the factory's noisy says) would
+    # read as a second admin side next to the parent's.
+    private = str(event.get("log_text", "")).startswith(_PRIVATE_ADMIN_STARTS)
+    result: PredicateResult = PredicateResult.no if private else PredicateResult.maybe
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.environ) -> int:

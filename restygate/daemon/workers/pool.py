@@ -267,7 +267,10 @@ class WorkerPool(MultiService):
         super().startService()
         self._usr1.install()
         self._heartbeats.start(min(HEARTBEAT_INTERVAL, self.config.worker_timeout / 3), now=False)
-        log.info("starting {n} workers", n=len(self.workers))
+        log.info(
+            "starting {n} workers; their admin side (/metrics, /status, /healthz, /readyz) is {admin}",
+            n=len(self.workers), admin=self.config.admin or "off",
+        )
         for index in range(len(self.workers)):
             self._spawn(index)
 
