@@ -317,6 +317,10 @@ class DaemonTestCase(TestCase):
             log,
         )
         self.waitForPort(port, process, log)
+        # The admin listener is another service: it may come up a moment
+        # after the gateway's (seen under PyPy).
+        if admin:
+            self.waitForPort(admin_port, process, log)
         return Daemon(process, port, admin_port if admin else None, log)
 
     def spawn(self, args: Sequence[str], log: str) -> "subprocess.Popen[bytes]":
