@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.discovery.consul.client import ConsulError, parse_entry, parse_health
+from restygate.discovery.consul.answers import ConsulError, parse_entry, parse_health
 from restygate.discovery.model import Instance
 
 # The example answer in Consul's documentation for

@@ -89,12 +89,22 @@ class RoutingTests(TestCase):
         self.assertEqual(response.code, 404)
         self.assertEqual(body, {"error": "unknown datacenter", "status": 404, "datacenter": "nowhere"})
 
-    async def test_unknown_service_is_503_with_retry_after(self) -> None:
+    async def test_unknown_service_is_404_and_watches_nothing(self) -> None:
         rig = GatewayRig(self)
+        rig.register(rig.backend())
         response, body = await rig.json("/dc1/ghost/x")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(body, {"error": "unknown service", "status": 404, "datacenter": "dc1", "service": "ghost"})
+        self.assertEqual(rig.consul.requests_for("/v1/health/service/"), [])
+        self.assertEqual(rig.gateway.resource.discovery.watchers, {})
+
+    async def test_service_without_passing_instance_is_503_with_retry_after(self) -> None:
+        rig = GatewayRig(self)
+        rig.register(rig.backend(), status="critical")
+        response, body = await rig.json("/dc1/web/x")
         self.assertEqual(response.code, 503)
         self.assertEqual(body["datacenter"], "dc1")
-        self.assertEqual(body["service"], "ghost")
+        self.assertEqual(body["service"], "web")
         self.assertEqual(body["status"], 503)
         self.assertTrue(response.headers.getRawHeaders(b"Retry-After"))
 
@@ -458,6 +468,10 @@ class DiscoveryTests(TestCase):
         rig.register(a)
         await rig.get("/dc1/web/")
         before = rig.watcher("dc1", "web").index
+        # The watch's blocking query must be parked first: one that reaches
+        # Consul after the reset asks for an index above Consul's and waits
+        # its whole wait (Consul's protocol; the answer then resets it).
+        await eventually(lambda: any(q.arg("index") for q in rig.consul.requests_for("/v1/health/service/web")))
         rig.consul.reset_index(1)
         await eventually(lambda: rig.watcher("dc1", "web").index < before)
         b = rig.backend("b")

@@ -54,9 +54,11 @@ class ConsulDiscoveryTests(SynchronousTestCase):
         self.assertEqual(list(self.discovery.watchers), [("dc1", "web")])
         query = self.source.last
         self.assertEqual(
-            (query.dc, query.service, query.tags, query.index, query.wait),
-            ("dc1", "web", ("prod",), 0, 30.0),
+            (query.dc, query.service, query.tags, query.index, query.urgent),
+            ("dc1", "web", ("prod",), 0, True),
         )
+        # Each watch's wait is jittered down by up to 1/16, so watches never move in lock-step.
+        self.assertTrue(30.0 * 15 / 16 <= query.wait <= 30.0, query.wait)
         self.assertNoResult(d)
         query.answer(4, A, B)
         snapshot = self.successResultOf(d)

@@ -112,6 +112,21 @@ KEYS: Mapping[str, Key] = _keys(
         "Seconds a first request for a service waits for Consul's first answer."),
     Key("watch-idle-timeout", "watch_idle_timeout", values.seconds(0), 600,
         "Stop watching a service nobody asked for in this many seconds."),
+    Key("max-watched-services", "max_watched_services", values.count(1), 10000,
+        "Watched (datacenter, service) pairs at most; past it the least recently used is dropped "
+        "(and watched again when asked for)."),
+    Key("consul-max-connections", "consul_max_connections", values.count(4), 64,
+        "Connections to the Consul agent at most, whatever the number of watched services "
+        "(keep it well under the agent's limits.http_max_conns_per_client, 200).",
+        live=False),
+    Key("consul-max-rps", "consul_max_rps", values.count(1), 100,
+        "Background Consul queries per second at most (refreshes, retries, re-fetches after an index "
+        "reset); a first fetch a client waits for goes first.",
+        live=False),
+    Key("consul-consistency", "consul_consistency", values.choice("default", "stale", "consistent"), "stale",
+        "Consul read consistency: stale (any server answers; X-Consul-LastContact is exported), "
+        "default (the leader) or consistent.",
+        live=False),
     Key("max-connections", "max_connections", values.count(1), 10000,
         "Client connections served at once; more are answered 503 and closed."),
     Key("max-body", "max_body", values.optional(values.size), None,

@@ -85,3 +85,7 @@ class Config:
     consul_ca: Optional[CABundle]
     workers: int
     worker_timeout: float
+    max_watched_services: int
+    consul_max_connections: int
+    consul_max_rps: int
+    consul_consistency: str

@@ -25,6 +25,7 @@ from restygate.discovery.catalog import StaticCatalog
 from restygate.config import Config
 from restygate.discovery.consul.client import ConsulClient
 from restygate.proxy.engine import Engine
+from restygate.discovery.consul.assemble import consul_discovery
 from restygate.discovery.consul.source import ConsulDiscovery
 from restygate.daemon.reload import Reconfigurable, Reloader
 from restygate.front.listeners import Listener
@@ -138,21 +139,8 @@ def make_gateway(
     if config.catalog:
         discovery = StaticCatalog(config.catalog, reactor, config.tags)
     else:
-        consul = ConsulClient(
-            reactor, config.consul, config.consul_token, ca=config.consul_ca,
-            include_failing=config.panic_all_instances,
-        )
+        discovery, consul = consul_discovery(config, reactor)
         _Closing(consul.close).setServiceParent(root)
-        discovery = ConsulDiscovery(
-            consul,
-            reactor,
-            tags=config.tags,
-            wait=config.consul_wait,
-            discovery_timeout=config.discovery_timeout,
-            idle_timeout=config.watch_idle_timeout,
-            max_stale=config.max_stale,
-            datacenter_grace=config.datacenter_grace,
-        )
     discovery.setServiceParent(root)
     upstream = Upstream(reactor, config)
     _Closing(upstream.close).setServiceParent(root)

@@ -23,6 +23,7 @@ __all__ = [
     "IDiscovery",
     "DiscoveryError",
     "UnknownDatacenter",
+    "UnknownService",
     "DiscoveryUnavailable",
 ]
 
@@ -76,6 +77,17 @@ class UnknownDatacenter(DiscoveryError):
     def __init__(self, dc: str) -> None:
         super().__init__(f"unknown datacenter {dc!r}")
         self.dc = dc
+
+
+class UnknownService(DiscoveryError):
+    """
+    The datacenter exists but Consul has no service of that name in it.
+    """
+
+    def __init__(self, dc: str, service: str) -> None:
+        super().__init__(f"unknown service {service!r} in datacenter {dc!r}")
+        self.dc = dc
+        self.service = service
 
 
 class DiscoveryUnavailable(DiscoveryError):

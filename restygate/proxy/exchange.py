@@ -21,7 +21,14 @@ from twisted.web.http import RESPONSES
 
 from restygate.config import Config
 from restygate.front.answers import error_response
-from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Instance, Snapshot, UnknownDatacenter
+from restygate.discovery.model import (
+    DiscoveryUnavailable,
+    IDiscovery,
+    Instance,
+    Snapshot,
+    UnknownDatacenter,
+    UnknownService,
+)
 from restygate.proxy.downstream import Downstream, HeaderList
 from restygate.proxy.failure import Failed, Failure
 from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
@@ -108,6 +115,8 @@ class Exchange:
         assert route is not None
         if failure.check(UnknownDatacenter):
             self._fail(Failure.UNKNOWN_DATACENTER, datacenter=route.dc)
+        elif failure.check(UnknownService):
+            self._fail(Failure.UNKNOWN_SERVICE, datacenter=route.dc, service=route.service)
         elif failure.check(DiscoveryUnavailable):
             self._fail(Failure.DISCOVERY_UNAVAILABLE, datacenter=route.dc, service=route.service)
         elif not failure.check(CancelledError):
@@ -398,3 +407,14 @@ class Exchange:
     def upstream(self) -> Optional[str]:
         """C{host:port} of the instance tried last, if any."""
         return self.instance.netloc if self.instance is not None else None
+
+    @property
+    def names(self) -> Optional[Tuple[str, str]]:
+        """
+        (dc, service) in Consul's spelling once discovery answered (so case
+        variants of a name share its metrics series), as the client wrote
+        them before; L{None} without a route.
+        """
+        if self._snapshot is not None:
+            return self._snapshot.dc, self._snapshot.service
+        return (self.route.dc, self.route.service) if self.route is not None else None

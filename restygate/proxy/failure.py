@@ -50,6 +50,7 @@ class Failure(enum.Enum):
     NO_INSTANCE = ("no_instance", 503, "no passing instance", "no_instance", False, False, False)
     DISCOVERY_UNAVAILABLE = ("discovery_unavailable", 503, "service discovery unavailable", None, False, False, False)
     UNKNOWN_DATACENTER = ("unknown_datacenter", 404, "unknown datacenter", None, False, False, False)
+    UNKNOWN_SERVICE = ("unknown_service", 404, "unknown service", None, False, False, False)
     CLIENT_PROTOCOL = ("client_protocol", 400, "invalid request", None, False, False, False)
     BODY_TOO_LARGE = ("body_too_large", 413, "request body too large", None, False, False, False)
     CLIENT_GONE = ("client_gone", 499, "client went away", None, False, False, False)

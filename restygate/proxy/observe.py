@@ -78,6 +78,9 @@ class Outcome(Protocol):
     @property
     def upstream(self) -> Optional[str]: ...
 
+    @property
+    def names(self) -> Optional[Tuple[str, str]]: ...
+
 
 def _first(headers: List[Tuple[bytes, bytes]], name: bytes) -> str:
     for key, value in headers:
@@ -88,7 +91,7 @@ def _first(headers: List[Tuple[bytes, bytes]], name: bytes) -> str:
 
 def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
     """The record of a request (a L{restygate.proxy.downstream.Downstream}) that ended."""
-    route = outcome.route
+    names = outcome.names
     headers = request.headers
     return Completed(
         started=outcome.started,
@@ -102,8 +105,8 @@ def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
         user_agent=_first(headers, b"user-agent"),
         status=request.status,
         bytes_sent=request.bytes_sent,
-        dc=route.dc if route else None,
-        service=route.service if route else None,
+        dc=names[0] if names else None,
+        service=names[1] if names else None,
         upstream=outcome.upstream,
         upstream_latency=outcome.upstream_latency,
         retries=outcome.retries,

@@ -45,4 +45,8 @@ DEFAULT_CONFIG = Config(
     consul_ca=None,
     workers=CPUS,
     worker_timeout=30.0,
+    max_watched_services=10000,
+    consul_max_connections=64,
+    consul_max_rps=100,
+    consul_consistency="stale",
 )

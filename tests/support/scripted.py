@@ -26,6 +26,7 @@ class Query:
     tags: Tuple[str, ...]
     index: int
     wait: float
+    urgent: bool = False
     cancelled: bool = False
     deferred: Deferred[HealthAnswer] = field(init=False)
 
@@ -52,9 +53,9 @@ class ScriptedSource:
         self.queries: List[Query] = []
 
     def health_service(
-        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float
+        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float, urgent: bool = False
     ) -> Deferred[HealthAnswer]:
-        query = Query(dc, service, tuple(tags), index, wait)
+        query = Query(dc, service, tuple(tags), index, wait, urgent)
         self.queries.append(query)
         return query.deferred
 

@@ -1,19 +1,21 @@
 """
-The Consul HTTP API client: the only module that knows Consul's wire format.
+The Consul HTTP API client: the only module that speaks to the agent.
 
-It asks C{/v1/health/service/<name>} for passing instances, as a blocking
-query when given an index, sends the ACL token in C{X-Consul-Token} (never in
-the URL, where it would reach access logs), and turns Consul's answers into
-L{HealthAnswer}s or typed errors.  Bodies from real agents carry C{null} maps
-and omit fields on old versions, so parsing is defensive: an entry that
-cannot be used is skipped and logged, never allowed to break the rest.
+It asks C{/v1/health/service/<name>} for passing instances,
+C{/v1/catalog/datacenters} and C{/v1/catalog/services} for the names Consul
+knows, and C{/v1/health/state/any} for the change feed; reads are blocking
+queries when given an index.  Every request goes through one L{ConsulGate}
+(a bounded number of connections, background requests paced), carries the
+configured consistency mode (C{?stale} by default) and the ACL token in
+C{X-Consul-Token} (never in the URL, where it would reach access logs).
+Answers become values or typed errors (L{restygate.discovery.consul.answers}).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import quote
 
 import treq
@@ -25,113 +27,48 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from restygate.config import ConsulAddress
-from restygate.discovery.model import Instance, UnknownDatacenter
-from restygate.tls import CABundle, trust_root
 from restygate._compat import quiet_pool
+from restygate.config import ConsulAddress
+from restygate.discovery.consul.answers import (
+    CONNECTION_LIMIT,
+    ConsulError,
+    HealthAnswer,
+    answer_text,
+    parse_check_states,
+    parse_datacenters,
+    parse_health,
+    parse_service_names,
+)
+from restygate.discovery.consul.gate import ConsulGate
+from restygate.discovery.model import UnknownDatacenter
+from restygate.tls import CABundle, trust_root
 
-__all__ = ["ConsulClient", "ConsulError", "HealthAnswer", "parse_health"]
+__all__ = ["ConsulClient", "ConsulError", "HealthAnswer", "Indexed", "parse_health", "CONSISTENCY_MODES"]
 
 log = Logger()
+
+T = TypeVar("T")
 
 # Consul may hold a blocking query up to wait * 17/16; give the network and a
 # busy agent some room beyond that before calling the agent stalled.
 _TIMEOUT_MARGIN = 5.0
 
-
-class ConsulError(Exception):
-    """
-    Consul answered with an error, or could not be asked.
-    """
-
-    def __init__(self, message: str, status: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.status = status
+#: consul-consistency: what each mode adds to a read's query string.
+CONSISTENCY_MODES: Dict[str, Tuple[Tuple[str, str], ...]] = {
+    "default": (),
+    "stale": (("stale", ""),),
+    "consistent": (("consistent", ""),),
+}
 
 
 @dataclass(frozen=True)
-class HealthAnswer:
+class Indexed:
     """
-    One answer to a health query: the instances and Consul's index.
+    A read's value with Consul's index for it.
     """
 
     index: int
-    instances: Tuple[Instance, ...]
-    # Every registered instance, passing or not; filled only by a client
-    # asked to include failing ones (panic mode needs them).
-    registered: Tuple[Instance, ...] = ()
-
-
-def _mapping(value: Any) -> dict:  # type: ignore[type-arg]
-    return value if isinstance(value, dict) else {}
-
-
-def parse_entry(entry: Any) -> Optional[Instance]:
-    """
-    One C{/v1/health/service} entry as an L{Instance}, or L{None} when it
-    names no usable address and port.
-    """
-    node = _mapping(_mapping(entry).get("Node"))
-    service = _mapping(_mapping(entry).get("Service"))
-    address = service.get("Address") or node.get("Address")
-    port = service.get("Port")
-    if not isinstance(address, str) or not address:
-        return None
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        return None
-    tags = service.get("Tags")
-    meta = _mapping(service.get("Meta"))
-    return Instance(
-        address=address.strip("[]"),
-        port=port,
-        tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
-        meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())),
-        id=str(service.get("ID") or ""),
-        node=str(node.get("Node") or ""),
-    )
-
-
-def _passing(entry: Any) -> bool:
-    checks = _mapping(entry).get("Checks")
-    return isinstance(checks, list) and all(_mapping(c).get("Status") == "passing" for c in checks)
-
-
-def parse_health(body: bytes, passing_only: bool = False) -> Tuple[Instance, ...]:
-    """
-    The usable instances in a C{/v1/health/service} body (with
-    C{passing_only}, those whose every check passes, as Consul's C{?passing}
-    would keep), in a stable order so that an answer with the same members
-    compares equal to the last one.
-    """
-    try:
-        entries = json.loads(body)
-    except ValueError as e:
-        raise ConsulError(f"unparsable answer from Consul: {e}") from None
-    if entries is None:
-        entries = []
-    if not isinstance(entries, list):
-        raise ConsulError("unexpected answer from Consul: not a JSON array")
-    instances: List[Instance] = []
-    for entry in entries:
-        if passing_only and not _passing(entry):
-            continue
-        instance = parse_entry(entry)
-        if instance is None:
-            log.warn("skipping a Consul entry with no usable address or port: {entry!r:.200}", entry=entry)
-        else:
-            instances.append(instance)
-    # Every field in the key: entries alike in address, port and ID (one
-    # service address shared by several nodes) must not swap places between
-    # answers, or an unchanged service would look changed.
-    instances.sort(key=lambda i: (i.address, i.port, i.id, i.node, i.tags, i.meta))
-    return tuple(instances)
-
-
-def _answer_text(body: bytes) -> str:
-    """
-    The start of an error answer's body, fit for a log line.
-    """
-    return body[:300].decode("utf-8", "replace").strip()
+    value: Any
 
 
 def format_wait(seconds: float) -> str:
@@ -143,7 +80,10 @@ def format_wait(seconds: float) -> str:
 
 class ConsulClient:
     """
-    Asks one Consul agent about service health.
+    Asks one Consul agent about datacenters, service names and health.
+
+    @ivar last_contact: per datacenter, X-Consul-LastContact of the last
+        answer in seconds: how far behind the leader a stale read may be.
     """
 
     def __init__(
@@ -154,13 +94,17 @@ class ConsulClient:
         pool: Optional[HTTPConnectionPool] = None,
         ca: Optional[CABundle] = None,
         include_failing: bool = False,
+        gate: Optional[ConsulGate] = None,
+        consistency: str = "stale",
     ) -> None:
         self._include_failing = include_failing
         self._clock: IReactorTime = reactor
         self._base = address.base_url
-        # Every watched service holds one connection during its blocking
-        # query, so the pool must keep that many alive, not Twisted's 2.
-        self._pool = pool or quiet_pool(reactor, 1024)
+        self.gate = gate or ConsulGate(reactor, 64, 100.0)
+        self.consistency = consistency
+        self.last_contact: Dict[str, float] = {}
+        # Idle connections kept for reuse; the gate bounds those in use.
+        self._pool = pool or quiet_pool(reactor, self.gate.limit)
         # For an https:// agent: its certificate must chain to the consul-ca
         # bundle (the platform's store without one) and name its host.
         tls = BrowserLikePolicyForHTTPS(trust_root(ca))
@@ -174,6 +118,7 @@ class ConsulClient:
         return self._base
 
     def close(self) -> Deferred[None]:
+        self.gate.close()
         result: Deferred[None] = self._pool.closeCachedConnections()
         return result
 
@@ -184,23 +129,27 @@ class ConsulClient:
 
         @raise ConsulError: no answer, an error answer, or no leader.
         """
-        d = Deferred.fromCoroutine(self._leader())
-        d.addTimeout(_TIMEOUT_MARGIN, self._clock)
-        return d
+        return self._read("/v1/status/leader", [], "", 0, 0.0, True, _leader)
 
-    async def _leader(self) -> str:
-        response: IResponse = await self._http.get(f"{self._base}/v1/status/leader", headers=self._headers)
-        body: bytes = await treq.content(response)
-        if response.code != 200:
-            raise ConsulError(f"Consul answered {response.code}: {_answer_text(body)}", response.code)
-        try:
-            leader = json.loads(body)
-        except ValueError:
-            leader = None
-        # An agent whose cluster lost its leader answers "" here.
-        if not isinstance(leader, str) or not leader:
-            raise ConsulError("Consul has no cluster leader")
-        return leader
+    def datacenters(self, urgent: bool = False) -> Deferred[Tuple[str, ...]]:
+        """
+        The datacenters Consul knows (C{/v1/catalog/datacenters}).
+        """
+        return self._read("/v1/catalog/datacenters", [], "", 0, 0.0, urgent, parse_datacenters)
+
+    def service_names(self, dc: str, index: int = 0, wait: float = 60.0, urgent: bool = False) -> Deferred[Indexed]:
+        """
+        The service names registered in C{dc}, as L{Indexed}; a blocking
+        query when C{index} > 0.
+        """
+        return self._indexed("/v1/catalog/services", dc, index, wait, urgent, parse_service_names)
+
+    def check_states(self, dc: str, index: int = 0, wait: float = 60.0, urgent: bool = False) -> Deferred[Indexed]:
+        """
+        The change feed of C{dc}: a health fingerprint per service name
+        (L{parse_check_states}) from C{/v1/health/state/any}, as L{Indexed}.
+        """
+        return self._indexed("/v1/health/state/any", dc, index, wait, urgent, parse_check_states)
 
     def health_service(
         self,
@@ -209,6 +158,7 @@ class ConsulClient:
         tags: Sequence[str] = (),
         index: int = 0,
         wait: float = 60.0,
+        urgent: bool = False,
     ) -> Deferred[HealthAnswer]:
         """
         Passing instances of C{service} in C{dc}; a blocking query when
@@ -219,36 +169,87 @@ class ConsulClient:
         """
         # Normally Consul filters to passing instances itself; panic mode needs
         # the failing ones too, and filters here instead.
-        params: List[Tuple[str, str]] = [("dc", dc)]
-        if not self._include_failing:
-            params.append(("passing", "1"))
+        params: List[Tuple[str, str]] = [] if self._include_failing else [("passing", "1")]
         params.extend(("tag", tag) for tag in tags)
+        path = f"/v1/health/service/{quote(service, safe='')}"
+
+        def parse(body: bytes, index: int) -> HealthAnswer:
+            if self._include_failing:
+                return HealthAnswer(index, parse_health(body, passing_only=True), parse_health(body))
+            return HealthAnswer(index, parse_health(body))
+
+        return self._read(path, params, dc, index, wait, urgent, parse, indexed=True)
+
+    def _indexed(
+        self, path: str, dc: str, index: int, wait: float, urgent: bool, parse: Callable[[bytes], Any]
+    ) -> Deferred[Indexed]:
+        return self._read(path, [], dc, index, wait, urgent, lambda body, i: Indexed(i, parse(body)), indexed=True)
+
+    def _read(
+        self,
+        path: str,
+        params: List[Tuple[str, str]],
+        dc: str,
+        index: int,
+        wait: float,
+        urgent: bool,
+        parse: Callable[..., T],
+        indexed: bool = False,
+    ) -> Deferred[T]:
+        query = list(params)
+        if dc:
+            query.insert(0, ("dc", dc))
+        if indexed:
+            query.extend(CONSISTENCY_MODES[self.consistency])
         if index > 0:
-            params.append(("index", str(index)))
-            params.append(("wait", format_wait(wait)))
+            query.append(("index", str(index)))
+            query.append(("wait", format_wait(wait)))
             timeout = wait * 17 / 16 + _TIMEOUT_MARGIN
         else:
-            timeout = _TIMEOUT_MARGIN * 2
-        url = f"{self._base}/v1/health/service/{quote(service, safe='')}"
-        d = Deferred.fromCoroutine(self._health(url, params, dc))
-        # Bounds the whole exchange, body included: a stalled agent must not
-        # hold a watcher forever.
-        d.addTimeout(timeout, self._clock)
-        return d
+            timeout = _TIMEOUT_MARGIN * 2 if indexed else _TIMEOUT_MARGIN
 
-    async def _health(self, url: str, params: List[Tuple[str, str]], dc: str) -> HealthAnswer:
+        def start() -> Deferred[T]:
+            d = Deferred.fromCoroutine(self._get(self._base + path, query, dc, parse, indexed))
+            # Bounds the whole exchange, body included: a stalled agent must
+            # not hold a watch, or a connection of the budget, forever.
+            d.addTimeout(timeout, self._clock)
+            return d
+
+        return self.gate.run(start, urgent)
+
+    async def _get(
+        self, url: str, params: List[Tuple[str, str]], dc: str, parse: Callable[..., T], indexed: bool
+    ) -> T:
         response: IResponse = await self._http.get(url, params=params, headers=self._headers)
         body: bytes = await treq.content(response)
         if response.code != 200:
-            text = _answer_text(body)
+            text = answer_text(body)
             if response.code == 500 and "No path to datacenter" in text:
                 raise UnknownDatacenter(dc)
+            if response.code == 429:
+                raise ConsulError(f"{CONNECTION_LIMIT} (429: {text})", 429)
             raise ConsulError(f"Consul answered {response.code}: {text}", response.code)
-        raw_index = response.headers.getRawHeaders(b"X-Consul-Index", [b"0"])[0]
-        try:
-            index = int(raw_index)
-        except ValueError:
-            index = 0
-        if self._include_failing:
-            return HealthAnswer(index, parse_health(body, passing_only=True), parse_health(body))
-        return HealthAnswer(index, parse_health(body))
+        if not indexed:
+            return parse(body)
+        headers = response.headers
+        contact = headers.getRawHeaders(b"X-Consul-LastContact", [b"0"])[0]
+        self.last_contact[dc] = _number(contact) / 1000.0
+        return parse(body, int(_number(headers.getRawHeaders(b"X-Consul-Index", [b"0"])[0])))
+
+
+def _number(raw: bytes) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return 0.0
+
+
+def _leader(body: bytes) -> str:
+    try:
+        leader = json.loads(body)
+    except ValueError:
+        leader = None
+    # An agent whose cluster lost its leader answers "" here.
+    if not isinstance(leader, str) or not leader:
+        raise ConsulError("Consul has no cluster leader")
+    return leader

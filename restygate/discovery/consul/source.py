@@ -1,13 +1,16 @@
 """
 Consul-backed discovery: one L{Watcher} per (datacenter, service) that
-somebody asked for, started on the first request and stopped once nobody has
-asked for it in a while.
+somebody asked for and Consul knows, started on the first request and
+stopped once nobody has asked for it in a while.
 
-Only what is asked for is watched, so a gateway in front of a big catalog
-does not re-fetch every service on every change.  Concurrent first requests
-for the same pair share the watcher's single in-flight query.  A datacenter
-Consul has no path to is remembered for a few seconds, so a client repeating
-a bad URL costs Consul one query, not one per request.
+Only names Consul knows are watched (L{ConsulNames}): a request for a made-up
+datacenter or service fails at once and starts nothing.  Names are matched
+case-insensitively, so C{/dc1/web} and C{/dc1/WEB} share one watch in
+Consul's spelling.  At most C{max-watched-services} watches exist; past
+that the least recently used one is dropped (and started again when asked
+for).  Connections to the agent are bounded (L{ConsulGate}): the first
+C{dedicated} watches hold a blocking query each, every later one is kept
+fresh by its datacenter's L{ChangeFeed} and one-off fetches.
 
 When a reload changes what a watch asks Consul (tags, wait), each watched
 pair gets a successor watcher on its next request, and the old one keeps
@@ -18,7 +21,8 @@ because of a reload, and pairs nobody asks for are not re-queried at all.
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Optional, Set, Tuple
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Protocol, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -28,8 +32,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restygate.config import Config
-from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
+from restygate.discovery.consul.names import ConsulNames
+from restygate.discovery.consul.outage import Outage
 from restygate.discovery.consul.watch import HealthSource, Watcher
+from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
 from restygate.ops.views import IDiscoveryView, Watched
 
 __all__ = ["ConsulDiscovery"]
@@ -39,12 +45,22 @@ log = Logger()
 # How long "Consul has no path to this datacenter" is believed without asking
 # again; short, so a datacenter that joins the federation is served promptly.
 UNKNOWN_DC_TTL = 5.0
+# Watches dropped past max-watched-services are logged at most this often.
+EVICTION_LOG_INTERVAL = 60.0
+
+_Key = Tuple[str, str]
 
 
 @implementer(IDiscovery, IDiscoveryView)
 class ConsulDiscovery(Service):
     """
     L{IDiscovery} over a Consul agent.
+
+    @param names: the names Consul knows; without it every name is watched.
+    @param feed: makes the change feed of a datacenter (given its name and
+        the watches it keeps fresh); without it every watch blocks on its own.
+    @param dedicated: watches holding a blocking query of their own at most,
+        when there is a feed.
     """
 
     def __init__(
@@ -58,9 +74,20 @@ class ConsulDiscovery(Service):
         rng: Optional[random.Random] = None,
         max_stale: Optional[float] = None,
         datacenter_grace: float = 60.0,
+        names: Optional[ConsulNames] = None,
+        feed: Optional[Callable[[str, Callable[[], List[Watcher]]], "_Feed"]] = None,
+        dedicated: int = 0,
+        max_watched: int = 10000,
+        outage: Optional[Outage] = None,
     ) -> None:
         self.max_stale = max_stale
         self.datacenter_grace = datacenter_grace
+        self.max_watched = max_watched
+        self.dedicated = dedicated
+        self.outage = outage or Outage(clock)
+        self.names = names
+        self._make_feed = feed
+        self.feeds: Dict[str, _Feed] = {}
         self._source = source
         self._clock = clock
         self._tags = tags
@@ -68,26 +95,37 @@ class ConsulDiscovery(Service):
         self._discovery_timeout = discovery_timeout
         self._idle_timeout = idle_timeout
         self._rng = rng or random.Random()
-        self._watchers: Dict[Tuple[str, str], Watcher] = {}
+        # Least recently used first.
+        self._watchers: "OrderedDict[_Key, Watcher]" = OrderedDict()
         # Watchers asking Consul with settings from before a reload, and the
         # watchers started to replace them, not answered yet.
         self._outdated: Set[Watcher] = set()
-        self._successors: Dict[Tuple[str, str], Watcher] = {}
+        self._successors: Dict[_Key, Watcher] = {}
         self._unknown_dcs: Dict[str, float] = {}
+        self.evicted = 0
+        self._evicted_unlogged = 0
+        self._evictions_logged = -EVICTION_LOG_INTERVAL
         self._sweeper = LoopingCall(self._sweep_safely)
         self._sweeper.clock = clock
 
     @property
-    def watchers(self) -> Dict[Tuple[str, str], Watcher]:
-        return self._watchers
+    def watchers(self) -> Dict[_Key, Watcher]:
+        return {(w.dc, w.service): w for w in self._watchers.values()}
+
+    def fed(self, dc: str) -> List[Watcher]:
+        """
+        The watches of C{dc} kept fresh by its change feed.
+        """
+        key = dc.lower()
+        return [w for k, w in self._watchers.items() if k[0] == key and not w.blocking]
 
     def watched(self) -> List[Watched]:
         found = []
-        for (dc, service), watcher in sorted(self._watchers.items()):
+        for watcher in sorted(self._watchers.values(), key=lambda w: (w.dc, w.service)):
             snapshot = watcher.snapshot
             found.append(
                 Watched(
-                    dc, service,
+                    watcher.dc, watcher.service,
                     instances=snapshot.instances if snapshot is not None else (),
                     synced=snapshot is not None,
                     index=watcher.index,
@@ -99,15 +137,19 @@ class ConsulDiscovery(Service):
         return found
 
     def has_instances(self, dc: str, service: str) -> bool:
-        watcher = self._watchers.get((dc, service))
-        snapshot = watcher.snapshot if watcher is not None else None
-        return snapshot is not None and bool(snapshot.instances)
+        # Only Consul's spelling: a series per case variant would be unbounded.
+        watcher = self._watchers.get((dc.lower(), service.lower()))
+        if watcher is None or (watcher.dc, watcher.service) != (dc, service):
+            return False
+        return watcher.snapshot is not None and bool(watcher.snapshot.instances)
 
     def answered(self) -> bool:
         return any(w.last_success is not None for w in self._watchers.values())
 
     def startService(self) -> None:
         super().startService()
+        if self.names is not None:
+            self.names.startService()
         self._sweeper.start(self._sweep_interval(), now=False)
 
     def _sweep_interval(self) -> float:
@@ -115,12 +157,13 @@ class ConsulDiscovery(Service):
 
     def reconfigure(self, config: Config) -> None:
         """
-        Take C{config}'s tags, wait and timeouts.  Watchers already running
-        are replaced lazily (see L{lookup}), and keep serving meanwhile.
+        Take C{config}'s tags, wait, timeouts and caps.  Watchers already
+        running are replaced lazily (see L{lookup}), and keep serving meanwhile.
         """
         self._discovery_timeout = config.discovery_timeout
         self.max_stale = config.max_stale
         self.datacenter_grace = config.datacenter_grace
+        self.max_watched = config.max_watched_services
         for watcher in self._watchers.values():
             watcher.datacenter_grace = config.datacenter_grace
         if config.watch_idle_timeout != self._idle_timeout:
@@ -135,6 +178,7 @@ class ConsulDiscovery(Service):
                 successor.stop()
             self._successors.clear()
             self._outdated = set(self._watchers.values())
+        self._evict()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -142,21 +186,41 @@ class ConsulDiscovery(Service):
             self._sweeper.stop()
         for watcher in [*self._watchers.values(), *self._successors.values()]:
             watcher.stop()
+        for feed in self.feeds.values():
+            feed.stop()
+        self.feeds.clear()
+        if self.names is not None and self.names.running:
+            self.names.stopService()
         self._watchers.clear()
         self._successors.clear()
         self._outdated.clear()
         return succeed(None)
 
     def lookup(self, dc: str, service: str) -> Deferred[Snapshot]:
-        key = (dc, service)
+        key = (dc.lower(), service.lower())
         watcher = self._watchers.get(key)
-        now = self._clock.seconds()
-        if watcher is None:
-            if self._unknown_dcs.get(dc, 0.0) > now:
+        if watcher is not None:
+            self._watchers.move_to_end(key)
+            return self._serve(key, watcher)
+        if self.names is None:
+            if self._unknown_dcs.get(dc, 0.0) > self._clock.seconds():
                 return fail(UnknownDatacenter(dc))
+            return self._serve_new(dc, service)
+        resolved = self.names.resolve(dc, service, self._discovery_timeout)
+        return resolved.addCallback(lambda names: self._serve_new(*names))
+
+    def _serve_new(self, dc: str, service: str) -> Deferred[Snapshot]:
+        key = (dc.lower(), service.lower())
+        watcher = self._watchers.get(key)
+        if watcher is None:
             self._watchers[key] = watcher = self._watch(dc, service)
             log.info("watching {dc}/{service}", dc=dc, service=service)
-        elif watcher in self._outdated and watcher.snapshot is not None:
+            self._evict()
+        return self._serve(key, watcher)
+
+    def _serve(self, key: _Key, watcher: Watcher) -> Deferred[Snapshot]:
+        now = self._clock.seconds()
+        if watcher in self._outdated and watcher.snapshot is not None:
             # Without a snapshot yet, requests wait for the outdated watcher's
             # first answer as they would have before the reload.
             watcher = self._renew(key, watcher, now)
@@ -165,7 +229,7 @@ class ConsulDiscovery(Service):
         if snapshot is not None:
             if self._too_stale(watcher, now):
                 return fail(DiscoveryUnavailable(
-                    f"Consul unreachable and the view of {dc}/{service} is older than max-stale"
+                    f"Consul unreachable and the view of {watcher.dc}/{watcher.service} is older than max-stale"
                 ))
             return succeed(snapshot)
         return watcher.first_snapshot(self._discovery_timeout)
@@ -181,15 +245,22 @@ class ConsulDiscovery(Service):
         )
 
     def _watch(self, dc: str, service: str) -> Watcher:
+        blocking = self._make_feed is None or sum(1 for w in self._watchers.values() if w.blocking) < self.dedicated
+        # Each watch's wait a little different: watches started together
+        # never come back together.
+        wait = self._wait * (1 - self._rng.random() / 16)
         watcher = Watcher(
-            dc, service, self._source, self._clock, self._tags, self._wait,
+            dc, service, self._source, self._clock, self._tags, wait,
             self._rng, on_unknown_datacenter=self._unknown_datacenter,
-            datacenter_grace=self.datacenter_grace,
+            datacenter_grace=self.datacenter_grace, blocking=blocking, outage=self.outage,
         )
         watcher.start()
+        if not blocking and self._make_feed is not None and dc.lower() not in self.feeds:
+            self.feeds[dc.lower()] = feed = self._make_feed(dc, lambda: self.fed(dc))
+            feed.start()
         return watcher
 
-    def _renew(self, key: Tuple[str, str], outdated: Watcher, now: float) -> Watcher:
+    def _renew(self, key: _Key, outdated: Watcher, now: float) -> Watcher:
         """
         The watcher to serve C{key} from: the outdated one until its
         successor (started here if need be) has a first answer, then the
@@ -197,9 +268,9 @@ class ConsulDiscovery(Service):
         """
         successor = self._successors.get(key)
         if successor is None:
-            if self._unknown_dcs.get(key[0], 0.0) > now:
+            if self._unknown_dcs.get(outdated.dc, 0.0) > now:
                 return outdated
-            self._successors[key] = successor = self._watch(*key)
+            self._successors[key] = successor = self._watch(outdated.dc, outdated.service)
         if successor.snapshot is None:
             return outdated
         del self._successors[key]
@@ -207,7 +278,8 @@ class ConsulDiscovery(Service):
         self._watchers[key] = successor
         outdated.stop()
         log.info(
-            "{dc}/{service}: now watched with tags {tags}", dc=key[0], service=key[1], tags=list(self._tags)
+            "{dc}/{service}: now watched with tags {tags}", dc=outdated.dc, service=outdated.service,
+            tags=list(self._tags),
         )
         return successor
 
@@ -217,7 +289,7 @@ class ConsulDiscovery(Service):
         self._forget(watcher)
 
     def _forget(self, watcher: Watcher) -> None:
-        key = (watcher.dc, watcher.service)
+        key = (watcher.dc.lower(), watcher.service.lower())
         if self._watchers.get(key) is watcher:
             del self._watchers[key]
             # A pair nobody watches needs no successor either.
@@ -228,6 +300,26 @@ class ConsulDiscovery(Service):
             del self._successors[key]
         self._outdated.discard(watcher)
         watcher.stop()
+        feed = self.feeds.get(key[0])
+        if feed is not None and not self.fed(key[0]):
+            feed.stop()
+            del self.feeds[key[0]]
+
+    def _evict(self) -> None:
+        while len(self._watchers) > self.max_watched:
+            _, oldest = next(iter(self._watchers.items()))
+            self._forget(oldest)
+            self.evicted += 1
+            self._evicted_unlogged += 1
+        now = self._clock.seconds()
+        if self._evicted_unlogged and now - self._evictions_logged >= EVICTION_LOG_INTERVAL:
+            log.warn(
+                "max-watched-services ({cap}) reached: dropped {count} least recently used watches "
+                "since the last report ({total} in all); they are watched again when asked for",
+                cap=self.max_watched, count=self._evicted_unlogged, total=self.evicted,
+            )
+            self._evicted_unlogged = 0
+            self._evictions_logged = now
 
     def _sweep_safely(self) -> None:
         # LoopingCall stops for good on an unhandled error; log and go on.
@@ -239,7 +331,7 @@ class ConsulDiscovery(Service):
     def sweep(self) -> None:
         """
         Stop watchers nobody used for the idle timeout; drop old negative
-        datacenter entries.
+        datacenter entries; report evictions not reported yet.
         """
         now = self._clock.seconds()
         for watcher in list(self._watchers.values()):
@@ -252,3 +344,16 @@ class ConsulDiscovery(Service):
         for dc, until in list(self._unknown_dcs.items()):
             if until <= now:
                 del self._unknown_dcs[dc]
+        self._evict()
+
+
+class _Feed(Protocol):
+    """
+    What discovery needs of a change feed (L{restygate.discovery.consul.feed.ChangeFeed}).
+    """
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def lag(self) -> float: ...

@@ -21,7 +21,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from restygate.discovery.consul.client import ConsulError, HealthAnswer
+from restygate.discovery.consul.answers import HealthAnswer
+from restygate.discovery.consul.loop import backoff_for, describe
+from restygate.discovery.consul.outage import Outage
 from restygate.pacing import Backoff, TokenBucket
 from restygate.discovery.model import DiscoveryUnavailable, Snapshot, UnknownDatacenter
 
@@ -36,13 +38,15 @@ class HealthSource(Protocol):
     """
 
     def health_service(
-        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float
+        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float, urgent: bool = False
     ) -> Deferred[HealthAnswer]: ...
 
 
 class Watcher:
     """
-    The blocking-query loop for one (dc, service).
+    The blocking-query loop for one (dc, service), or, when C{blocking} is
+    false, its one-off fetches: a first one, then one per L{refresh} (the
+    change feed of its datacenter calls it when the service changed).
 
     @ivar snapshot: the last good answer, or L{None} before the first.
     """
@@ -58,8 +62,13 @@ class Watcher:
         rng: Optional[random.Random] = None,
         on_unknown_datacenter: Optional[Callable[[Watcher], None]] = None,
         datacenter_grace: float = 60.0,
+        blocking: bool = True,
+        outage: Optional[Outage] = None,
     ) -> None:
         self.datacenter_grace = datacenter_grace
+        self.blocking = blocking
+        self._outage = outage or Outage(clock)
+        self.refreshes = 0
         # When Consul first said it has no path to this datacenter, after it
         # had answered for it: the datacenter is served on until the grace.
         self._gone_since: Optional[float] = None
@@ -88,6 +97,10 @@ class Watcher:
         return self._index
 
     @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
     def errors(self) -> int:
         return self._backoff.failures
 
@@ -103,7 +116,25 @@ class Watcher:
         self._next = None
         if self._inflight is not None:
             self._inflight.cancel()
+        self._outage.forget(self._name)
         self._fail_waiters(DiscoveryUnavailable(f"stopped watching {self.dc}/{self.service}"))
+
+    @property
+    def _name(self) -> str:
+        return f"{self.dc}/{self.service}"
+
+    def refresh(self) -> None:
+        """
+        Fetch again now (a one-off fetch of a watch that is not blocking),
+        unless a query is already in flight; a retry already scheduled is
+        brought forward.
+        """
+        if not self._running or self._inflight is not None:
+            return
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self.refreshes += 1
+        self._query()
 
     def first_snapshot(self, timeout: float) -> Deferred[Snapshot]:
         """
@@ -131,8 +162,11 @@ class Watcher:
         self._next = None
         if not self._running:
             return
+        # The first fetch may have a client waiting: it goes ahead of the
+        # background queries.
         self._inflight = d = self._source.health_service(
-            self.dc, self.service, self.tags, self._index, self._wait
+            self.dc, self.service, self.tags, self._index if self.blocking else 0, self._wait,
+            urgent=self.snapshot is None,
         )
         handled: Deferred[Optional[float]] = d.addCallbacks(self._answered, self._failed)
         # A bug in the handlers above must not end the loop for good.
@@ -143,7 +177,7 @@ class Watcher:
         if delay is not None and self._running:
             self._next = self._clock.callLater(delay, self._query)
 
-    def _answered(self, answer: HealthAnswer) -> float:
+    def _answered(self, answer: HealthAnswer) -> Optional[float]:
         now = self._clock.seconds()
         # An index below 1 is an agent bug; read it as 1 before comparing, so
         # that it neither counts as going backwards nor makes a hot loop.
@@ -156,8 +190,7 @@ class Watcher:
             self._index = 0
         else:
             self._index = index
-        if self._backoff.failures:
-            log.info("Consul answers again for {dc}/{service}", dc=self.dc, service=self.service)
+        self._outage.succeeded(self._name)
         self._backoff.reset()
         self._gone_since = None
         self.last_success = now
@@ -182,7 +215,8 @@ class Watcher:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(snapshot)
-        return self._bucket.delay(now)
+        delay = self._bucket.delay(now)
+        return delay if self.blocking else None
 
     def _failed(self, failure: Failure) -> Optional[float]:
         if not self._running:
@@ -207,9 +241,11 @@ class Watcher:
                     self._running = False
                     self._on_unknown_datacenter(self)
                     return None
-        self.last_error = _describe(failure)
-        delay = self._backoff.next()
-        log.warn(
+        self.last_error = describe(failure)
+        delay = backoff_for(failure, self._backoff)
+        # One line per outage (Outage), not one per watch per retry.
+        self._outage.failed(self._name, self.last_error, getattr(failure.value, "status", None))
+        log.debug(
             "Consul query for {dc}/{service} failed ({error}); {serving}, retrying in {delay:.1f}s",
             dc=self.dc, service=self.service, error=self.last_error, delay=delay,
             serving="serving the last known instances" if self.snapshot else "no instances known yet",
@@ -226,10 +262,3 @@ class Watcher:
         for waiter in waiters:
             waiter.errback(error)
 
-
-def _describe(failure: Failure) -> str:
-    if failure.check(ConsulError, UnknownDatacenter):
-        return str(failure.value)
-    if failure.check(TimeoutError, CancelledError):
-        return "timed out"
-    return f"{type(failure.value).__name__}: {failure.value}"

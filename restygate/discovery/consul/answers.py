@@ -1,0 +1,198 @@
+"""
+Consul's answer bodies turned into restygate's values: the only place that
+knows their JSON shapes.  Bodies from real agents carry C{null} maps and omit
+fields on old versions, so parsing is defensive: an entry that cannot be used
+is skipped and logged, never allowed to break the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from twisted.logger import Logger
+
+from restygate.discovery.model import Instance
+
+__all__ = [
+    "ConsulError",
+    "HealthAnswer",
+    "parse_entry",
+    "parse_health",
+    "parse_datacenters",
+    "parse_service_names",
+    "parse_check_states",
+]
+
+log = Logger()
+
+#: What restygate says about Consul's 429: the agent's per-client connection cap
+#: (limits.http_max_conns_per_client) refused a connection.
+CONNECTION_LIMIT = "Consul agent connection limit reached"
+
+
+class ConsulError(Exception):
+    """
+    Consul answered with an error, or could not be asked.
+    """
+
+    def __init__(self, message: str, status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class HealthAnswer:
+    """
+    One answer to a health query: the instances and Consul's index.
+    """
+
+    index: int
+    instances: Tuple[Instance, ...]
+    # Every registered instance, passing or not; filled only by a client
+    # asked to include failing ones (panic mode needs them).
+    registered: Tuple[Instance, ...] = ()
+
+
+def _mapping(value: Any) -> dict:  # type: ignore[type-arg]
+    return value if isinstance(value, dict) else {}
+
+
+def parse_entry(entry: Any) -> Optional[Instance]:
+    """
+    One C{/v1/health/service} entry as an L{Instance}, or L{None} when it
+    names no usable address and port.
+    """
+    node = _mapping(_mapping(entry).get("Node"))
+    service = _mapping(_mapping(entry).get("Service"))
+    address = service.get("Address") or node.get("Address")
+    port = service.get("Port")
+    if not isinstance(address, str) or not address:
+        return None
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    tags = service.get("Tags")
+    meta = _mapping(service.get("Meta"))
+    return Instance(
+        address=address.strip("[]"),
+        port=port,
+        tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+        meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())),
+        id=str(service.get("ID") or ""),
+        node=str(node.get("Node") or ""),
+    )
+
+
+def _passing(entry: Any) -> bool:
+    checks = _mapping(entry).get("Checks")
+    return isinstance(checks, list) and all(_mapping(c).get("Status") == "passing" for c in checks)
+
+
+def parse_health(body: bytes, passing_only: bool = False) -> Tuple[Instance, ...]:
+    """
+    The usable instances in a C{/v1/health/service} body (with
+    C{passing_only}, those whose every check passes, as Consul's C{?passing}
+    would keep), in a stable order so that an answer with the same members
+    compares equal to the last one.
+    """
+    try:
+        entries = json.loads(body)
+    except ValueError as e:
+        raise ConsulError(f"unparsable answer from Consul: {e}") from None
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        raise ConsulError("unexpected answer from Consul: not a JSON array")
+    instances: List[Instance] = []
+    for entry in entries:
+        if passing_only and not _passing(entry):
+            continue
+        instance = parse_entry(entry)
+        if instance is None:
+            log.warn("skipping a Consul entry with no usable address or port: {entry!r:.200}", entry=entry)
+        else:
+            instances.append(instance)
+    # Every field in the key: entries alike in address, port and ID (one
+    # service address shared by several nodes) must not swap places between
+    # answers, or an unchanged service would look changed.
+    instances.sort(key=lambda i: (i.address, i.port, i.id, i.node, i.tags, i.meta))
+    return tuple(instances)
+
+
+def answer_text(body: bytes) -> str:
+    """
+    The start of an error answer's body, fit for a log line.
+    """
+    return body[:300].decode("utf-8", "replace").strip()
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise ConsulError(f"unparsable answer from Consul: {e}") from None
+
+
+def parse_datacenters(body: bytes) -> Tuple[str, ...]:
+    """
+    The datacenters in a C{/v1/catalog/datacenters} body, in Consul's order.
+    """
+    names = _json(body)
+    if not isinstance(names, list):
+        raise ConsulError("unexpected answer from Consul: not a JSON array")
+    return tuple(n for n in names if isinstance(n, str) and n)
+
+
+def parse_service_names(body: bytes) -> Tuple[str, ...]:
+    """
+    The service names in a C{/v1/catalog/services} body (name -> tags).
+    """
+    services = _json(body)
+    if services is None:
+        return ()
+    if not isinstance(services, dict):
+        raise ConsulError("unexpected answer from Consul: not a JSON object")
+    return tuple(sorted(n for n in services if isinstance(n, str) and n))
+
+
+def parse_check_states(body: bytes) -> Dict[str, Tuple[int, int]]:
+    """
+    From a C{/v1/health/state/any} body, per service (by lower-cased name)
+    a fingerprint of everything in its checks that can change its health
+    (which checks, on which nodes, in which status, at which index) and the
+    highest C{ModifyIndex} among them.  A node-level check (C{serfHealth})
+    counts for every service on its node.  Two answers with the same
+    fingerprint for a service mean its health entries did not change between
+    them; a highest index above a watch's own index means a change it missed.
+    """
+    checks = _json(body)
+    if checks is None:
+        checks = []
+    if not isinstance(checks, list):
+        raise ConsulError("unexpected answer from Consul: not a JSON array")
+    per_service: Dict[str, List[Tuple[str, str, str, int]]] = {}
+    per_node: Dict[str, List[Tuple[str, str, str, int]]] = {}
+    nodes_of: Dict[str, Set[str]] = {}
+    for check in checks:
+        if not isinstance(check, dict):
+            continue
+        node = str(check.get("Node") or "")
+        modify = check.get("ModifyIndex")
+        item = (
+            node,
+            str(check.get("CheckID") or ""),
+            str(check.get("Status") or ""),
+            modify if isinstance(modify, int) else 0,
+        )
+        name = check.get("ServiceName")
+        if isinstance(name, str) and name:
+            per_service.setdefault(name.lower(), []).append(item)
+            nodes_of.setdefault(name.lower(), set()).add(node)
+        else:
+            per_node.setdefault(node, []).append(item)
+    states: Dict[str, Tuple[int, int]] = {}
+    for name, items in per_service.items():
+        every = items + [c for n in nodes_of[name] for c in per_node.get(n, ())]
+        states[name] = (hash(tuple(sorted(every))), max(c[3] for c in every))
+    return states

@@ -1,0 +1,142 @@
+"""
+The one door every request to the Consul agent goes through: at most
+C{consul-max-connections} in flight at once, so never more connections than
+that, whatever the number of watched services; first fetches a client request
+waits for go ahead of everything else; background queries (re-issued
+blocking queries, refreshes, retries, re-fetches after an index reset) are
+also paced to C{consul-max-rps}, so a herd becomes a queue, not a burst.
+
+Urgent requests are bounded by the names Consul knows (a made-up name never
+gets this far), so putting them first cannot be abused to starve the rest.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Optional, Tuple, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+__all__ = ["ConsulGate"]
+
+T = TypeVar("T")
+
+_Start = Callable[[], "Deferred[Any]"]
+
+
+class _Ticket:
+    """One request waiting for its turn; cancelled before its turn, it never starts."""
+
+    def __init__(self, start: _Start, result: Deferred[Any]) -> None:
+        self.start = start
+        self.result = result
+        self.running: Optional[Deferred[Any]] = None
+        self.cancelled = False
+
+
+class ConsulGate:
+    """
+    A concurrency limit with two queues and a rate for the background one.
+
+    @ivar limit: requests in flight at most (C{consul-max-connections}).
+    @ivar rate: background requests started per second at most (C{consul-max-rps}).
+    """
+
+    def __init__(self, clock: IReactorTime, limit: int, rate: float) -> None:
+        self._clock = clock
+        self.limit = limit
+        self.rate = rate
+        self.in_flight = 0
+        self.peak = 0
+        # Background requests started, for the metrics.
+        self.background_started = 0
+        self._urgent: Deque[_Ticket] = deque()
+        self._background: Deque[_Ticket] = deque()
+        # When the next background request may start, by the rate.
+        self._next_background = 0.0
+        self._timer: Optional[IDelayedCall] = None
+
+    def reconfigure(self, limit: int, rate: float) -> None:
+        self.limit, self.rate = limit, rate
+        self._pump()
+
+    @property
+    def queued(self) -> Tuple[int, int]:
+        """(urgent, background) requests waiting for their turn."""
+        return len(self._urgent), len(self._background)
+
+    def run(self, start: Callable[[], Deferred[T]], urgent: bool = False) -> Deferred[T]:
+        """
+        C{start()} once its turn comes; its result.  Cancelling the result
+        before the turn drops the request, after it cancels the request.
+        """
+        result: Deferred[T] = Deferred(lambda d: self._cancel(ticket))
+        ticket = _Ticket(start, result)
+        (self._urgent if urgent else self._background).append(ticket)
+        self._pump()
+        return result
+
+    def _cancel(self, ticket: _Ticket) -> None:
+        ticket.cancelled = True
+        if ticket.running is not None:
+            ticket.running.cancel()
+
+    def _pump(self) -> None:
+        while self.in_flight < self.limit:
+            ticket = self._take()
+            if ticket is None:
+                return
+            self._launch(ticket)
+
+    def _take(self) -> Optional[_Ticket]:
+        while self._urgent:
+            ticket = self._urgent.popleft()
+            if not ticket.cancelled:
+                return ticket
+        while self._background and self._background[0].cancelled:
+            self._background.popleft()
+        if not self._background:
+            self.close()
+            return None
+        now = self._clock.seconds()
+        if now < self._next_background:
+            if self._timer is None or not self._timer.active():
+                self._timer = self._clock.callLater(self._next_background - now, self._pump)
+            return None
+        self._next_background = max(now, self._next_background) + 1.0 / self.rate
+        self.background_started += 1
+        return self._background.popleft()
+
+    def close(self) -> None:
+        """
+        Forget the timer of the background queue (nothing waits in it, or
+        the gateway is stopping).
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _launch(self, ticket: _Ticket) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            ticket.running = running = ticket.start()
+        except BaseException:
+            running = Deferred()
+            running.errback(Failure())
+        running.addBoth(self._done, ticket)
+
+    def _done(self, outcome: Any, ticket: _Ticket) -> None:
+        self.in_flight -= 1
+        ticket.running = None
+        if not ticket.result.called:
+            if isinstance(outcome, Failure):
+                ticket.result.errback(outcome)
+            else:
+                ticket.result.callback(outcome)
+        elif isinstance(outcome, Failure):
+            # Cancelled by its caller: the failure is the cancellation, expected.
+            outcome.trap(Exception)
+        self._pump()

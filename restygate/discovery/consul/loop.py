@@ -1,0 +1,148 @@
+"""
+A chain of Consul blocking queries on one endpoint (a datacenter's service
+names, its change feed), following Consul's client rules: an index that goes
+backwards resets to 0, an index below 1 counts as 1, answers that come back
+too fast are paced (token bucket), errors back off with jitter -- harder
+after a 429 from the agent's connection cap -- and every failure and
+recovery is reported to the one L{Outage}.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Optional
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from restygate.discovery.consul.answers import ConsulError
+from restygate.discovery.consul.client import Indexed
+from restygate.discovery.consul.outage import Outage
+from restygate.discovery.model import UnknownDatacenter
+from restygate.pacing import Backoff, TokenBucket
+
+__all__ = ["BlockingLoop", "describe", "backoff_for"]
+
+log = Logger()
+
+# After a 429 the agent is at its connection cap: wait at least this long.
+LIMITED_BACKOFF = 5.0
+
+
+def describe(failure: Failure) -> str:
+    """
+    A failure as a short log text.
+    """
+    if failure.check(ConsulError, UnknownDatacenter):
+        return str(failure.value)
+    if failure.check(TimeoutError, CancelledError):
+        return "timed out"
+    return f"{type(failure.value).__name__}: {failure.value}"
+
+
+def backoff_for(failure: Failure, backoff: Backoff) -> float:
+    """
+    The next retry delay: the backoff's, plus L{LIMITED_BACKOFF} after a 429.
+    """
+    delay = backoff.next()
+    if failure.check(ConsulError) and getattr(failure.value, "status", None) == 429:
+        delay += LIMITED_BACKOFF
+    return delay
+
+
+class BlockingLoop:
+    """
+    Asks C{query(index, urgent)} again and again, handing each answer to
+    C{on_answer}; the first query is urgent.  C{on_error} sees each failure
+    and may return C{False} to end the loop (a datacenter that is gone).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        query: Callable[[int, bool], "Deferred[Indexed]"],
+        on_answer: Callable[[Indexed], None],
+        clock: IReactorTime,
+        outage: Outage,
+        rng: random.Random,
+        on_error: Optional[Callable[[Failure], bool]] = None,
+    ) -> None:
+        self.name = name
+        self._query = query
+        self._on_answer = on_answer
+        self._on_error = on_error
+        self._clock = clock
+        self._outage = outage
+        self._bucket = TokenBucket(rate=2.0, burst=3.0)
+        self._backoff = Backoff(base=0.5, cap=30.0, rng=rng)
+        self.index = 0
+        self.answers = 0
+        self.last_success: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self._inflight: Optional[Deferred[Indexed]] = None
+        self._next: Optional[IDelayedCall] = None
+        self.running = False
+
+    @property
+    def errors(self) -> int:
+        return self._backoff.failures
+
+    def start(self) -> None:
+        if not self.running:
+            self.running = True
+            self._ask()
+
+    def stop(self) -> None:
+        self.running = False
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        if self._inflight is not None:
+            self._inflight.cancel()
+        self._outage.forget(self.name)
+
+    def _ask(self) -> None:
+        self._next = None
+        if not self.running:
+            return
+        self._inflight = d = self._query(self.index, self.answers == 0)
+        d.addCallbacks(self._answered, self._failed).addErrback(self._crashed).addCallback(self._schedule)
+
+    def _schedule(self, delay: Optional[float]) -> None:
+        self._inflight = None
+        if delay is not None and self.running:
+            self._next = self._clock.callLater(delay, self._ask)
+
+    def _answered(self, answer: Indexed) -> Optional[float]:
+        now = self._clock.seconds()
+        index = max(answer.index, 1)
+        if index < self.index:
+            log.info("Consul index of {name} went backwards ({old} -> {new}); resetting", name=self.name,
+                     old=self.index, new=answer.index)
+            self.index = 0
+        else:
+            self.index = index
+        self._backoff.reset()
+        self._outage.succeeded(self.name)
+        self.answers += 1
+        self.last_success = now
+        self.last_error = None
+        self._on_answer(answer)
+        return self._bucket.delay(now)
+
+    def _failed(self, failure: Failure) -> Optional[float]:
+        if not self.running:
+            return None
+        if self._on_error is not None and not self._on_error(failure):
+            self.running = False
+            self._outage.forget(self.name)
+            return None
+        self.last_error = describe(failure)
+        self._outage.failed(self.name, self.last_error, getattr(failure.value, "status", None))
+        return backoff_for(failure, self._backoff)
+
+    def _crashed(self, failure: Failure) -> float:
+        log.failure("{name} crashed", failure, name=self.name)
+        return self._backoff.next()

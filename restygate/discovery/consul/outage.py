@@ -1,0 +1,74 @@
+"""
+One account of Consul's availability for every query restygate makes, so an
+outage is logged once when it starts and once when it ends, with counts,
+instead of one warning per watch per retry (thousands of lines a minute
+with thousands of watches).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Set
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from restygate.discovery.consul.answers import CONNECTION_LIMIT
+
+__all__ = ["Outage"]
+
+log = Logger()
+
+
+class Outage:
+    """
+    Counts failing queries; logs the first failure and the recovery.
+
+    @ivar failing: what is failing now (watch names, C{"feed dc1"}...).
+    @ivar failures: failed queries since the outage began.
+    @ivar limited: 429 answers (the agent's connection cap) in this outage.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.failing: Set[str] = set()
+        self.failures = 0
+        self.limited = 0
+        self.since: Optional[float] = None
+        self.outages = 0
+
+    def failed(self, what: str, error: str, status: Optional[int] = None) -> None:
+        self.failing.add(what)
+        self.failures += 1
+        if status == 429:
+            if not self.limited:
+                log.warn("{limit}: the agent refuses more connections from this host", limit=CONNECTION_LIMIT)
+            self.limited += 1
+        if self.since is None:
+            self.since = self._clock.seconds()
+            self.outages += 1
+            log.warn(
+                "Consul queries failing ({what}: {error}); serving the last known instances meanwhile",
+                what=what, error=error,
+            )
+
+    def succeeded(self, what: str) -> None:
+        if what not in self.failing:
+            return
+        self.failing.discard(what)
+        if self.failing or self.since is None:
+            return
+        log.info(
+            "Consul answers again after {seconds:.1f}s: {failures} failed queries ({limited} refused by the "
+            "agent's connection limit), every query recovered",
+            seconds=self._clock.seconds() - self.since, failures=self.failures, limited=self.limited,
+        )
+        self.since = None
+        self.failures = 0
+        self.limited = 0
+
+    def forget(self, what: str) -> None:
+        """
+        C{what} stopped (unwatched) while failing: it no longer holds the outage open.
+        """
+        if what in self.failing:
+            self.succeeded(what)

@@ -1,0 +1,72 @@
+"""
+Tests for L{restygate.discovery.consul.gate.ConsulGate} on a Clock: at most
+C{limit} requests in flight, urgent ones first, background ones paced to the
+rate, cancellation before the turn drops a request.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from restygate.discovery.consul.gate import ConsulGate
+
+
+class GateTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.started: List[str] = []
+        self.pending: List[Deferred[str]] = []
+
+    def request(self, gate: ConsulGate, name: str, urgent: bool = False) -> Deferred[str]:
+        def start() -> Deferred[str]:
+            self.started.append(name)
+            d: Deferred[str] = Deferred()
+            self.pending.append(d)
+            return d
+
+        return gate.run(start, urgent)
+
+    def test_limit_and_urgent_first(self) -> None:
+        gate = ConsulGate(self.clock, limit=2, rate=1000.0)
+        results = [self.request(gate, f"b{n}") for n in range(3)]
+        self.clock.advance(1)
+        self.assertEqual((self.started, gate.in_flight), (["b0", "b1"], 2))
+        urgent = self.request(gate, "u", urgent=True)
+        self.assertEqual(gate.queued, (1, 1))
+        self.pending[0].callback("done")
+        self.assertEqual(self.successResultOf(results[0]), "done")
+        # The freed connection goes to the urgent request, not the older background one.
+        self.assertEqual(self.started, ["b0", "b1", "u"])
+        self.pending[1].callback("x")
+        self.clock.advance(1)
+        self.assertEqual(self.started, ["b0", "b1", "u", "b2"])
+        self.assertNoResult(urgent)
+        self.assertEqual(gate.peak, 2)
+
+    def test_background_paced_to_the_rate(self) -> None:
+        gate = ConsulGate(self.clock, limit=100, rate=4.0)
+        for n in range(5):
+            self.request(gate, f"b{n}")
+        self.assertEqual(self.started, ["b0"])
+        self.request(gate, "u", urgent=True)
+        self.assertEqual(self.started, ["b0", "u"])
+        for step in range(1, 5):
+            self.clock.advance(0.25)
+            self.assertEqual(len(self.started), 2 + step)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_before_and_after_the_turn(self) -> None:
+        gate = ConsulGate(self.clock, limit=1, rate=1000.0)
+        first = self.request(gate, "a")
+        second = self.request(gate, "b")
+        second.cancel()
+        self.failureResultOf(second, CancelledError)
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(gate.in_flight, 0)
+        self.clock.advance(1)
+        self.assertEqual(self.started, ["a"])

@@ -1,0 +1,113 @@
+"""
+Discovery at scale, end to end over real sockets (a gateway in front of the
+Consul test server): names Consul does not know start nothing, names match
+case-insensitively in Consul's spelling, watches are capped (least recently
+used dropped), connections to the agent are bounded and services past the
+dedicated budget are kept fresh by their datacenter's change feed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from tests.support.harness import GatewayRig, captured_log, eventually
+
+ADMIN = "tcp:0:interface=127.0.0.1"
+
+
+def _discovery(rig: GatewayRig) -> Any:
+    return rig.gateway.resource.discovery
+
+
+class MadeUpNamesTests(TestCase):
+    async def test_made_up_names_start_nothing(self) -> None:
+        """
+        Requests for services and datacenters Consul does not know answer
+        404 at once: no watch, no health query, no metrics series, and the
+        datacenter list is asked again at most once per interval.
+        """
+        rig = GatewayRig(self, admin=ADMIN)
+        rig.register(rig.backend())
+        self.assertEqual((await rig.get("/dc1/web/"))[0].code, 200)
+        listings_before = len(rig.consul.requests_for("/v1/catalog/datacenters"))
+        rng = random.Random(7)
+        for n in range(60):
+            name = "".join(rng.choice("abcdefghij") for _ in range(12))
+            response, _ = await rig.get(f"/dc1/{name}/")
+            self.assertEqual(response.code, 404)
+            response, _ = await rig.get(f"/dc-{name}/web/")
+            self.assertEqual(response.code, 404)
+        self.assertEqual([w for w in _discovery(rig).watchers], [("dc1", "web")])
+        self.assertEqual({q.path for q in rig.consul.requests_for("/v1/health/")}, {"/v1/health/service/web"})
+        # One refresh of the list for the first miss, then none within the interval.
+        listings = rig.consul.requests_for("/v1/catalog/datacenters")
+        self.assertLessEqual(len(listings) - listings_before, 1, [r.time for r in listings])
+        _, metrics = await rig.admin("/metrics")
+        self.assertNotIn(b"dc-", metrics)
+        self.assertEqual(metrics.count(b'service="'), metrics.count(b'service="web"') + metrics.count(b'service=""'))
+
+    async def test_case_variants_share_one_watch_in_consuls_spelling(self) -> None:
+        rig = GatewayRig(self, admin=ADMIN)
+        rig.register(rig.backend(), service="NgInX")
+        for path in ["/dc1/nginx/", "/dc1/NGINX/", "/DC1/NgInX/", "/dc1/nGiNx/x"]:
+            self.assertEqual((await rig.get(path))[0].code, 200, path)
+        self.assertEqual(list(_discovery(rig).watchers), [("dc1", "NgInX")])
+        self.assertEqual({q.path for q in rig.consul.requests_for("/v1/health/service/")}, {"/v1/health/service/NgInX"})
+        _, metrics = await rig.admin("/metrics")
+        self.assertIn(b'restygate_requests_total{code="2xx",dc="dc1",service="NgInX"} 4.0', metrics)
+
+    async def test_a_service_registered_later_is_served(self) -> None:
+        rig = GatewayRig(self)
+        rig.register(rig.backend("a"))
+        self.assertEqual((await rig.get("/dc1/web/"))[0].code, 200)
+        self.assertEqual((await rig.get("/dc1/api/"))[0].code, 404)
+        rig.register(rig.backend("b"), service="api")
+        # The names come from a blocking query: the new service shows within a round trip.
+        await eventually(lambda: _discovery(rig).names.names_in("dc1") == 2)
+        self.assertEqual((await rig.get("/dc1/api/"))[0].code, 200)
+
+
+class WatchCapTests(TestCase):
+    async def test_least_recently_used_watch_is_dropped_and_logged_once(self) -> None:
+        lines = captured_log(self)
+        rig = GatewayRig(self, max_watched_services=3)
+        for name in ["s0", "s1", "s2", "s3", "s4"]:
+            rig.register(rig.backend(name), service=name)
+        for name in ["s0", "s1", "s2", "s0", "s3", "s4"]:
+            self.assertEqual((await rig.get(f"/dc1/{name}/"))[0].code, 200, name)
+        self.assertEqual(sorted(s for _, s in _discovery(rig).watchers), ["s0", "s3", "s4"])
+        self.assertEqual(_discovery(rig).evicted, 2)
+        reports = [line for line in lines if "max-watched-services (3) reached" in line]
+        self.assertEqual(len(reports), 1, reports)
+        # A dropped service is watched again when asked for.
+        self.assertEqual((await rig.get("/dc1/s1/"))[0].code, 200)
+        self.assertIn("s1", [s for _, s in _discovery(rig).watchers])
+
+
+class ConnectionBudgetTests(TestCase):
+    async def test_many_services_on_a_few_connections_stay_fresh(self) -> None:
+        """
+        With consul-max-connections = 24 (a dedicated budget of 2), 30
+        services are served over at most 24 agent connections, and a health
+        change of a service past the budget reaches routing through the
+        change feed.
+        """
+        rig = GatewayRig(self, consul_max_connections=24)
+        ids = [rig.register(rig.backend(f"b{n}"), service=f"svc{n}") for n in range(30)]
+        for n in range(30):
+            self.assertEqual((await rig.get(f"/dc1/svc{n}/"))[0].code, 200)
+        discovery = _discovery(rig)
+        self.assertEqual(sum(1 for w in discovery.watchers.values() if w.blocking), 2)
+        self.assertIn("dc1", discovery.feeds)
+        self.assertLessEqual(rig.consul.connections.peak, 24)
+        rig.consul.set_check_status("dc1", ids[29], "critical")
+        await eventually(lambda: rig.gateway_instances("dc1", "svc29") == 0)
+        self.assertEqual((await rig.get("/dc1/svc29/"))[0].code, 503)
+        rig.consul.set_check_status("dc1", ids[29], "passing")
+        await eventually(lambda: rig.gateway_instances("dc1", "svc29") == 1)
+        # Only the changed service was fetched again, not the other 27 the feed keeps.
+        self.assertEqual(len(rig.consul.requests_for("/v1/health/service/svc28")), 1)
+        self.assertLessEqual(rig.consul.connections.peak, 24)
