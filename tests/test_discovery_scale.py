@@ -19,7 +19,7 @@ ADMIN = "tcp:0:interface=127.0.0.1"
 
 
 def _discovery(rig: GatewayRig) -> Any:
-    return rig.gateway.resource.discovery
+    return rig.gateway.engine.discovery
 
 
 class MadeUpNamesTests(TestCase):

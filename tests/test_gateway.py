@@ -96,7 +96,7 @@ class RoutingTests(TestCase):
         self.assertEqual(response.code, 404)
         self.assertEqual(body, {"error": "unknown service", "status": 404, "datacenter": "dc1", "service": "ghost"})
         self.assertEqual(rig.consul.requests_for("/v1/health/service/"), [])
-        self.assertEqual(rig.gateway.resource.discovery.watchers, {})
+        self.assertEqual(rig.gateway.engine.discovery.watchers, {})
 
     async def test_service_without_passing_instance_is_503_with_retry_after(self) -> None:
         rig = GatewayRig(self)

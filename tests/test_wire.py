@@ -186,8 +186,8 @@ class TwistedWebFaceTests(TestCase):
         self.assertEqual((response.code, echo["body_length"]), (200, len(payload)))
         self.assertEqual(echo["body_sha256"], hashlib.sha256(payload).hexdigest())
         response = await rig.client.get(base + "/dc1/ghost/")
-        self.assertEqual(response.code, 503)
-        self.assertEqual(json.loads(await treq.content(response))["error"], "no passing instance")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(json.loads(await treq.content(response))["error"], "unknown service")
 
 
 async def _all(requests: List[Any]) -> List[Any]:

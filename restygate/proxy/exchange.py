@@ -21,16 +21,9 @@ from twisted.web.http import RESPONSES
 
 from restygate.config import Config
 from restygate.front.answers import error_response
-from restygate.discovery.model import (
-    DiscoveryUnavailable,
-    IDiscovery,
-    Instance,
-    Snapshot,
-    UnknownDatacenter,
-    UnknownService,
-)
+from restygate.discovery.model import IDiscovery, Instance, Snapshot
 from restygate.proxy.downstream import Downstream, HeaderList
-from restygate.proxy.failure import Failed, Failure
+from restygate.proxy.failure import Failed, Failure, discovery_failure
 from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
 from restygate.proxy.observe import Completed, completed_record
 from restygate.proxy.routing import Route, RouteError, route_request
@@ -85,7 +78,7 @@ class Exchange:
         self._pending: Optional[Deferred[Any]] = None
         self._connection: Optional[UpstreamConnection] = None
         self._timer: Optional[IDelayedCall] = None
-        self._snapshot: Optional[Snapshot] = None
+        self.snapshot: Optional[Snapshot] = None
         self._headers: HeaderList = []
         self._tried: List[Instance] = []
         self._active: Optional[Instance] = None
@@ -113,12 +106,9 @@ class Exchange:
         self._pending = None
         route = self.route
         assert route is not None
-        if failure.check(UnknownDatacenter):
-            self._fail(Failure.UNKNOWN_DATACENTER, datacenter=route.dc)
-        elif failure.check(UnknownService):
-            self._fail(Failure.UNKNOWN_SERVICE, datacenter=route.dc, service=route.service)
-        elif failure.check(DiscoveryUnavailable):
-            self._fail(Failure.DISCOVERY_UNAVAILABLE, datacenter=route.dc, service=route.service)
+        found = discovery_failure(failure, route.dc, route.service)
+        if found is not None:
+            self._fail(found[0], **found[1])
         elif not failure.check(CancelledError):
             failure.raiseException()
 
@@ -133,7 +123,7 @@ class Exchange:
                 self._fail(Failure.NO_INSTANCE, datacenter=route.dc, service=route.service)
                 return
             snapshot = self.engine.panic(snapshot)
-        self._snapshot = snapshot
+        self.snapshot = snapshot
         request = self.request
         self._upgrade = wants_upgrade(request.headers)
         self._headers = forward_headers(
@@ -148,7 +138,7 @@ class Exchange:
     # -- attempts -------------------------------------------------------------
     def _attempt(self, candidates: Tuple[Instance, ...]) -> None:
         engine = self.engine
-        route, snapshot = self.route, self._snapshot
+        route, snapshot = self.route, self.snapshot
         assert route is not None and snapshot is not None
         usable = engine.outliers.usable(route.dc, route.service, candidates)
         self.instance = instance = engine.balancer.pick(snapshot, usable)
@@ -231,7 +221,7 @@ class Exchange:
         Try another instance if this failure, this request and the budget
         allow it.
         """
-        snapshot = self._snapshot
+        snapshot = self.snapshot
         request = self.request
         body = request.body
         if snapshot is None or self.retries >= self.engine.config.retries or not may_retry(
@@ -298,7 +288,7 @@ class Exchange:
         self._release()
         if self.done:
             return
-        failure, route, instance, snapshot = failed.failure, self.route, self.instance, self._snapshot
+        failure, route, instance, snapshot = failed.failure, self.route, self.instance, self.snapshot
         if failure.ejects and route is not None and instance is not None and snapshot is not None:
             self.engine.outliers.failed(route.dc, route.service, instance, snapshot.instances)
         if self._response_started:
@@ -407,14 +397,3 @@ class Exchange:
     def upstream(self) -> Optional[str]:
         """C{host:port} of the instance tried last, if any."""
         return self.instance.netloc if self.instance is not None else None
-
-    @property
-    def names(self) -> Optional[Tuple[str, str]]:
-        """
-        (dc, service) in Consul's spelling once discovery answered (so case
-        variants of a name share its metrics series), as the client wrote
-        them before; L{None} without a route.
-        """
-        if self._snapshot is not None:
-            return self._snapshot.dc, self._snapshot.service
-        return (self.route.dc, self.route.service) if self.route is not None else None

@@ -13,9 +13,13 @@ C{kind} label of C{restygate_upstream_errors_total}.
 from __future__ import annotations
 
 import enum
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["Failure", "Failed"]
+from twisted.python.failure import Failure as TwistedFailure
+
+from restygate.discovery.model import DiscoveryUnavailable, UnknownDatacenter, UnknownService
+
+__all__ = ["Failure", "Failed", "discovery_failure"]
 
 
 class Failure(enum.Enum):
@@ -78,3 +82,17 @@ class Failed(Exception):
         super().__init__(detail or failure.message)
         self.failure = failure
         self.detail = detail or failure.message
+
+
+def discovery_failure(failure: TwistedFailure, dc: str, service: str) -> Optional[Tuple[Failure, Dict[str, Any]]]:
+    """
+    The kind of a failed discovery lookup of C{service} in C{dc}, and the
+    details its answer gives; L{None} for anything else.
+    """
+    if failure.check(UnknownDatacenter):
+        return Failure.UNKNOWN_DATACENTER, {"datacenter": dc}
+    if failure.check(UnknownService):
+        return Failure.UNKNOWN_SERVICE, {"datacenter": dc, "service": service}
+    if failure.check(DiscoveryUnavailable):
+        return Failure.DISCOVERY_UNAVAILABLE, {"datacenter": dc, "service": service}
+    return None

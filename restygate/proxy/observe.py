@@ -74,12 +74,11 @@ class Outcome(Protocol):
     aborted: bool
     failure: Optional[Failure]
     tunnel_bytes_up: int
+    # What discovery answered (L{restygate.discovery.model.Snapshot}), if it did.
+    snapshot: Any
 
     @property
     def upstream(self) -> Optional[str]: ...
-
-    @property
-    def names(self) -> Optional[Tuple[str, str]]: ...
 
 
 def _first(headers: List[Tuple[bytes, bytes]], name: bytes) -> str:
@@ -91,7 +90,10 @@ def _first(headers: List[Tuple[bytes, bytes]], name: bytes) -> str:
 
 def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
     """The record of a request (a L{restygate.proxy.downstream.Downstream}) that ended."""
-    names = outcome.names
+    route = outcome.route
+    # Consul's spelling once discovery answered, so case variants share a series.
+    names = (outcome.snapshot.dc, outcome.snapshot.service) if outcome.snapshot is not None else None
+    names = names or ((route.dc, route.service) if route else None)
     headers = request.headers
     return Completed(
         started=outcome.started,
