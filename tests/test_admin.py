@@ -42,7 +42,9 @@ class StatusTests(TestCase):
             self.assertNotIn(TOKEN.encode(), body)
             status = json.loads(body)
             self.assertEqual(status["version"], __version__)
+            load = status["discovery"].pop("load")
             self.assertEqual(status["discovery"], {"kind": "consul", "address": consul.url})
+            self.assertEqual((load["watches"], load["max_connections"]), (1, 64))
             self.assertEqual(
                 [(l["role"], l["address"]) for l in status["listeners"]],
                 [("public", f"127.0.0.1:{rig.port}"), ("admin", f"127.0.0.1:{rig.admin_port}")],

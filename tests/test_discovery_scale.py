@@ -8,6 +8,7 @@ dedicated budget are kept fresh by their datacenter's change feed.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -111,3 +112,54 @@ class ConnectionBudgetTests(TestCase):
         # Only the changed service was fetched again, not the other 27 the feed keeps.
         self.assertEqual(len(rig.consul.requests_for("/v1/health/service/svc28")), 1)
         self.assertLessEqual(rig.consul.connections.peak, 24)
+
+
+class VisibilityTests(TestCase):
+    async def test_load_against_the_caps_on_metrics_and_status(self) -> None:
+        rig = GatewayRig(self, admin=ADMIN, consul_max_connections=24, max_watched_services=50)
+        for n in range(4):
+            rig.register(rig.backend(f"b{n}"), service=f"svc{n}")
+        for n in range(4):
+            self.assertEqual((await rig.get(f"/dc1/svc{n}/"))[0].code, 200)
+        self.assertEqual((await rig.get("/dc1/nope/"))[0].code, 404)
+        await eventually(lambda: "dc1" in _discovery(rig).feeds and _discovery(rig).feeds["dc1"].loop.answers > 0)
+        _, metrics = await rig.admin("/metrics")
+        for line in [
+            b"restygate_consul_max_connections 24.0",
+            b"restygate_watches_max 50.0",
+            b"restygate_watches 4.0",
+            b"restygate_watches_dedicated 2.0",
+            b"restygate_discovery_name_misses_total 1.0",
+            b'restygate_consul_feed_lag_seconds{dc="dc1"}',
+            b'restygate_consul_last_contact_seconds{dc="dc1"} 0.0',
+        ]:
+            self.assertIn(line, metrics)
+        self.assertRegex(metrics, rb"restygate_consul_connections [1-9]")
+        _, body = await rig.admin("/status?format=json")
+        load = json.loads(body)["discovery"]["load"]
+        self.assertEqual(
+            (load["max_connections"], load["watches"], load["max_watches"], load["dedicated"], load["name_misses"]),
+            (24, 4, 50, 2, 1),
+        )
+        self.assertEqual([f["dc"] for f in load["feeds"]], ["dc1"])
+        self.assertLessEqual(load["peak_connections"], 24)
+        _, page = await rig.admin("/status")
+        self.assertIn(b"Consul connections in use", page)
+
+    async def test_an_erring_watch_without_instances_has_series(self) -> None:
+        lines = captured_log(self)
+        rig = GatewayRig(self, admin=ADMIN)
+        rig.register(rig.backend(), status="critical")
+        self.assertEqual((await rig.get("/dc1/web/"))[0].code, 503)
+        rig.consul.fail(500, "No cluster leader")
+        rig.consul.spurious_wakeup("dc1", "web")
+        await eventually(lambda: rig.watcher("dc1", "web").errors >= 2, timeout=5.0)
+        _, metrics = await rig.admin("/metrics")
+        self.assertRegex(metrics, rb'restygate_watch_errors\{dc="dc1",service="web"\} [1-9]')
+        self.assertNotIn(b'restygate_instances{dc="dc1"', metrics)
+        rig.consul.recover()
+        await eventually(lambda: rig.watcher("dc1", "web").errors == 0, timeout=5.0)
+        # One line when the outage began and one when it ended, not one per retry.
+        began = [line for line in lines if "Consul queries failing" in line]
+        ended = [line for line in lines if "Consul answers again" in line]
+        self.assertEqual((len(began), len(ended)), (1, 1), lines)

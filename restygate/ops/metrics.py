@@ -30,7 +30,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
-from restygate.ops.views import Inspected
+from restygate.ops.consulmetrics import ConsulLoadCollector
+from restygate.ops.views import IConsulLoadView, Inspected
 from restygate.proxy.observe import Completed
 
 __all__ = ["Metrics", "error_kind"]
@@ -120,6 +121,8 @@ class Metrics:
         self._series: Dict[Tuple[str, str], _Series] = {}
         self._unroutable = _Series(self, "", "")
         self.registry.register(_StateCollector(gateway, clock, self._series))
+        if IConsulLoadView.providedBy(gateway.discovery):
+            self.registry.register(ConsulLoadCollector(IConsulLoadView(gateway.discovery)))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
@@ -178,11 +181,12 @@ class _StateCollector(Collector):
         entries = gateway.discovery.watched()
         for w in entries:
             key = [w.dc, w.service]
-            if not w.instances and (w.dc, w.service) not in self._named:
-                continue
-            ejected = sum(1 for i in w.instances if outliers.is_ejected(w.dc, w.service, i))
-            instances.add_metric([*key, "passing"], len(w.instances) - ejected)
-            instances.add_metric([*key, "ejected"], ejected)
+            if w.instances or (w.dc, w.service) in self._named:
+                ejected = sum(1 for i in w.instances if outliers.is_ejected(w.dc, w.service, i))
+                instances.add_metric([*key, "passing"], len(w.instances) - ejected)
+                instances.add_metric([*key, "ejected"], ejected)
+            # Every Consul watch, erring or without instances too: only names
+            # Consul knows are watched, and at most max-watched-services.
             if w.index is not None:
                 index.add_metric(key, w.index)
                 # Never answered is as stale as can be: an alert on the age

@@ -8,7 +8,7 @@ no external assets, only an inline style.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from twisted.python.failure import Failure
 from twisted.web.template import Tag, flatten, tags
@@ -70,6 +70,7 @@ def gateway_page(status: Dict[str, Any]) -> bytes:
             f"Up for {_cell(status['uptime_seconds'])} s; discovery from {source['kind']} ",
             tags.code(_cell(where)), ".",
         ),
+        *_consul_load(source.get("load")),
         tags.h2("Listeners"),
         _table(
             ["role", "description", "bound to"],
@@ -95,6 +96,23 @@ def gateway_page(status: Dict[str, Any]) -> bytes:
             ),
         ]
     return _render(status["version"], *content)
+
+
+def _consul_load(load: Optional[Dict[str, Any]]) -> List[Any]:
+    if load is None:
+        return []
+    return [
+        tags.p(
+            f"Consul connections in use {load['connections']} of {load['max_connections']} "
+            f"(peak {load['peak_connections']}); watches {load['watches']} of {load['max_watches']} "
+            f"({load['dedicated']} with a blocking query of their own, {load['evicted']} dropped); "
+            f"{load['name_misses']} requests for names Consul does not know; {load['failing']} queries failing."
+        ),
+        _table(
+            ["change feed of", "lag (s)", "last contact (s)", "re-fetches"],
+            [[f["dc"], f["lag_seconds"], f["last_contact_seconds"], f["refetches"]] for f in load["feeds"]],
+        ),
+    ]
 
 
 def workers_page(status: Dict[str, Any]) -> bytes:

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort
 
 from restygate import __version__
 from restygate.discovery.model import Instance
-from restygate.ops.views import IListenerView, IOutlierView, Inspected, Watched
+from restygate.ops.views import IConsulLoadView, IListenerView, IOutlierView, Inspected, Watched
 
 __all__ = ["gateway_status"]
 
@@ -57,7 +57,7 @@ def gateway_status(gateway: Inspected, started: float, now: float) -> Dict[str, 
     config = gateway.config()
     listeners = [_listener(role, listener) for role, listener in gateway.listeners()]
     # The Consul address only: the token stays out of everything shown.
-    source = (
+    source: Dict[str, Any] = (
         {"kind": "catalog", "path": config.catalog}
         if config.catalog
         else {"kind": "consul", "address": config.consul.base_url}
@@ -75,6 +75,24 @@ def gateway_status(gateway: Inspected, started: float, now: float) -> Dict[str, 
         }
         for w in gateway.discovery.watched()
     ]
+    if IConsulLoadView.providedBy(gateway.discovery):
+        load = IConsulLoadView(gateway.discovery).consul_load()
+        source["load"] = {
+            "connections": load.connections,
+            "max_connections": load.max_connections,
+            "peak_connections": load.peak_connections,
+            "watches": load.watches,
+            "max_watches": load.max_watches,
+            "dedicated": load.dedicated,
+            "evicted": load.evicted,
+            "name_misses": load.name_misses,
+            "failing": load.failing,
+            "feeds": [
+                {"dc": f.dc, "lag_seconds": round(f.lag, 3), "last_contact_seconds": f.last_contact,
+                 "refetches": f.refetches}
+                for f in load.feeds
+            ],
+        }
     return {
         "version": __version__,
         "uptime_seconds": round(now - started, 3),

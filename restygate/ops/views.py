@@ -21,7 +21,17 @@ from zope.interface import Attribute, Interface
 from restygate.config import Config
 from restygate.discovery.model import Instance
 
-__all__ = ["Watched", "IDiscoveryView", "IPoolView", "IOutlierView", "IListenerView", "Inspected"]
+__all__ = [
+    "Watched",
+    "IDiscoveryView",
+    "ConsulLoad",
+    "FeedState",
+    "IConsulLoadView",
+    "IPoolView",
+    "IOutlierView",
+    "IListenerView",
+    "Inspected",
+]
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,52 @@ class IDiscoveryView(Interface):
         """
         Whether the source has had a usable answer yet (some Consul watch
         succeeded, the catalog is loaded): part of readiness.
+        """
+
+
+@dataclass(frozen=True)
+class FeedState:
+    """
+    One datacenter's change feed.
+
+    @ivar lag: seconds from its last answer until the fetches it caused had
+        their answers, plus how far behind the leader the answer was.
+    @ivar refetches: one-off fetches it caused so far.
+    """
+
+    dc: str
+    lag: float
+    last_contact: float
+    refetches: int
+
+
+@dataclass(frozen=True)
+class ConsulLoad:
+    """
+    What discovery costs Consul and how close it is to its caps.
+    """
+
+    connections: int
+    max_connections: int
+    peak_connections: int
+    watches: int
+    max_watches: int
+    dedicated: int
+    evicted: int
+    name_misses: int
+    feeds: Tuple[FeedState, ...]
+    failing: int
+
+
+class IConsulLoadView(Interface):
+    """
+    Consul discovery's load against its caps (C{consul-max-connections},
+    C{max-watched-services}) and its change feeds.
+    """
+
+    def consul_load() -> ConsulLoad:
+        """
+        The counts as of now.
         """
 
 

@@ -65,5 +65,7 @@ def consul_discovery(config: Config, reactor: Any) -> Tuple[ConsulDiscovery, Con
         max_watched=config.max_watched_services,
         outage=outage,
         rng=rng,
+        gate=gate,
+        last_contact=client.last_contact,
     )
     return discovery, client

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Protocol, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -32,11 +32,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restygate.config import Config
+from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.names import ConsulNames
 from restygate.discovery.consul.outage import Outage
 from restygate.discovery.consul.watch import HealthSource, Watcher
 from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
-from restygate.ops.views import IDiscoveryView, Watched
+from restygate.ops.views import ConsulLoad, FeedState, IConsulLoadView, IDiscoveryView, Watched
 
 __all__ = ["ConsulDiscovery"]
 
@@ -51,7 +52,7 @@ EVICTION_LOG_INTERVAL = 60.0
 _Key = Tuple[str, str]
 
 
-@implementer(IDiscovery, IDiscoveryView)
+@implementer(IDiscovery, IDiscoveryView, IConsulLoadView)
 class ConsulDiscovery(Service):
     """
     L{IDiscovery} over a Consul agent.
@@ -79,7 +80,11 @@ class ConsulDiscovery(Service):
         dedicated: int = 0,
         max_watched: int = 10000,
         outage: Optional[Outage] = None,
+        gate: Optional[ConsulGate] = None,
+        last_contact: Optional[Mapping[str, float]] = None,
     ) -> None:
+        self._gate = gate
+        self._last_contact = last_contact if last_contact is not None else {}
         self.max_stale = max_stale
         self.datacenter_grace = datacenter_grace
         self.max_watched = max_watched
@@ -142,6 +147,24 @@ class ConsulDiscovery(Service):
         if watcher is None or (watcher.dc, watcher.service) != (dc, service):
             return False
         return watcher.snapshot is not None and bool(watcher.snapshot.instances)
+
+    def consul_load(self) -> ConsulLoad:
+        gate = self._gate
+        return ConsulLoad(
+            connections=gate.in_flight if gate is not None else 0,
+            max_connections=gate.limit if gate is not None else 0,
+            peak_connections=gate.peak if gate is not None else 0,
+            watches=len(self._watchers),
+            max_watches=self.max_watched,
+            dedicated=sum(1 for w in self._watchers.values() if w.blocking),
+            evicted=self.evicted,
+            name_misses=self.names.misses if self.names is not None else 0,
+            feeds=tuple(
+                FeedState(dc, feed.lag(), self._last_contact.get(feed.dc, 0.0), feed.refetches)
+                for dc, feed in sorted(self.feeds.items())
+            ),
+            failing=len(self.outage.failing),
+        )
 
     def answered(self) -> bool:
         return any(w.last_success is not None for w in self._watchers.values())
@@ -355,5 +378,8 @@ class _Feed(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+    dc: str
+    refetches: int
 
     def lag(self) -> float: ...
