@@ -14,7 +14,7 @@ from typing import Any, Type, TypeVar
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.internet.tcp import Port
+from twisted.internet.tcp import Connection as TCPConnection, Port
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "server_tls_context",
     "QuietClientFactory",
     "quiet_pool",
+    "send_now",
 ]
 
 
@@ -71,3 +72,42 @@ def server_tls_context(endpoint: SSL4ServerEndpoint) -> Any:
     Twisted's parser.
     """
     return endpoint._sslContextFactory
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, straight to its socket when nothing is
+    queued before it.
+
+    Twisted's C{write} always queues and asks the reactor to say when the
+    socket is writable: two epoll changes and a reactor turn per write,
+    which for a proxy answering small requests was a fifth of its time.
+    A socket with nothing queued almost always takes the whole write now;
+    what it does not take is queued the usual way (so producers are paused
+    as usual).  Reading the queue needs TCP's private C{_tempDataBuffer};
+    any other transport, and a TCP one carrying TLS, just gets C{write}.
+    """
+    if (
+        # Exactly TCP: a wrapper (TLS over a protocol) would pass attribute
+        # reads through to the socket under it.
+        not isinstance(transport, TCPConnection)
+        # After startTLS (an ssl: listener) the bytes must go through TLS.
+        or transport.TLS
+        or transport.dataBuffer
+        or transport._tempDataBuffer
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        # Twisted's own write path notices and reports the broken connection.
+        transport.write(data)
+        return
+    if sent < len(data):
+        transport.write(data[sent:])

@@ -29,7 +29,7 @@ from restygate.discovery.consul.assemble import consul_discovery
 from restygate.discovery.consul.source import ConsulDiscovery
 from restygate.daemon.reload import Reconfigurable, Reloader
 from restygate.front.listeners import Listener
-from restygate.front.server import GatewayFront
+from restygate.front.front import GatewayFront
 from restygate.upstream.pool import Upstream
 
 __all__ = ["make_gateway", "Gateway"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
+from restygate._compat import send_now
 from restygate.front.body import RequestBody
 from restygate.proxy.downstream import ExchangeEvents, Pausable
 
@@ -77,6 +78,9 @@ class ClientRequest:
         self._chunked = False
         self._no_body = False
         self._length: Optional[int] = None
+        # The response's bytes not sent yet: the head waits for the body
+        # read with it, so a small answer leaves in one write.
+        self._out: List[bytes] = []
 
     def attach(self, events: ExchangeEvents) -> None:
         self.events = events
@@ -117,33 +121,39 @@ class ClientRequest:
             lines.append(b"Connection: keep-alive\r\n")
         self.keep_alive = keep
         lines.append(b"\r\n")
-        transport: Any = self.connection.transport
-        transport.write(b"".join(lines))
+        self._out.append(b"".join(lines))
 
     def write(self, data: bytes) -> None:
         if self._no_body or not data or self.finished:
             return
         self.bytes_sent += len(data)
-        transport: Any = self.connection.transport
         if self._chunked:
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            transport.write(data)
+            self._out.append(data)
 
     def finish(self, trailers: HeaderList) -> None:
         if self.finished:
             return
         if self._chunked:
-            transport: Any = self.connection.transport
             if trailers and self.wants_trailers:
-                transport.write(b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % t for t in trailers))
+                self._out.append(b"0\r\n%s\r\n" % b"".join(b"%s: %s\r\n" % t for t in trailers))
             else:
-                transport.write(b"0\r\n\r\n")
+                self._out.append(b"0\r\n\r\n")
+        self.flush()
         self.finished = True
         self.source = None
         self.connection.request_done(self)
 
+    def flush(self) -> None:
+        """Send what the response has so far."""
+        out = self._out
+        if out:
+            self._out = []
+            send_now(self.connection.transport, out[0] if len(out) == 1 else b"".join(out))
+
     def abort(self) -> None:
+        self.flush()
         self.finished = True
         self.source = None
         self.connection.cut(delimited=self._chunked or self._length is not None)

@@ -1,5 +1,5 @@
 """
-The lean HTTP/1.1 front: a plain Twisted L{Protocol} per client connection,
+The lean HTTP/1.1 front's connection: a plain Twisted L{Protocol} per client,
 parsing with llhttp (L{restygate.front.parser}) and handing each request to
 the engine as a L{ClientRequest}.
 
@@ -18,11 +18,11 @@ upstream connection its current response comes from.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, List, Optional, Set, Tuple
+from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure as TwistedFailure
 from zope.interface import implementer
@@ -34,7 +34,7 @@ from restygate.front.request import ClientRequest
 from restygate.proxy.engine import Engine
 from restygate.proxy.failure import Failure
 
-__all__ = ["HTTPConnection", "GatewayFront"]
+__all__ = ["HTTPConnection", "Front"]
 
 log = Logger()
 
@@ -45,13 +45,28 @@ PIPELINE_DEPTH = 8
 CUT_GRACE = 5.0
 
 
+class Front(TypingProtocol):
+    """What a connection needs of the factory that made it (L{GatewayFront})."""
+
+    engine: Engine
+    clock: IReactorTime
+    timeOut: float
+    channels: Set[Any]
+    draining: bool
+
+    @property
+    def config(self) -> Any: ...
+
+    def forget(self, connection: HTTPConnection) -> None: ...
+
+
 @implementer(IPushProducer)
 class HTTPConnection(Protocol):
     """
     One client connection.
     """
 
-    factory: GatewayFront
+    factory: Front
 
     def __init__(self) -> None:
         self.client_ip = "unknown"
@@ -64,6 +79,9 @@ class HTTPConnection(Protocol):
         self._refused = False
         self._timer: Optional[IDelayedCall] = None
         self._timing_headers = False
+        self._head_started = 0.0
+        self._idle_since = 0.0
+        self._closing_since = 0.0
         self._read_paused: Set[Any] = set()
         self._tunnel: Optional[Callable[[bytes], None]] = None
         self._upgrade_rest: Optional[List[bytes]] = None
@@ -80,7 +98,8 @@ class HTTPConnection(Protocol):
         self.secure = ISSLTransport.providedBy(transport)
         self.factory.channels.add(self)
         transport.registerProducer(self, True)
-        self._timer = self.factory.clock.callLater(self.factory.timeOut, self._timed_out)
+        self._idle_since = self.factory.clock.seconds()
+        self._timer = self.factory.clock.callLater(self._period(), self._timed_out)
 
     def connectionLost(self, reason: TwistedFailure = connectionDone) -> None:
         self.closing = True
@@ -116,7 +135,7 @@ class HTTPConnection(Protocol):
             # The first byte of a request starts the clock for its headers,
             # so a client trickling them in (slowloris) cannot hold us.
             self._timing_headers = True
-            self._set_timer(self.factory.config.header_timeout)
+            self._head_started = self.factory.clock.seconds()
         try:
             rest = self._parser.feed(data)
         except ParseError as e:
@@ -161,9 +180,6 @@ class HTTPConnection(Protocol):
                 body.continue_wanted = lambda: self._continue(request)
         self._parsing = request
         self._queue.append(request)
-        if self._timer is not None and self._timer.active() and len(self._queue) == 1:
-            self._timer.cancel()
-            self._timer = None
         if len(self._queue) == 1:
             self.factory.engine.handle(request)
         elif len(self._queue) > PIPELINE_DEPTH:
@@ -211,8 +227,8 @@ class HTTPConnection(Protocol):
         if self._queue:
             self.pause_reading("pipeline", len(self._queue) > PIPELINE_DEPTH)
             self.factory.engine.handle(self._queue[0])
-        elif not self._timing_headers:
-            self._set_timer(self.factory.timeOut)
+        else:
+            self._idle_since = self.factory.clock.seconds()
 
     def cut(self, delimited: bool) -> None:
         """
@@ -227,7 +243,9 @@ class HTTPConnection(Protocol):
             transport.loseConnection()
             # A client that stops reading now must not hold the connection.
             self._timing_headers = False
-            self._set_timer(CUT_GRACE)
+            self._closing_since = self.factory.clock.seconds()
+            if self._timer is not None and self._timer.getTime() > self._closing_since + CUT_GRACE:
+                self._timer.reset(CUT_GRACE)
         else:
             transport.abortConnection()
 
@@ -248,21 +266,29 @@ class HTTPConnection(Protocol):
         transport.loseConnection()
 
     # -- timers ---------------------------------------------------------------
-    def _set_timer(self, seconds: float) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-        else:
-            self._timer = self.factory.clock.callLater(seconds, self._timed_out)
+    # One timer a connection, never moved on the request path: it wakes at
+    # least every header-timeout and looks at when the current state began
+    # (a head, an idle wait, a cut), so a deadline is met within one period
+    # late at most, and serving a request costs two clock reads.
+    def _period(self) -> float:
+        return float(min(self.factory.config.header_timeout, self.factory.timeOut, CUT_GRACE * 6))
 
     def _timed_out(self) -> None:
         self._timer = None
+        now = self.factory.clock.seconds()
         transport: Any = self.transport
         if self.closing:
-            transport.abortConnection()
+            if self._closing_since and now >= self._closing_since + CUT_GRACE:
+                transport.abortConnection()
+                return
         elif self._timing_headers:
-            self.refuse(408, "request headers not received in time")
-        elif not self._queue:
+            if now >= self._head_started + self.factory.config.header_timeout:
+                self.refuse(408, "request headers not received in time")
+                return
+        elif not self._queue and self._tunnel is None and now >= self._idle_since + self.factory.timeOut:
             transport.loseConnection()
+            return
+        self._timer = self.factory.clock.callLater(self._period(), self._timed_out)
 
     # -- flow control ---------------------------------------------------------
     def pause_reading(self, key: Any, paused: bool) -> None:
@@ -305,95 +331,3 @@ class HTTPConnection(Protocol):
         held, self._upgrade_rest = self._upgrade_rest, None
         self._read_paused.clear()
         return transport, b"".join(held)
-
-
-class _Busy(Protocol):
-    """
-    Answers a connection over the limit with a 503 and closes it: a clear
-    refusal instead of a silent reset.
-    """
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        log.warn("too many client connections; refusing {peer}",
-                 peer=str(getattr(transport.getPeer(), "host", "-")))
-        transport.write(refusal(503, "too many connections"))
-        transport.loseConnection()
-
-
-class GatewayFront(Factory):
-    """
-    Builds the front's connections for every listener of one gateway.
-
-    @ivar channels: the open client connections.
-    @ivar timeOut: seconds an idle keep-alive connection is kept.
-    """
-
-    noisy = False
-
-    def __init__(self, engine: Engine, clock: IReactorTime, timeout: float) -> None:
-        self.engine = engine
-        self.clock = clock
-        self.timeOut = timeout
-        self.channels: Set[HTTPConnection] = set()
-        self.draining = False
-        self._closed_waiters: Dict[HTTPConnection, List[Deferred[None]]] = {}
-
-    @property
-    def config(self) -> Any:
-        return self.engine.config
-
-    def reconfigure(self, config: Any) -> None:
-        # Connections go idle with the new timeout from now on; the other
-        # limits are read from the config on each use.
-        self.timeOut = config.body_idle_timeout
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        if len(self.channels) >= self.config.max_connections:
-            busy = _Busy()
-            busy.factory = self
-            return busy
-        connection = HTTPConnection()
-        connection.factory = self
-        return connection
-
-    def forget(self, connection: HTTPConnection) -> None:
-        self.channels.discard(connection)
-        for waiter in self._closed_waiters.pop(connection, []):
-            waiter.callback(None)
-
-    def in_flight(self) -> int:
-        """Requests being answered now."""
-        return sum(1 for connection in self.channels if connection.busy)
-
-    def drain(self, timeout: float) -> Deferred[None]:
-        """
-        Close idle connections now, the others as soon as their response is
-        done; after C{timeout} seconds, cut what is left.
-        """
-        self.draining = True
-        waits: List[Deferred[Any]] = []
-        for connection in list(self.channels):
-            if not connection.busy:
-                transport: Any = connection.transport
-                transport.loseConnection()
-            closed: Deferred[None] = Deferred()
-            self._closed_waiters.setdefault(connection, []).append(closed)
-            waits.append(closed)
-        if not waits:
-            return succeed(None)
-        timer = self.clock.callLater(timeout, self._cut, "drain timeout")
-        done: Deferred[Any] = DeferredList(waits)
-
-        def finished(_: Any) -> None:
-            if timer.active():
-                timer.cancel()
-
-        done.addCallback(finished)
-        return done
-
-    def _cut(self, why: str) -> None:
-        for connection in list(self.channels):
-            log.warn("closing a client connection still busy at shutdown ({why})", why=why)
-            transport: Any = connection.transport
-            transport.abortConnection()

@@ -76,6 +76,9 @@ class Downstream(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def flush(self) -> None:
+        """Send what was written so far (a front may hold writes to join them)."""
+
     def finish(self, trailers: HeaderList) -> None:
         """The response is complete; trailers go out if the client asked for them."""
 

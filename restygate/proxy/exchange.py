@@ -197,11 +197,8 @@ class Exchange:
         pending, self._pending = self._pending, None
         connection, self._connection = self._connection, None
         self._release()
-        log.warn(
-            "{dc}/{service}: upstream {upstream} sent no response headers in {timeout:g}s",
-            dc=self.route.dc if self.route else "-", service=self.route.service if self.route else "-",
-            upstream=self.upstream, timeout=self.engine.config.upstream_timeout,
-        )
+        log.warn("{route}: upstream {upstream} sent no response headers in {timeout:g}s",
+                 route=self.route, upstream=self.upstream, timeout=self.engine.config.upstream_timeout)
         self._fail(Failure.RESPONSE_TIMEOUT)
         if pending is not None:
             pending.cancel()
@@ -273,6 +270,10 @@ class Exchange:
         if not self.done:
             self.request.write(data)
 
+    def response_flush(self) -> None:
+        if not self.done:
+            self.request.flush()
+
     def response_done(self, trailers: HeaderList) -> None:
         self._stop_timer()
         self._connection = None
@@ -301,11 +302,8 @@ class Exchange:
             return
         if self._retry(failure, failed.detail):
             return
-        log.warn(
-            "{dc}/{service}: upstream {upstream} failed: {error}",
-            dc=route.dc if route else "-", service=route.service if route else "-",
-            upstream=self.upstream, error=failed.detail,
-        )
+        log.warn("{route}: upstream {upstream} failed: {error}", route=route, upstream=self.upstream,
+                 error=failed.detail)
         self._fail(failure)
 
     def upgraded(self, connection: UpstreamConnection, reason: bytes, headers: HeaderList, rest: bytes) -> None:

@@ -137,6 +137,9 @@ class _WebRequest:
             self.bytes_sent += len(data)
             self._request.write(data)
 
+    def flush(self) -> None:
+        pass
+
     def finish(self, trailers: HeaderList) -> None:
         self.set_source(None)
         if not self._request.finished and self._request.channel is not None:

@@ -47,6 +47,10 @@ class Route:
     service: str
     target: bytes
 
+    def __str__(self) -> str:
+        # How log lines name it: "dc1/web".
+        return f"{self.dc}/{self.service}"
+
     @property
     def prefix(self) -> str:
         return f"/{self.dc}/{self.service}"

@@ -52,6 +52,7 @@ def open_tunnel(
         return False
     client, held = taken
     request.respond(101, reason, response_headers(headers, upgrade=True), None)
+    request.flush()
     tunnel.start(client, held, rest)
     return True
 

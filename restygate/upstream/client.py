@@ -21,7 +21,6 @@ receives anything while idle.
 from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
-from typing import Protocol as TypingProtocol
 
 import httptools
 from OpenSSL import SSL
@@ -31,12 +30,12 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure as TwistedFailure
 from zope.interface import implementer
 
+from restygate._compat import send_now
+from restygate.upstream.handler import BodySource, HeaderList, ResponseHandler
 from restygate.proxy.failure import Failed, Failure
 from restygate.tls import openssl_reason
 
-__all__ = ["HeaderList", "ResponseHandler", "BodySource", "UpstreamConnection", "UpstreamTLSError"]
-
-HeaderList = List[Tuple[bytes, bytes]]
+__all__ = ["UpstreamConnection", "UpstreamTLSError"]
 
 # An upstream's response head is held to the same bounds as a client's.
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -51,48 +50,6 @@ class UpstreamTLSError(Exception):
 
     def __init__(self, string: str = "") -> None:
         super().__init__(f"{self.MESSAGE}: {string}." if string else f"{self.MESSAGE}.")
-
-
-class ResponseHandler(TypingProtocol):
-    """
-    Where an upstream connection delivers one response.
-    """
-
-    def response_interim(self, status: int, headers: HeaderList) -> None:
-        """A 1xx answer other than 101 arrived."""
-
-    def response_started(self, status: int, reason: bytes, headers: HeaderList, length: Optional[int]) -> None:
-        """The final status and headers; C{length} is the body's, when known."""
-
-    def response_body(self, data: bytes) -> None:
-        """Some response body."""
-
-    def response_done(self, trailers: HeaderList) -> None:
-        """The whole response arrived."""
-
-    def response_failed(self, failed: Failed) -> None:
-        """The exchange failed; nothing more comes."""
-
-    def upgraded(self, connection: UpstreamConnection, reason: bytes, headers: HeaderList, rest: bytes) -> None:
-        """The upstream switched protocols (C{101}); C{rest} came after its head."""
-
-
-class BodySource(TypingProtocol):
-    """
-    A request body the connection sends as it becomes available.
-    """
-
-    length: Optional[int]
-
-    def start(self, consumer: Any) -> None:
-        """Write into C{consumer} (C{write}, C{finish}, C{fail}) from the first byte."""
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-    def detach(self) -> None:
-        """Stop writing: the exchange is over."""
 
 
 @implementer(IPushProducer)
@@ -134,7 +91,10 @@ class UpstreamConnection(Protocol):
         Send one request; C{headers} carry no framing when there is a C{body}.
         """
         self._handler = handler
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            # One parser for the connection's responses in turn; a HEAD
+            # answer stops it mid-way, so the next request gets a new one.
+            self._parser = httptools.HttpResponseParser(self)
         self._head = method == b"HEAD"
         self._received = False
         self.reusable = False
@@ -148,7 +108,7 @@ class UpstreamConnection(Protocol):
             lines.append(b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length)
         lines.append(b"\r\n")
         transport: Any = self.transport
-        transport.write(b"".join(lines))
+        send_now(transport, b"".join(lines))
         if body is not None:
             transport.registerProducer(self, True)
             body.start(self)
@@ -157,17 +117,14 @@ class UpstreamConnection(Protocol):
     def write(self, data: bytes) -> None:
         if data and self._body is not None:
             transport: Any = self.transport
-            if self._chunked:
-                transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
-            else:
-                transport.write(data)
+            send_now(transport, b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
     def finish(self, trailers: HeaderList) -> None:
         if self._body is None:
             return
         transport: Any = self.transport
         if self._chunked:
-            transport.write(b"0\r\n" + b"".join(b"%s: %s\r\n" % t for t in trailers) + b"\r\n")
+            send_now(transport, b"0\r\n" + b"".join(b"%s: %s\r\n" % t for t in trailers) + b"\r\n")
         self._body_done()
         self._body_sent = True
 
@@ -229,6 +186,7 @@ class UpstreamConnection(Protocol):
             self.abort()
             return
         self._received = True
+        handler = self._handler
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -236,6 +194,7 @@ class UpstreamConnection(Protocol):
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _HeadComplete):
+                self._parser = None
                 # A HEAD answer has no body whatever its headers say; llhttp
                 # cannot be told, so it is stopped after the head.  Anything
                 # after that head in this read is the upstream's mistake.
@@ -246,6 +205,8 @@ class UpstreamConnection(Protocol):
                 raise
         except httptools.HttpParserError as e:
             self._fail(Failed(Failure.UPSTREAM_PROTOCOL, f"invalid response: {e}"))
+        if handler is not None:
+            handler.response_flush()
 
     def on_message_begin(self) -> None:
         if self._handler is None:

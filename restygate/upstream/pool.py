@@ -74,6 +74,10 @@ IDLE_CONNECTION_TIMEOUT = 30
 
 Key = Tuple[Hashable, ...]
 
+# Endpoints kept for instances seen lately (building one per request was
+# measurable); the cache is dropped whole when this many are kept.
+_ENDPOINTS_KEPT = 4096
+
 
 def uses_tls(instance: Instance) -> bool:
     """
@@ -100,8 +104,8 @@ class _Settings:
 @implementer(IStreamClientEndpoint)
 class _InstanceEndpoint:
     """
-    Connects to one instance, over TLS when it speaks HTTPS; made per
-    request, with the settings in force for it.
+    Connects to one instance, over TLS when it speaks HTTPS, with the
+    settings in force when it was made.
     """
 
     def __init__(self, reactor: Any, instance: Instance, settings: _Settings) -> None:
@@ -196,13 +200,19 @@ class Upstream:
         self._insecure = config.upstream_tls_insecure
         trust = None if self._insecure else trust_root(config.upstream_ca)
         self._settings = _Settings(config.connect_timeout, trust)
+        # Endpoints carry the settings: new ones from now on.
+        self._endpoints: Dict[Instance, _InstanceEndpoint] = {}
 
     def acquire(self, instance: Instance) -> Deferred[UpstreamConnection]:
         """
         A connection to C{instance} that is ready for a request; fails with
         L{Failed} when none can be made.
         """
-        endpoint = _InstanceEndpoint(self._reactor, instance, self._settings)
+        endpoint = self._endpoints.get(instance)
+        if endpoint is None:
+            if len(self._endpoints) >= _ENDPOINTS_KEPT:
+                self._endpoints.clear()
+            endpoint = self._endpoints[instance] = _InstanceEndpoint(self._reactor, instance, self._settings)
         idle = self._idle_by_key.get(endpoint.pool_key)
         while idle:
             _, connection = idle.pop()
