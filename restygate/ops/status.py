@@ -1,8 +1,8 @@
 """
 The status document of a running gateway: its listeners, where discovery
-comes from, and the watched services with their instances, as plain data for
-the status page (HTML or JSON).  Everything comes from the views in
-L{restygate.ops.views}.
+comes from, and the watched services with their instances, as plain data:
+the JSON status answer, and what L{restygate.ops.pages} makes the HTML page
+of.  Everything comes from the views in L{restygate.ops.views}.
 """
 
 from __future__ import annotations
