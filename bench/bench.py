@@ -375,14 +375,17 @@ def consul_counts(consul_port: int) -> Dict[str, int]:
     return counts
 
 
-def registration(service: str, port: int, status: str = "passing") -> Dict[str, Any]:
+def registration(service: str, port: int, status: str = "passing", copy: int = 1) -> Dict[str, Any]:
+    # Copies after the first are more instances of the service on the same
+    # backend, each on a node of its own, for the balancer to choose among.
+    sid = service if copy == 1 else f"{service}-{copy}"
     return {
         "Datacenter": "dc1",
-        "Node": "bench-node",
+        "Node": "bench-node" if copy == 1 else f"bench-node-{copy}",
         "Address": HOST,
-        "Service": {"ID": service, "Service": service, "Port": port},
+        "Service": {"ID": sid, "Service": service, "Port": port},
         "Checks": [
-            {"CheckID": f"service:{service}", "Name": f"{service} check", "Status": status, "ServiceID": service}
+            {"CheckID": f"service:{sid}", "Name": f"{service} check", "Status": status, "ServiceID": sid}
         ],
     }
 
@@ -572,7 +575,8 @@ class Bench:
         self._start("backend", ["nginx", "-p", f"{tmp}/", "-e", str(tmp / "backend-error.log"),
                                 "-c", str(tmp / "backend.conf")])
 
-        bodies = [registration("web", self.ports["backend"]), registration("conv", self.ports["backend"])]
+        bodies = [registration("web", self.ports["backend"], copy=n) for n in range(1, self.args.instances + 1)]
+        bodies.append(registration("conv", self.ports["backend"]))
         bodies += [registration(f"svc{i}", self.ports["backend"]) for i in range(WATCHED_SERVICES)]
         (tmp / "register.json").write_text(json.dumps(bodies))
         self._start("consul", [sys.executable, "-m", "restygate.testing.consul", "--port", str(self.ports["consul"]),
@@ -584,6 +588,8 @@ class Bench:
         ]
         if has_workers:
             self.restygate_cmd += ["--workers", str(self.workers)]
+        if self.args.balancer:
+            self.restygate_cmd += ["--balancer", self.args.balancer]
         if "--admin" in options:
             # The admin listener (metrics, status) stays on, as a user has
             # it, but on a free port: its default port may be taken by
@@ -1073,6 +1079,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 8; --quick 3)")
     parser.add_argument("--window", type=float, help="seconds Consul requests are counted (default 60; --quick 15)")
     parser.add_argument("--workers", type=int, help="restygate --workers, when restygate has that option")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="register the benchmarked service this many times (same backend), for the balancer")
+    parser.add_argument("--balancer", help="restygate --balancer (round-robin, least-request, random, hash)")
     parser.add_argument("--profile", action="store_true", help="also profile restygate with py-spy (small c50)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
     parser.add_argument("--pypy", action="store_true",
@@ -1089,8 +1098,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.duration = 3.0 if args.quick else 8.0
     if args.window is None:
         args.window = 15.0 if args.quick else 60.0
-    if args.rounds < 1 or args.duration < 1 or args.window < 1:
-        parser.error("--rounds, --duration and --window must be at least 1")
+    if args.rounds < 1 or args.duration < 1 or args.window < 1 or args.instances < 1:
+        parser.error("--rounds, --duration, --window and --instances must be at least 1")
     if args.pypy and args.python is None:
         args.python = str(PYPY_VENV / "bin" / "python")
     return args

@@ -126,10 +126,18 @@ class LoadCatalogTests(_CatalogTestCase):
 
     def test_unknown_instance_key(self) -> None:
         self.assertBadCatalog(
-            '[dc1]\nweb = [{ address = "a", port = 1 }, { address = "a", port = 2, weight = 3 }]\n',
+            '[dc1]\nweb = [{ address = "a", port = 1 }, { address = "a", port = 2, priority = 3 }]\n',
             "dc1.web[1]",
-            "'weight'",
+            "'priority'",
         )
+
+    def test_weight(self) -> None:
+        """
+        C{weight} is Consul's C{Weights.Passing}: 1 unless given, at least 1.
+        """
+        web = load_catalog(self.write('[dc1]\nweb = [{ address = "a", port = 1 }, { address = "b", port = 2, weight = 3 }]\n'))
+        self.assertEqual([i.weight for i in web["dc1"]["web"].instances], [1, 3])
+        self.assertBadCatalog('[dc1]\nweb = [{ address = "a", port = 1, weight = 0 }]\n', "dc1.web[0]", "'weight'")
 
     def test_bad_address(self) -> None:
         for address in ['""', "1", '"[]"', "[]"]:

@@ -63,6 +63,8 @@ REDIS = Instance(
     meta=(("redis_version", "4.0"),),
     id="redis",
     node="foobar",
+    weight=10,
+    warning_weight=1,
 )
 
 
@@ -87,7 +89,7 @@ def body(*entries: Any) -> bytes:
 
 class ParseEntryTests(SynchronousTestCase):
     def test_docs_fixture(self) -> None:
-        self.assertEqual(parse_health(DOCS_REDIS), (REDIS,))
+        self.assertEqual(parse_health(DOCS_REDIS), ((REDIS,), (), (REDIS,)))
 
     def test_service_address_used(self) -> None:
         self.assertEqual(parse_entry(entry(address="10.0.0.9")), Instance("10.0.0.9", 80, id="web-1", node="n1"))
@@ -176,10 +178,10 @@ class ParseEntryTests(SynchronousTestCase):
 
 class ParseHealthTests(SynchronousTestCase):
     def test_empty(self) -> None:
-        self.assertEqual(parse_health(b"[]"), ())
+        self.assertEqual(parse_health(b"[]"), ((), (), ()))
 
     def test_null_body(self) -> None:
-        self.assertEqual(parse_health(b"null"), ())
+        self.assertEqual(parse_health(b"null"), ((), (), ()))
 
     def test_not_json(self) -> None:
         for raw in [b"", b"No cluster leader", b"[{", b"\xff\xfe\x00", b"<html>"]:
@@ -196,7 +198,7 @@ class ParseHealthTests(SynchronousTestCase):
         One bad entry does not cost the good ones.
         """
         parsed = parse_health(body(entry(port=0), entry(address="10.0.0.2"), None, entry(node_address="", address="")))
-        self.assertEqual(parsed, (Instance("10.0.0.2", 80, id="web-1", node="n1"),))
+        self.assertEqual(parsed[2], (Instance("10.0.0.2", 80, id="web-1", node="n1"),))
 
     def test_sorted(self) -> None:
         parsed = parse_health(
@@ -206,11 +208,11 @@ class ParseHealthTests(SynchronousTestCase):
                 entry(address="10.0.0.1", port=80, ID="a"),
             )
         )
-        self.assertEqual([(i.address, i.port, i.id) for i in parsed], [("10.0.0.1", 80, "a"), ("10.0.0.1", 81, "b"), ("10.0.0.3", 80, "c")])
+        self.assertEqual([(i.address, i.port, i.id) for i in parsed[2]], [("10.0.0.1", 80, "a"), ("10.0.0.1", 81, "b"), ("10.0.0.3", 80, "c")])
 
     def test_many(self) -> None:
         entries = [entry(address=f"10.0.{n // 256}.{n % 256}", ID=f"web-{n}") for n in range(500)]
-        self.assertEqual(len(parse_health(body(*entries))), 500)
+        self.assertEqual(len(parse_health(body(*entries))[0]), 500)
 
 
 _entries = st.lists(
@@ -245,9 +247,53 @@ class OrderingPropertyTests(SynchronousTestCase):
     @settings(max_examples=50, deadline=None)
     @given(_entries)
     def test_every_usable_entry_kept(self, entries: List[Dict[str, Any]]) -> None:
-        parsed = parse_health(body(*entries))
+        parsed = parse_health(body(*entries))[2]
         usable = [e for e in entries if e["Service"]["Port"]]
         self.assertEqual(len(parsed), len(usable))
         for instance in parsed:
             self.assertTrue(instance.address)
             self.assertTrue(0 < instance.port < 65536)
+
+
+def checked(status: str, *more: str, **service: Any) -> Dict[str, Any]:
+    """
+    An entry whose service check has C{status}, plus node checks C{more}.
+    """
+    raw = entry(**service)
+    raw["Checks"] = [{"CheckID": f"c{n}", "Status": s} for n, s in enumerate((status, *more))]
+    return raw
+
+
+class HealthAndWeightsTests(SynchronousTestCase):
+    """
+    Entries sorted by health the way Consul's C{?passing} and its DNS do,
+    with C{Service.Weights} kept on each instance.
+    """
+
+    def test_by_worst_check(self) -> None:
+        parsed = parse_health(body(
+            checked("passing", "passing", address="10.0.0.1"),
+            checked("passing", "warning", address="10.0.0.2"),
+            checked("warning", "critical", address="10.0.0.3"),
+            checked("maintenance", address="10.0.0.4"),
+        ))
+        passing, warning, registered = ([i.address for i in group] for group in parsed)
+        self.assertEqual(passing, ["10.0.0.1"])
+        self.assertEqual(warning, ["10.0.0.2"])
+        self.assertEqual(registered, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"])
+
+    def test_weights(self) -> None:
+        instance = parse_entry(entry(Weights={"Passing": 3, "Warning": 0}))
+        assert instance is not None
+        self.assertEqual((instance.weight, instance.warning_weight), (3, 0))
+
+    def test_weights_absent_or_bad(self) -> None:
+        """
+        Old agents omit C{Weights}; a value Consul itself would refuse
+        counts as the default, never as a weight that starves or floods.
+        """
+        for weights in [..., None, {}, {"Passing": "3", "Warning": True}, {"Passing": 0, "Warning": -2}]:
+            instance = parse_entry(entry(Weights=weights))
+            assert instance is not None
+            self.assertEqual(instance.weight, 1, weights)
+            self.assertIn(instance.warning_weight, (0, 1), weights)

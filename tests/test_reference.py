@@ -6,6 +6,7 @@ the README's configuration table and C{twistd restygate --help}.
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -35,9 +36,14 @@ class ReferenceTests(SynchronousTestCase):
 
     def test_help(self) -> None:
         """
-        Every key is an option whose help ends with its default.
+        Every key is an option whose help ends with its default, but the
+        file's tables, which no option could spell.
         """
-        text = " ".join(str(Options()).split())
+        # usage wraps the help, also at a hyphen ("round-" / "robin").
+        text = re.sub(r"(\w)- (\w)", r"\1-\2", " ".join(str(Options()).split()))
         for key in KEYS.values():
+            if key.form == "table":
+                self.assertNotIn(f"--{key.name}", text)
+                continue
             self.assertIn(f"--{key.name}", text)
             self.assertIn(" ".join(f"{key.help} [{key.default_text()}]".split()), text)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from restygate.config import values
+from restygate.config import services, values
 from restygate.config.values import Kind
 
 __all__ = ["Key", "KEYS", "DEFAULTS", "RESTART_ONLY"]
@@ -28,8 +28,9 @@ class Key:
     One configuration key.
 
     @ivar form: C{"value"} (C{--key VALUE}), C{"list"} (repeatable
-        C{--key VALUE}; a list in the file) or C{"switch"} (C{--key} alone
-        turns it on; true or false in the file).
+        C{--key VALUE}; a list in the file), C{"switch"} (C{--key} alone
+        turns it on; true or false in the file) or C{"table"} (TOML tables,
+        in the file only).
     @ivar shown: how the default reads to a person, where the value itself
         says too little (C{"auto"} is one worker per CPU...).
     @ivar live: a reload puts a new value in force at once; otherwise the
@@ -51,7 +52,7 @@ class Key:
         """
         if self.shown is not None:
             return self.shown
-        if isinstance(self.default, list):
+        if isinstance(self.default, (list, dict)):
             return ", ".join(self.default) or "none"
         if self.default is None or self.default is False:
             return "off" if self.form == "switch" else "none"
@@ -154,6 +155,20 @@ KEYS: Mapping[str, Key] = _keys(
     Key("upstream-tls-insecure", "upstream_tls_insecure", values.flag, False,
         "Do not verify HTTPS upstreams' certificates (logged as a warning): for tests, never for production.",
         form="switch"),
+    Key("balancer", "balancer", values.choice(*values.BALANCERS), "round-robin",
+        "How a request picks an instance, always by Consul Weights and never an ejected one: round-robin; "
+        "least-request, the less busy of two drawn at random; random; or hash, consistent hashing on hash-on."),
+    Key("hash-on", "hash_on", values.hash_on, "client-ip",
+        "The hash balancer's key: header:<name>, cookie:<name> or client-ip; a request without it is "
+        "balanced round-robin."),
+    Key("include-warning", "include_warning", values.flag, False,
+        "Also route to instances whose Consul checks warn (none critical), at their Weights.Warning.",
+        form="switch"),
+    Key("services", "services", services.table(lambda: KEYS), {},
+        "Per-service settings: [services.<name>] and [services.\"<dc>/<name>\"] tables (the latter wins) "
+        "setting tags, balancer, hash-on, retries, upstream-timeout, connect-timeout, include-warning, "
+        "max-body or panic-all-instances for one service (file only).",
+        form="table"),
 )
 
 DEFAULTS: Mapping[str, Any] = {name: key.default for name, key in KEYS.items()}

@@ -13,9 +13,13 @@ never sees a malformed value; a reload builds a new L{Config} the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from restygate.tls import CABundle
+
+# The type of the services key; spelled here, not imported, because the
+# services module builds on this one.
+ServiceTable = Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...]
 
 __all__ = ["Config", "ConfigError", "ConsulAddress"]
 
@@ -89,3 +93,8 @@ class Config:
     consul_max_connections: int
     consul_max_rps: int
     consul_consistency: str
+    balancer: str
+    hash_on: str
+    include_warning: bool
+    # [services.<name>] and [services."<dc>/<name>"] (config.services).
+    services: ServiceTable

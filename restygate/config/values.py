@@ -42,6 +42,8 @@ __all__ = [
     "size",
     "tags",
     "workers",
+    "hash_on",
+    "BALANCERS",
 ]
 
 
@@ -237,6 +239,18 @@ def _parse_consul(key: str, value: Any) -> ConsulAddress:
     return parse_consul_address(value)
 
 
+# The strategies of restygate.upstream.pickers (a test keeps the two alike).
+BALANCERS = ("round-robin", "least-request", "random", "hash")
+# header:<field name> | cookie:<cookie name> | client-ip
+_HASH_ON = re.compile(r"(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z\-]+|client-ip")
+
+
+def _parse_hash_on(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _HASH_ON.fullmatch(value):
+        raise ConfigError(f"{key}: expected 'header:<name>', 'cookie:<name>' or 'client-ip', got {value!r}")
+    return value
+
+
 _STRING = ((str,), "a string")
 _STRINGS = ((str, list), "a string or a list of strings")
 
@@ -252,6 +266,7 @@ workers = Kind(_parse_workers, (int, str), "\"auto\" or a whole number")
 catalog = Kind(_parse_catalog, *_STRING)
 ca_bundle = Kind(_parse_ca_bundle, *_STRING)
 consul = Kind(_parse_consul, *_STRING)
+hash_on = Kind(_parse_hash_on, *_STRING)
 
 
 def seconds(minimum: float, maximum: float = float("inf")) -> Kind:

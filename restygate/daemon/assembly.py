@@ -20,7 +20,6 @@ from restygate import __version__
 from restygate.ops.accesslog import AccessLog
 from restygate.ops.admin import Admin
 from restygate.ops.views import IDiscoveryView, IListenerView, Inspected
-from restygate.upstream.balancer import RoundRobin
 from restygate.discovery.catalog import StaticCatalog
 from restygate.config import Config
 from restygate.discovery.consul.client import ConsulClient
@@ -137,14 +136,14 @@ def make_gateway(
     consul: Optional[ConsulClient] = None
     discovery: Union[StaticCatalog, ConsulDiscovery]
     if config.catalog:
-        discovery = StaticCatalog(config.catalog, reactor, config.tags)
+        discovery = StaticCatalog(config.catalog, reactor, config.tags, table=dict(config.services))
     else:
         discovery, consul = consul_discovery(config, reactor)
         _Closing(consul.close).setServiceParent(root)
     discovery.setServiceParent(root)
     upstream = Upstream(reactor, config)
     _Closing(upstream.close).setServiceParent(root)
-    engine = Engine(discovery, RoundRobin(), upstream, reactor, config, observers=[root.access_log])
+    engine = Engine(discovery, upstream, reactor, config, observers=[root.access_log])
     front = GatewayFront(engine, reactor, timeout=config.body_idle_timeout)
     root.engine = engine
     root.front = front
@@ -161,7 +160,7 @@ def make_gateway(
         admin.setServiceParent(root)
         root.admin_listener = Listener(config.admin, admin.site, reactor)
         root.admin_listener.setServiceParent(root)
-    root.reconfigurable = [discovery, upstream, root.access_log, front]
+    root.reconfigurable = [discovery, upstream, root.access_log, front, engine.policies]
     # Last, so it stops first: no reload into a gateway going away.
     Reloader(root, load or (lambda: config), reactor).setServiceParent(root)
     return root
@@ -185,4 +184,5 @@ def _inspected(gateway: Gateway, discovery: IDiscoveryView, upstream: Upstream) 
         config=lambda: gateway.config,
         listeners=listeners,
         tunnels=lambda: gateway.engine.tunnels,
+        routing=gateway.engine.policies,
     )

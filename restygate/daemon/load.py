@@ -46,7 +46,7 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     layers.append(command_line)
     config = build(layers, config_file=path)
     if config.catalog:
-        load_catalog(config.catalog, config.tags)
+        load_catalog(config.catalog, config.tags, dict(config.services))
     return config
 
 

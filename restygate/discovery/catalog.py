@@ -8,20 +8,21 @@ value is an array of instances::
 
     [dc1]
     web = [
-      { address = "127.0.0.1", port = 8000, tags = ["primary"] },
+      { address = "127.0.0.1", port = 8000, tags = ["primary"], weight = 3 },
       { address = "::1", port = 8001, meta = { version = "2" } },
     ]
 
 The file is re-read when it changes; a broken edit is logged and the last
-good catalog keeps serving.  Instances missing a configured tag are left out,
-as Consul would leave them out.
+good catalog keeps serving.  Instances missing a configured tag (global, or
+their service's own C{tags}) are left out, as Consul would leave them out.
+C{weight} is Consul's C{Weights.Passing} (default 1).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +37,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restygate.config import Config, ConfigError
+from restygate.config.services import Overrides, service_tags
 from restygate.discovery.model import IDiscovery, Instance, Snapshot, UnknownDatacenter
 from restygate.ops.views import IDiscoveryView, Watched
 
@@ -49,7 +51,7 @@ Catalog = Dict[str, Dict[str, Snapshot]]
 def _instance(where: str, raw: Any) -> Instance:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: an instance must be a table like {{ address = ..., port = ... }}")
-    unknown = sorted(set(raw) - {"address", "port", "tags", "meta", "id"})
+    unknown = sorted(set(raw) - {"address", "port", "tags", "meta", "id", "weight"})
     if unknown:
         raise ConfigError(f"{where}: unknown instance key {unknown[0]!r}")
     address, port = raw.get("address"), raw.get("port")
@@ -63,18 +65,25 @@ def _instance(where: str, raw: Any) -> Instance:
     meta = raw.get("meta", {})
     if not isinstance(meta, dict):
         raise ConfigError(f"{where}: 'meta' must be a table")
+    weight = raw.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+        raise ConfigError(f"{where}: 'weight' must be a whole number of at least 1")
     return Instance(
         address=address.strip("[]"),
         port=port,
         tags=tuple(tags),
         meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())),
         id=str(raw.get("id", "")),
+        weight=weight,
     )
 
 
-def load_catalog(path: str, tags: Tuple[str, ...] = ()) -> Catalog:
+def load_catalog(
+    path: str, tags: Tuple[str, ...] = (), table: Mapping[str, Overrides] = {}
+) -> Catalog:
     """
-    Read and validate a catalog file into snapshots.
+    Read and validate a catalog file into snapshots, keeping the instances
+    that carry C{tags}, or a service's own tags from C{table}.
 
     @raise ConfigError: the file is missing or malformed; the message says where.
     """
@@ -95,7 +104,8 @@ def load_catalog(path: str, tags: Tuple[str, ...] = ()) -> Catalog:
             if not isinstance(raw_instances, list):
                 raise ConfigError(f"{where}: must be an array of instances")
             instances = [_instance(f"{where}[{i}]", raw) for i, raw in enumerate(raw_instances)]
-            wanted = tuple(i for i in instances if all(t in i.tags for t in tags))
+            required = service_tags(tags, table, dc, name)
+            wanted = tuple(i for i in instances if all(t in i.tags for t in required))
             catalog[dc][name] = Snapshot(dc, name, wanted)
     return catalog
 
@@ -107,10 +117,16 @@ class StaticCatalog(Service):
     """
 
     def __init__(
-        self, path: str, clock: IReactorTime, tags: Tuple[str, ...] = (), interval: float = 1.0
+        self,
+        path: str,
+        clock: IReactorTime,
+        tags: Tuple[str, ...] = (),
+        interval: float = 1.0,
+        table: Mapping[str, Overrides] = {},
     ) -> None:
         self._path = path
         self._tags = tags
+        self._table = table
         self._interval = interval
         self._catalog: Catalog = {}
         self._stamp: Optional[Tuple[int, int]] = None
@@ -167,10 +183,11 @@ class StaticCatalog(Service):
 
     def reconfigure(self, config: Config) -> None:
         """
-        Filter by C{config}'s tags from now on.
+        Filter by C{config}'s tags (global and per service) from now on.
         """
-        if config.tags != self._tags:
-            self._tags = config.tags
+        table = dict(config.services)
+        if (config.tags, table) != (self._tags, self._table):
+            self._tags, self._table = config.tags, table
             self.reload()
 
     def reload(self) -> None:
@@ -179,7 +196,7 @@ class StaticCatalog(Service):
         """
         self._stamp = self._stat()
         try:
-            catalog = load_catalog(self._path, self._tags)
+            catalog = load_catalog(self._path, self._tags, self._table)
         except ConfigError as e:
             log.error("keeping the previous catalog: {error}", error=str(e))
             return

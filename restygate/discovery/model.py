@@ -40,6 +40,10 @@ class Instance:
     meta: Tuple[Tuple[str, str], ...] = ()
     id: str = ""
     node: str = ""
+    # Consul's Service.Weights: the share of traffic the instance gets while
+    # its checks pass, and while they warn (include-warning; 0 means none).
+    weight: int = 1
+    warning_weight: int = 1
     # Precomputed once so the data path does not format strings per request.
     netloc: str = field(init=False, compare=False, repr=False)
 
@@ -61,6 +65,8 @@ class Snapshot:
     # All registered instances, passing or not, when the source knows them
     # (for panic mode); empty otherwise.
     registered: Tuple[Instance, ...] = ()
+    # Those whose worst check is warning, none critical (for include-warning).
+    warning: Tuple[Instance, ...] = ()
 
 
 class DiscoveryError(Exception):

@@ -151,7 +151,6 @@ class HTTPConnection(Protocol):
     def request_head(self, method: bytes, target: bytes, version: bytes, headers: List[Any],
                      keep_alive: bool, upgrade: bool) -> None:
         self._timing_headers = False
-        config = self.factory.config
         length: Optional[int] = None
         chunked = False
         expect = te = False
@@ -165,7 +164,8 @@ class HTTPConnection(Protocol):
                 expect = value.lower() == b"100-continue"
             elif lowered == b"te":
                 te = b"trailers" in value.lower()
-        limit = config.max_body
+        # The request's service may have its own.
+        limit = self.factory.engine.policies.max_body(target)
         if limit is not None and length is not None and length > limit:
             raise ParseError(413, "request body too large")
         body: Optional[RequestBody] = None

@@ -58,6 +58,14 @@ def _render(version: str, *content: Any) -> bytes:
     return b"".join(out) + b"\n"
 
 
+def _policies(policies: Dict[str, Dict[str, Any]]) -> Tag:
+    """
+    Routing policies, a row each; the columns are the settings' names.
+    """
+    first = next(iter(policies.values()), {})
+    return _table(["", *first], [[name, *policy.values()] for name, policy in policies.items()])
+
+
 def gateway_page(status: Dict[str, Any]) -> bytes:
     """
     A gateway's status document (L{restygate.ops.status.gateway_status}) as
@@ -76,6 +84,8 @@ def gateway_page(status: Dict[str, Any]) -> bytes:
             ["role", "description", "bound to"],
             [[l["role"], l["description"], l["address"]] for l in status["listeners"]],
         ),
+        tags.h2("Routing policies"),
+        _policies(status["policies"]),
         tags.h2("Services"),
     ]
     if not status["services"]:
@@ -87,10 +97,12 @@ def gateway_page(status: Dict[str, Any]) -> bytes:
                 ["synced", "last sync (s ago)", "index", "errors in a row", "last error"],
                 [[s["synced"], s["last_sync_age_seconds"], s["index"], s["errors"], s["last_error"]]],
             ),
+            _policies({"policy": s["policy"]} if s["policy"] else {}),
             _table(
-                ["address", "port", "id", "node", "tags", "meta", "ejected", "in flight"],
+                ["address", "port", "id", "node", "tags", "meta", "weight", "ejected", "in flight"],
                 [
-                    [i["address"], i["port"], i["id"], i["node"], i["tags"], i["meta"], i["ejected"], i["inflight"]]
+                    [i["address"], i["port"], i["id"], i["node"], i["tags"], i["meta"], i["weight"], i["ejected"],
+                     i["inflight"]]
                     for i in s["instances"]
                 ],
             ),

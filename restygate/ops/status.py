@@ -45,6 +45,7 @@ def _instance(w: Watched, instance: Instance, outliers: IOutlierView) -> Dict[st
         "node": instance.node,
         "tags": list(instance.tags),
         "meta": dict(instance.meta),
+        "weight": instance.weight,
         "ejected": outliers.is_ejected(w.dc, w.service, instance),
         "inflight": outliers.inflight(w.dc, w.service, instance),
     }
@@ -56,6 +57,7 @@ def gateway_status(gateway: Inspected, started: float, now: float) -> Dict[str, 
     """
     config = gateway.config()
     listeners = [_listener(role, listener) for role, listener in gateway.listeners()]
+    routing = gateway.routing
     # The Consul address only: the token stays out of everything shown.
     source: Dict[str, Any] = (
         {"kind": "catalog", "path": config.catalog}
@@ -72,6 +74,7 @@ def gateway_status(gateway: Inspected, started: float, now: float) -> Dict[str, 
             "errors": w.errors,
             "last_error": w.last_error,
             "instances": [_instance(w, i, gateway.outliers) for i in w.instances],
+            "policy": routing.described(w.dc, w.service) if routing is not None else None,
         }
         for w in gateway.discovery.watched()
     ]
@@ -99,4 +102,6 @@ def gateway_status(gateway: Inspected, started: float, now: float) -> Dict[str, 
         "listeners": listeners,
         "discovery": source,
         "services": services,
+        # The global policy ("*") and each [services...] table's effective one.
+        "policies": routing.tables() if routing is not None else {},
     }

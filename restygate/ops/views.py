@@ -7,13 +7,14 @@ The admin side must only observe: reading a view never starts a watch, opens
 a connection or changes a counter.  It knows no concrete class of another
 part and no private attribute; a part that wants to be shown implements the
 view for it (discovery sources L{IDiscoveryView}, the upstream pool
-L{IPoolView}, outlier detection L{IOutlierView}, listeners L{IListenerView}).
+L{IPoolView}, outlier detection L{IOutlierView}, listeners L{IListenerView},
+the routing policies L{IRoutingView}).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IListeningPort
 from zope.interface import Attribute, Interface
@@ -30,6 +31,7 @@ __all__ = [
     "IPoolView",
     "IOutlierView",
     "IListenerView",
+    "IRoutingView",
     "Inspected",
 ]
 
@@ -173,6 +175,23 @@ class IListenerView(Interface):
         """
 
 
+class IRoutingView(Interface):
+    """
+    The routing policies in force, as plain data.
+    """
+
+    def described(dc: str, service: str) -> Dict[str, Any]:
+        """
+        The effective policy of C{service} in C{dc}: balancer, timeouts...
+        """
+
+    def tables() -> Dict[str, Dict[str, Any]]:
+        """
+        The global policy (C{"*"}) and each C{[services...]} table's
+        effective one, by table name.
+        """
+
+
 @dataclass(frozen=True)
 class Inspected:
     """
@@ -191,3 +210,4 @@ class Inspected:
     listeners: Callable[[], Sequence[Tuple[str, IListenerView]]]
     # Open Upgrade tunnels (WebSocket...).
     tunnels: Callable[[], int] = lambda: 0
+    routing: Optional[IRoutingView] = None

@@ -6,23 +6,24 @@ A front hands it a L{Downstream} (the request and the means to answer it);
 the engine runs one L{Exchange} for it: route, discovery, balancer and
 outlier detection, attempts on instances with retries inside the retry
 budget, and the relay of the answer.  It holds the state those steps share
-(outliers, the retry budget, the panic snapshots) and tells its observers
+(outliers, the balancer, the routing policies, the retry budget) and tells its observers
 (access log, metrics) about every finished request.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from restygate.config import Config
-from restygate.discovery.model import IDiscovery, Snapshot
+from restygate.discovery.model import IDiscovery
 from restygate.proxy.downstream import Downstream
 from restygate.proxy.exchange import Exchange
 from restygate.proxy.observe import Completed, RequestObserver
-from restygate.upstream.balancer import IBalancer
+from restygate.proxy.policy import Policies
+from restygate.upstream.balancer import Balancer, IBalancer
 from restygate.upstream.outliers import Outliers
 from restygate.upstream.pool import Upstream
 from restygate.upstream.retry import RetryBudget
@@ -43,7 +44,6 @@ class Engine:
     def __init__(
         self,
         discovery: IDiscovery,
-        balancer: IBalancer,
         upstream: Upstream,
         clock: IReactorTime,
         config: Config,
@@ -51,14 +51,13 @@ class Engine:
     ) -> None:
         self.observers: List[RequestObserver] = list(observers)
         self.discovery = discovery
-        self.balancer = balancer
         self.upstream = upstream
         self.clock = clock
         self.config = config
+        # Each service's settings, and its instances weighted per snapshot.
+        self.policies = Policies(config)
         self.outliers = Outliers(clock)
-        # Per (dc, service): the snapshot that had no passing instance, and
-        # the all-instances one built from it (built once, logged once).
-        self._panicked: Dict[Tuple[str, str], Tuple[Snapshot, Snapshot]] = {}
+        self.balancer: IBalancer = Balancer(self.outliers.inflight)
         self.budget = RetryBudget(clock)
         self.budget_refusals = 0
         self._budget_logged = float("-inf")
@@ -71,23 +70,7 @@ class Engine:
         exchange.run()
         return exchange
 
-    def panic(self, snapshot: Snapshot) -> Snapshot:
-        """
-        A snapshot routing to every registered instance of a service none of
-        whose instances passes: better a chance than a certain 503.
-        """
-        key = (snapshot.dc, snapshot.service)
-        cached = self._panicked.get(key)
-        if cached is None or cached[0] is not snapshot:
-            log.warn(
-                "{dc}/{service}: no passing instance; panic mode routes to all {n} registered",
-                dc=snapshot.dc, service=snapshot.service, n=len(snapshot.registered),
-            )
-            cached = (snapshot, Snapshot(snapshot.dc, snapshot.service, snapshot.registered, snapshot.index))
-            self._panicked[key] = cached
-        return cached[1]
-
-    def budget_exhausted(self, snapshot: Snapshot) -> None:
+    def budget_exhausted(self, dc: str, service: str) -> None:
         """
         A retry was refused by the budget: say so, at most every 10 seconds,
         since the failures it leaves would otherwise look unexplained.
@@ -99,7 +82,7 @@ class Engine:
             log.warn(
                 "{dc}/{service}: retry budget exhausted; failing without retrying "
                 "({n} refused so far)",
-                dc=snapshot.dc, service=snapshot.service, n=self.budget_refusals,
+                dc=dc, service=service, n=self.budget_refusals,
             )
 
     def completed(self, record: Completed) -> None:

@@ -26,9 +26,11 @@ from restygate.proxy.downstream import Downstream, HeaderList
 from restygate.proxy.failure import Failed, Failure, discovery_failure
 from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
 from restygate.proxy.observe import Completed, completed_record
+from restygate.proxy.policy import Policies, Policy
 from restygate.proxy.routing import Route, RouteError, route_request
 from restygate.proxy.tunnel import open_tunnel
 from restygate.upstream.balancer import IBalancer
+from restygate.upstream.choice import Choice
 from restygate.upstream.client import UpstreamConnection
 from restygate.upstream.outliers import Outliers
 from restygate.upstream.pool import Upstream
@@ -46,13 +48,12 @@ class EngineParts(Protocol):
     upstream: Upstream
     clock: IReactorTime
     config: Config
+    policies: Policies
     outliers: Outliers
     budget: RetryBudget
     tunnels: int
 
-    def panic(self, snapshot: Snapshot) -> Snapshot: ...
-
-    def budget_exhausted(self, snapshot: Snapshot) -> None: ...
+    def budget_exhausted(self, dc: str, service: str) -> None: ...
 
     def completed(self, record: Completed) -> None: ...
 
@@ -79,6 +80,9 @@ class Exchange:
         self._connection: Optional[UpstreamConnection] = None
         self._timer: Optional[IDelayedCall] = None
         self.snapshot: Optional[Snapshot] = None
+        self._choice: Optional[Choice] = None
+        # Its service's, once routed: the settings the request runs with.
+        self.policy: Policy = engine.policies.default
         self._headers: HeaderList = []
         self._tried: List[Instance] = []
         self._active: Optional[Instance] = None
@@ -98,6 +102,7 @@ class Exchange:
         except RouteError as e:
             self._fail(Failure.CLIENT_PROTOCOL if e.status == 400 else None, e.message, status=e.status)
             return
+        self.policy = self.engine.policies.policy(route.dc, route.service)
         self._pending = d = self.engine.discovery.lookup(route.dc, route.service)
         d.addCallbacks(self._forward, self._discovery_failed)
         d.addErrback(self._crashed)
@@ -118,12 +123,11 @@ class Exchange:
         assert route is not None
         if self.done:
             return
-        if not snapshot.instances:
-            if not (self.engine.config.panic_all_instances and snapshot.registered):
-                self._fail(Failure.NO_INSTANCE, datacenter=route.dc, service=route.service)
-                return
-            snapshot = self.engine.panic(snapshot)
-        self.snapshot = snapshot
+        choice = self.engine.policies.choice(self.policy, snapshot)
+        if choice is None:
+            self._fail(Failure.NO_INSTANCE, datacenter=route.dc, service=route.service)
+            return
+        self.snapshot, self._choice = snapshot, choice
         request = self.request
         self._upgrade = wants_upgrade(request.headers)
         self._headers = forward_headers(
@@ -133,21 +137,22 @@ class Exchange:
         # An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
         self._host_pending = header(self._headers, b"host") is None
         self.engine.budget.request()
-        self._attempt(snapshot.instances)
+        self._attempt(choice.instances)
 
     # -- attempts -------------------------------------------------------------
     def _attempt(self, candidates: Tuple[Instance, ...]) -> None:
         engine = self.engine
-        route, snapshot = self.route, self.snapshot
-        assert route is not None and snapshot is not None
+        route, choice, policy, request = self.route, self._choice, self.policy, self.request
+        assert route is not None and choice is not None
         usable = engine.outliers.usable(route.dc, route.service, candidates)
-        self.instance = instance = engine.balancer.pick(snapshot, usable)
+        key = policy.hash_key(request.headers, request.client_ip)
+        self.instance = instance = engine.balancer.pick(policy.balancer, route.dc, route.service, choice, usable, key)
         self._tried.append(instance)
         engine.outliers.started(route.dc, route.service, instance)
         self._active = instance
         self.upstream_sent = engine.clock.seconds()
-        self._timer = engine.clock.callLater(engine.config.upstream_timeout, self._timed_out)
-        self._pending = d = engine.upstream.acquire(instance)
+        self._timer = engine.clock.callLater(policy.config.upstream_timeout, self._timed_out)
+        self._pending = d = engine.upstream.acquire(instance, policy.config.connect_timeout)
         d.addCallbacks(self._connected, self._not_connected)
         d.addErrback(self._crashed)
 
@@ -192,13 +197,13 @@ class Exchange:
                 self._stalled()
                 return
             self._progress = False
-            self._timer = self.engine.clock.callLater(self.engine.config.body_idle_timeout, self._timed_out)
+            self._timer = self.engine.clock.callLater(self.policy.config.body_idle_timeout, self._timed_out)
             return
         pending, self._pending = self._pending, None
         connection, self._connection = self._connection, None
         self._release()
         log.warn("{route}: upstream {upstream} sent no response headers in {timeout:g}s",
-                 route=self.route, upstream=self.upstream, timeout=self.engine.config.upstream_timeout)
+                 route=self.route, upstream=self.upstream, timeout=self.policy.config.upstream_timeout)
         self._fail(Failure.RESPONSE_TIMEOUT)
         if pending is not None:
             pending.cancel()
@@ -208,36 +213,32 @@ class Exchange:
     def _stalled(self) -> None:
         log.warn(
             "upstream {upstream}: response body made no progress for {timeout:g}s; cut",
-            upstream=self.upstream, timeout=self.engine.config.body_idle_timeout,
+            upstream=self.upstream, timeout=self.policy.config.body_idle_timeout,
         )
         self.failure = Failure.BODY_STALLED
         self._cut()
 
     def _retry(self, failure: Failure, detail: str) -> bool:
-        """
-        Try another instance if this failure, this request and the budget
-        allow it.
-        """
-        snapshot = self.snapshot
-        request = self.request
+        """Try another instance if this failure, this request and the budget allow it."""
+        route, choice, request = self.route, self._choice, self.request
         body = request.body
-        if snapshot is None or self.retries >= self.engine.config.retries or not may_retry(
+        if route is None or choice is None or self.retries >= self.policy.config.retries or not may_retry(
             failure.never_reached, failure.retriable, request.method, body
         ):
             return False
-        untried = tuple(i for i in snapshot.instances if i not in self._tried)
+        untried = tuple(i for i in choice.instances if i not in self._tried)
         if not untried:
             return False
         # A request that never reached an upstream costs nothing to send
         # elsewhere, so only retries of requests an upstream may have seen
         # draw on the budget (the per-request limit still bounds the rest).
         if not failure.never_reached and not self.engine.budget.try_retry():
-            self.engine.budget_exhausted(snapshot)
+            self.engine.budget_exhausted(route.dc, route.service)
             return False
         self.retries += 1
         log.info(
             "{dc}/{service}: retrying on another instance after {upstream} failed: {error}",
-            dc=snapshot.dc, service=snapshot.service, upstream=self.upstream, error=detail,
+            dc=route.dc, service=route.service, upstream=self.upstream, error=detail,
         )
         self._attempt(untried)
         return True
@@ -289,9 +290,9 @@ class Exchange:
         self._release()
         if self.done:
             return
-        failure, route, instance, snapshot = failed.failure, self.route, self.instance, self.snapshot
-        if failure.ejects and route is not None and instance is not None and snapshot is not None:
-            self.engine.outliers.failed(route.dc, route.service, instance, snapshot.instances)
+        failure, route, instance, choice = failed.failure, self.route, self.instance, self._choice
+        if failure.ejects and route is not None and instance is not None and choice is not None:
+            self.engine.outliers.failed(route.dc, route.service, instance, choice.instances)
         if self._response_started:
             log.warn(
                 "upstream {upstream} cut the response body short: {error}",

@@ -1,47 +1,58 @@
 """
-Picks the instance a request goes to from a discovery snapshot.
+Picks the instance a request goes to, with the strategy its service's
+policy names (L{restygate.upstream.pickers}).
 
-Balancers keep their own small state keyed by (datacenter, service), never
-inside the snapshot, so a new snapshot from Consul does not reset the
-rotation.
+The balancer keeps its own small state keyed by (datacenter, service),
+never inside a snapshot, so a new snapshot from Consul does not reset the
+rotation; in-flight counts come from outlier tracking, which sees every
+attempt start and end.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import random
+from typing import Callable, Optional, Tuple
 
 from zope.interface import Interface, implementer
 
-from restygate.discovery.model import Instance, Snapshot
+from restygate.discovery.model import Instance
+from restygate.upstream.choice import Choice
+from restygate.upstream.pickers import PICKERS, PickState
 
-__all__ = ["IBalancer", "RoundRobin"]
+__all__ = ["IBalancer", "Balancer"]
 
 
 class IBalancer(Interface):
     """
-    A strategy for choosing among a service's instances.
+    Chooses among a service's instances.
     """
 
-    def pick(snapshot: Snapshot, among: Optional[Tuple[Instance, ...]] = None) -> Instance:
+    def pick(
+        strategy: str,
+        dc: str,
+        service: str,
+        choice: Choice,
+        among: Tuple[Instance, ...],
+        key: Optional[bytes] = None,
+    ) -> Instance:
         """
-        One instance of a non-empty snapshot, or of C{among} (a non-empty
-        subset of it: the ones not ejected, not tried yet) when given.
+        One of C{among} (a non-empty subset of C{choice}'s instances, or
+        C{choice.instances} itself), chosen by the named strategy; C{key}
+        is the request's hash key, for C{hash}.
         """
 
 
 @implementer(IBalancer)
-class RoundRobin:
+class Balancer:
     """
-    Each (datacenter, service) in turn, over whatever its current snapshot
-    holds.
+    Every strategy of L{PICKERS}, sharing one state.
     """
 
-    def __init__(self) -> None:
-        self._next: Dict[Tuple[str, str], int] = {}
+    def __init__(
+        self, inflight: Callable[[str, str, Instance], int], rng: Optional[random.Random] = None
+    ) -> None:
+        self._state = PickState(inflight, rng)
 
-    def pick(self, snapshot: Snapshot, among: Optional[Tuple[Instance, ...]] = None) -> Instance:
-        key = (snapshot.dc, snapshot.service)
-        turn = self._next.get(key, 0)
-        self._next[key] = (turn + 1) & 0x3FFFFFFF
-        instances = snapshot.instances if among is None else among
-        return instances[turn % len(instances)]
+    def pick(self, strategy: str, dc: str, service: str, choice: Choice, among: Tuple[Instance, ...],
+             key: Optional[bytes] = None) -> Instance:
+        return PICKERS[strategy](self._state, dc, service, choice, among, key)

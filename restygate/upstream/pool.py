@@ -38,7 +38,7 @@ they were made with, new connections get the new settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -203,16 +203,23 @@ class Upstream:
         # Endpoints carry the settings: new ones from now on.
         self._endpoints: Dict[Instance, _InstanceEndpoint] = {}
 
-    def acquire(self, instance: Instance) -> Deferred[UpstreamConnection]:
+    def acquire(self, instance: Instance, connect_timeout: Optional[float] = None) -> Deferred[UpstreamConnection]:
         """
         A connection to C{instance} that is ready for a request; fails with
-        L{Failed} when none can be made.
+        L{Failed} when none can be made.  C{connect_timeout}, when given, is
+        the service's own, in place of the global one.
         """
-        endpoint = self._endpoints.get(instance)
-        if endpoint is None:
-            if len(self._endpoints) >= _ENDPOINTS_KEPT:
-                self._endpoints.clear()
-            endpoint = self._endpoints[instance] = _InstanceEndpoint(self._reactor, instance, self._settings)
+        settings = self._settings
+        if connect_timeout is not None and connect_timeout != settings.connect_timeout:
+            # A service's own connect timeout: an endpoint of its own, not kept.
+            endpoint = _InstanceEndpoint(self._reactor, instance, replace(settings, connect_timeout=connect_timeout))
+        else:
+            kept = self._endpoints.get(instance)
+            if kept is None:
+                if len(self._endpoints) >= _ENDPOINTS_KEPT:
+                    self._endpoints.clear()
+                kept = self._endpoints[instance] = _InstanceEndpoint(self._reactor, instance, settings)
+            endpoint = kept
         idle = self._idle_by_key.get(endpoint.pool_key)
         while idle:
             _, connection = idle.pop()

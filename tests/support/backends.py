@@ -602,6 +602,8 @@ class _Routes(Resource):
             if path.startswith(b"/status/"):
                 return self._status(request, path[len(b"/status/") :])
             route = self._routes.get(path, self._echo)
+            if path not in self._routes and self._backend.delay > 0:
+                return self._answer_after(request, self._backend.delay)
             return route(request)
         except _BadRequest as error:
             return self._json(request, 400, {"error": str(error)})
@@ -706,7 +708,9 @@ class _Routes(Resource):
         )
 
     def _slow(self, request: _BackendRequest) -> int:
-        delay = _float_arg(_query(request), b"delay", 1.0)
+        return self._answer_after(request, _float_arg(_query(request), b"delay", 1.0))
+
+    def _answer_after(self, request: _BackendRequest, delay: float) -> int:
         body = self._json(request, 200, self._echo_document(request))
         request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
 
@@ -768,7 +772,8 @@ class Backend(_LoopbackServer):
       - C{/hang}: never answers.
       - C{/drip?size=N&delay=S[&chunk=K][&chunked=1]}: headers at once, then
         K (default 1) pattern bytes every S seconds (defaults N=10, S=0.1).
-      - anything else: 200 with the JSON echo document: C{backend},
+      - anything else: 200 with the JSON echo document (after L{delay}
+        seconds when that is set: a slow instance): C{backend},
         C{method}, C{uri}, C{path}, C{query}, C{version}, C{headers} (list of
         C{[name, value]}), C{body_length}, C{body_sha256}, C{connection};
         bytes are decoded as latin-1.
@@ -780,6 +785,7 @@ class Backend(_LoopbackServer):
         super().__init__(name)
         self.requests_seen: list[RequestRecord] = []
         self._clock: IReactorTime | None = None
+        self.delay = 0.0
 
     @property
     def clock(self) -> IReactorTime:

@@ -49,4 +49,8 @@ DEFAULT_CONFIG = Config(
     consul_max_connections=64,
     consul_max_rps=100,
     consul_consistency="stale",
+    balancer="round-robin",
+    hash_on="client-ip",
+    include_warning=False,
+    services=(),
 )

@@ -50,9 +50,10 @@ class HealthAnswer:
 
     index: int
     instances: Tuple[Instance, ...]
-    # Every registered instance, passing or not; filled only by a client
-    # asked to include failing ones (panic mode needs them).
+    # Every registered instance, passing or not (panic mode needs them).
     registered: Tuple[Instance, ...] = ()
+    # Those whose worst check is warning (include-warning needs them).
+    warning: Tuple[Instance, ...] = ()
 
 
 def _mapping(value: Any) -> dict:  # type: ignore[type-arg]
@@ -74,6 +75,7 @@ def parse_entry(entry: Any) -> Optional[Instance]:
         return None
     tags = service.get("Tags")
     meta = _mapping(service.get("Meta"))
+    weights = _mapping(service.get("Weights"))
     return Instance(
         address=address.strip("[]"),
         port=port,
@@ -81,20 +83,40 @@ def parse_entry(entry: Any) -> Optional[Instance]:
         meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())),
         id=str(service.get("ID") or ""),
         node=str(node.get("Node") or ""),
+        # Consul refuses a passing weight below 1 and defaults both to 1.
+        weight=_weight(weights.get("Passing"), 1),
+        warning_weight=_weight(weights.get("Warning"), 0),
     )
 
 
-def _passing(entry: Any) -> bool:
-    checks = _mapping(entry).get("Checks")
-    return isinstance(checks, list) and all(_mapping(c).get("Status") == "passing" for c in checks)
+def _weight(value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 1
+    return max(minimum, value)
 
 
-def parse_health(body: bytes, passing_only: bool = False) -> Tuple[Instance, ...]:
+# The worst check decides, as Consul's own health aggregation does; a status
+# it does not know (maintenance is "critical" already) counts as critical.
+_SEVERITY: Dict[Any, int] = {"passing": 0, "warning": 1}
+
+
+def _health(entry: Any) -> int:
     """
-    The usable instances in a C{/v1/health/service} body (with
-    C{passing_only}, those whose every check passes, as Consul's C{?passing}
-    would keep), in a stable order so that an answer with the same members
-    compares equal to the last one.
+    0 when every check of the entry passes, 1 when the worst is warning, 2
+    when one is critical (or the entry has no checks list at all).
+    """
+    checks = _mapping(entry).get("Checks")
+    if not isinstance(checks, list):
+        return 2
+    return max((_SEVERITY.get(_mapping(c).get("Status"), 2) for c in checks), default=0)
+
+
+def parse_health(body: bytes) -> Tuple[Tuple[Instance, ...], Tuple[Instance, ...], Tuple[Instance, ...]]:
+    """
+    The usable instances in a C{/v1/health/service} body: those whose every
+    check passes (what Consul's C{?passing} would keep), those whose worst
+    check is warning, and all of them, each in a stable order so that an
+    answer with the same members compares equal to the last one.
     """
     try:
         entries = json.loads(body)
@@ -104,20 +126,22 @@ def parse_health(body: bytes, passing_only: bool = False) -> Tuple[Instance, ...
         entries = []
     if not isinstance(entries, list):
         raise ConsulError("unexpected answer from Consul: not a JSON array")
-    instances: List[Instance] = []
+    parsed: List[Tuple[Instance, int]] = []
     for entry in entries:
-        if passing_only and not _passing(entry):
-            continue
         instance = parse_entry(entry)
         if instance is None:
             log.warn("skipping a Consul entry with no usable address or port: {entry!r:.200}", entry=entry)
         else:
-            instances.append(instance)
+            parsed.append((instance, _health(entry)))
     # Every field in the key: entries alike in address, port and ID (one
     # service address shared by several nodes) must not swap places between
     # answers, or an unchanged service would look changed.
-    instances.sort(key=lambda i: (i.address, i.port, i.id, i.node, i.tags, i.meta))
-    return tuple(instances)
+    parsed.sort(key=lambda p: (p[0].address, p[0].port, p[0].id, p[0].node, p[0].tags, p[0].meta))
+    return (
+        tuple(i for i, health in parsed if health == 0),
+        tuple(i for i, health in parsed if health == 1),
+        tuple(i for i, _ in parsed),
+    )
 
 
 def answer_text(body: bytes) -> str:

@@ -41,7 +41,7 @@ def consul_discovery(config: Config, reactor: Any) -> Tuple[ConsulDiscovery, Con
     gate = ConsulGate(reactor, config.consul_max_connections, float(config.consul_max_rps))
     client = ConsulClient(
         reactor, config.consul, config.consul_token, ca=config.consul_ca,
-        include_failing=config.panic_all_instances, gate=gate, consistency=config.consul_consistency,
+        gate=gate, consistency=config.consul_consistency,
     )
     outage = Outage(reactor)
     rng = random.Random()
@@ -67,5 +67,6 @@ def consul_discovery(config: Config, reactor: Any) -> Tuple[ConsulDiscovery, Con
         rng=rng,
         gate=gate,
         last_contact=client.last_contact,
+        table=dict(config.services),
     )
     return discovery, client

@@ -1,7 +1,10 @@
 """
 The Consul HTTP API client: the only module that speaks to the agent.
 
-It asks C{/v1/health/service/<name>} for passing instances,
+It asks C{/v1/health/service/<name>} for a service's instances (all of
+them: L{restygate.discovery.consul.answers} sorts them by health, since
+warning instances and panic mode need more than Consul's C{?passing} keeps,
+and the index a blocking query waits on is the same either way),
 C{/v1/catalog/datacenters} and C{/v1/catalog/services} for the names Consul
 knows, and C{/v1/health/state/any} for the change feed; reads are blocking
 queries when given an index.  Every request goes through one L{ConsulGate}
@@ -93,11 +96,9 @@ class ConsulClient:
         token: Optional[str] = None,
         pool: Optional[HTTPConnectionPool] = None,
         ca: Optional[CABundle] = None,
-        include_failing: bool = False,
         gate: Optional[ConsulGate] = None,
         consistency: str = "stale",
     ) -> None:
-        self._include_failing = include_failing
         self._clock: IReactorTime = reactor
         self._base = address.base_url
         self.gate = gate or ConsulGate(reactor, 64, 100.0)
@@ -167,16 +168,12 @@ class ConsulClient:
         @raise UnknownDatacenter: Consul has no path to C{dc}.
         @raise ConsulError: any other failure, with the status when there was one.
         """
-        # Normally Consul filters to passing instances itself; panic mode needs
-        # the failing ones too, and filters here instead.
-        params: List[Tuple[str, str]] = [] if self._include_failing else [("passing", "1")]
-        params.extend(("tag", tag) for tag in tags)
+        params: List[Tuple[str, str]] = [("tag", tag) for tag in tags]
         path = f"/v1/health/service/{quote(service, safe='')}"
 
         def parse(body: bytes, index: int) -> HealthAnswer:
-            if self._include_failing:
-                return HealthAnswer(index, parse_health(body, passing_only=True), parse_health(body))
-            return HealthAnswer(index, parse_health(body))
+            passing, warning, registered = parse_health(body)
+            return HealthAnswer(index, passing, registered, warning)
 
         return self._read(path, params, dc, index, wait, urgent, parse, indexed=True)
 

@@ -12,7 +12,8 @@ for).  Connections to the agent are bounded (L{ConsulGate}): the first
 C{dedicated} watches hold a blocking query each, every later one is kept
 fresh by its datacenter's L{ChangeFeed} and one-off fetches.
 
-When a reload changes what a watch asks Consul (tags, wait), each watched
+When a reload changes what a watch asks Consul (its service's tags, the
+wait), each such watched
 pair gets a successor watcher on its next request, and the old one keeps
 serving until the successor's first answer: no request fails or waits
 because of a reload, and pairs nobody asks for are not re-queried at all.
@@ -32,6 +33,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from restygate.config import Config
+from restygate.config.services import Overrides, service_tags
 from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.names import ConsulNames
 from restygate.discovery.consul.outage import Outage
@@ -82,6 +84,7 @@ class ConsulDiscovery(Service):
         outage: Optional[Outage] = None,
         gate: Optional[ConsulGate] = None,
         last_contact: Optional[Mapping[str, float]] = None,
+        table: Mapping[str, Overrides] = {},
     ) -> None:
         self._gate = gate
         self._last_contact = last_contact if last_contact is not None else {}
@@ -96,6 +99,8 @@ class ConsulDiscovery(Service):
         self._source = source
         self._clock = clock
         self._tags = tags
+        # Per-service settings: a service's own tags.
+        self._table = dict(table)
         self._wait = wait
         self._discovery_timeout = discovery_timeout
         self._idle_timeout = idle_timeout
@@ -180,8 +185,9 @@ class ConsulDiscovery(Service):
 
     def reconfigure(self, config: Config) -> None:
         """
-        Take C{config}'s tags, wait, timeouts and caps.  Watchers already
-        running are replaced lazily (see L{lookup}), and keep serving meanwhile.
+        Take C{config}'s tags (global and per service), wait, timeouts and
+        caps.  Watchers whose query changes are replaced lazily (see
+        L{lookup}), and keep serving meanwhile.
         """
         self._discovery_timeout = config.discovery_timeout
         self.max_stale = config.max_stale
@@ -194,14 +200,21 @@ class ConsulDiscovery(Service):
             if self._sweeper.running:
                 self._sweeper.stop()
                 self._sweeper.start(self._sweep_interval(), now=False)
-        if (config.tags, config.consul_wait) != (self._tags, self._wait):
-            self._tags, self._wait = config.tags, config.consul_wait
+        before = (self._tags, self._wait, self._table)
+        self._tags, self._wait, self._table = config.tags, config.consul_wait, dict(config.services)
+        if (self._tags, self._wait, self._table) != before:
             # Successors started with the settings now replaced are no use.
             for successor in self._successors.values():
                 successor.stop()
             self._successors.clear()
-            self._outdated = set(self._watchers.values())
+            self._outdated = {
+                w for w in self._watchers.values()
+                if w.tags != self._tags_of(w.dc, w.service) or self._wait != before[1]
+            }
         self._evict()
+
+    def _tags_of(self, dc: str, service: str) -> Tuple[str, ...]:
+        return service_tags(self._tags, self._table, dc, service)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -273,7 +286,7 @@ class ConsulDiscovery(Service):
         # never come back together.
         wait = self._wait * (1 - self._rng.random() / 16)
         watcher = Watcher(
-            dc, service, self._source, self._clock, self._tags, wait,
+            dc, service, self._source, self._clock, self._tags_of(dc, service), wait,
             self._rng, on_unknown_datacenter=self._unknown_datacenter,
             datacenter_grace=self.datacenter_grace, blocking=blocking, outage=self.outage,
         )
@@ -302,7 +315,7 @@ class ConsulDiscovery(Service):
         outdated.stop()
         log.info(
             "{dc}/{service}: now watched with tags {tags}", dc=outdated.dc, service=outdated.service,
-            tags=list(self._tags),
+            tags=list(successor.tags),
         )
         return successor
 

@@ -203,9 +203,10 @@ class Watcher:
             snapshot is None
             or snapshot.instances != answer.instances
             or snapshot.registered != answer.registered
+            or snapshot.warning != answer.warning
         ):
             self.snapshot = snapshot = Snapshot(
-                self.dc, self.service, answer.instances, self._index, answer.registered
+                self.dc, self.service, answer.instances, self._index, answer.registered, answer.warning
             )
             if current is not None:
                 log.info(
