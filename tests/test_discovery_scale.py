@@ -159,6 +159,9 @@ class VisibilityTests(TestCase):
         self.assertNotIn(b'restygate_instances{dc="dc1"', metrics)
         rig.consul.recover()
         await eventually(lambda: rig.watcher("dc1", "web").errors == 0, timeout=5.0)
+        # The outage ends when every query has recovered: the service-names
+        # query may retry after the watch does.
+        await eventually(lambda: any("Consul answers again" in line for line in lines), timeout=5.0)
         # One line when the outage began and one when it ended, not one per retry.
         began = [line for line in lines if "Consul queries failing" in line]
         ended = [line for line in lines if "Consul answers again" in line]
