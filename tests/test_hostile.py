@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
+from restygate.discovery.model import Instance
 from restygate.proxy.headers import HOP_BY_HOP, forward_headers
 from tests.support.backends import HalfResponseBackend
 from tests.support.harness import GatewayRig, RawClient, eventually, raw_connect, reactor, settle
@@ -193,19 +194,24 @@ class StalledAndBrokenPeerTests(TestCase):
         backend = rig.backend()
         rig.register(backend)
         await rig.get("/dc1/web/warm")
+        outliers = rig.gateway.engine.outliers
+        instance = Instance("127.0.0.1", backend.port)
         fds_before = len(os.listdir("/proc/self/fd"))
         for i in range(DISCONNECTS):
             client = await raw_connect(rig.port)
             path = b"/dc1/web/hang" if i % 2 else b"/dc1/web/big?size=50000000"
             client.transport.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             await eventually(lambda: len(backend.requests_seen) >= i + 2)
+            if i == 0:
+                # Counted under this instance: the check after the loop means something.
+                self.assertEqual(outliers.inflight("dc1", "web", instance), 1)
             client.transport.abortConnection()
             await client.closed
         # Only the warm-up request's keep-alive connection remains, on each side.
         await eventually(lambda: backend.open_connections <= 1 and len(rig.gateway.front.channels) <= 1)
         await settle(0.05)
         self.assertLessEqual(len(os.listdir("/proc/self/fd")), fds_before + 2)
-        self.assertEqual(sum(o.inflight for o in rig.gateway.engine.outliers._states.values()), 0)
+        self.assertEqual(outliers.inflight("dc1", "web", instance), 0)
 
 
 class DrainTests(TestCase):
