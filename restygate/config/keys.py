@@ -164,6 +164,11 @@ KEYS: Mapping[str, Key] = _keys(
     Key("include-warning", "include_warning", values.flag, False,
         "Also route to instances whose Consul checks warn (none critical), at their Weights.Warning.",
         form="switch"),
+    Key("host-route", "host_routes", values.host_routes, [],
+        "Route by Host too (repeatable): a template like {service}.{dc}.gw.example.com, each placeholder one "
+        "DNS label; a matching Host (port ignored) goes to that service and datacenter with its path whole. "
+        "Its hosts need no server-name.",
+        form="list"),
     Key("services", "services", services.table(lambda: KEYS), {},
         "Per-service settings: [services.<name>] and [services.\"<dc>/<name>\"] tables (the latter wins) "
         "setting tags, balancer, hash-on, retries, upstream-timeout, connect-timeout, include-warning, "

@@ -96,5 +96,6 @@ class Config:
     balancer: str
     hash_on: str
     include_warning: bool
+    host_routes: Tuple[str, ...]
     # [services.<name>] and [services."<dc>/<name>"] (config.services).
     services: ServiceTable

@@ -43,6 +43,7 @@ __all__ = [
     "tags",
     "workers",
     "hash_on",
+    "host_routes",
     "BALANCERS",
 ]
 
@@ -251,6 +252,26 @@ def _parse_hash_on(key: str, value: Any) -> str:
     return value
 
 
+# A host name whose labels may be {service} or {dc}, each exactly once.
+_HOST_LABEL = re.compile(r"\{service\}|\{dc\}|[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+
+
+def _parse_host_routes(key: str, value: Any) -> Tuple[str, ...]:
+    templates = _strings(key, value)
+    for template in templates:
+        labels = template.lower().rstrip(".").split(".")
+        if (
+            not all(_HOST_LABEL.fullmatch(label) for label in labels)
+            or labels.count("{service}") != 1
+            or labels.count("{dc}") != 1
+        ):
+            raise ConfigError(
+                f"{key}: {template!r} must be a host name with the labels {{service}} and {{dc}} once each, "
+                "like '{service}.{dc}.gw.example.com'"
+            )
+    return tuple(template.lower().rstrip(".") for template in templates)
+
+
 _STRING = ((str,), "a string")
 _STRINGS = ((str, list), "a string or a list of strings")
 
@@ -267,6 +288,7 @@ catalog = Kind(_parse_catalog, *_STRING)
 ca_bundle = Kind(_parse_ca_bundle, *_STRING)
 consul = Kind(_parse_consul, *_STRING)
 hash_on = Kind(_parse_hash_on, *_STRING)
+host_routes = Kind(_parse_host_routes, *_STRINGS)
 
 
 def seconds(minimum: float, maximum: float = float("inf")) -> Kind:

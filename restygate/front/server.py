@@ -165,7 +165,7 @@ class HTTPConnection(Protocol):
             elif lowered == b"te":
                 te = b"trailers" in value.lower()
         # The request's service may have its own.
-        limit = self.factory.engine.policies.max_body(target)
+        limit = self.factory.engine.policies.max_body(target, headers)
         if limit is not None and length is not None and length > limit:
             raise ParseError(413, "request body too large")
         body: Optional[RequestBody] = None

@@ -96,8 +96,9 @@ class Exchange:
     def run(self) -> None:
         request = self.request
         try:
+            config = self.engine.config
             self.route = route = route_request(
-                request.target, headers_named(request.headers, b"host"), self.engine.config.server_names
+                request.target, headers_named(request.headers, b"host"), config.server_names, config.host_routes
             )
         except RouteError as e:
             self._fail(Failure.CLIENT_PROTOCOL if e.status == 400 else None, e.message, status=e.status)

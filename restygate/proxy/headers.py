@@ -105,7 +105,9 @@ def forward_headers(
     if host is not None:
         out.append((b"X-Forwarded-Host", host))
     out.append((b"X-Forwarded-Proto", b"https" if secure else b"http"))
-    out.append((b"X-Forwarded-Prefix", prefix))
+    if prefix:
+        # A host route strips no prefix: the client's own is dropped, none added.
+        out.append((b"X-Forwarded-Prefix", prefix))
     if upgrade is not None:
         out.append((b"Connection", b"upgrade"))
         out.append((b"Upgrade", upgrade))

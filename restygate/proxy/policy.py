@@ -25,7 +25,7 @@ from restygate.discovery.model import Instance, Snapshot
 from restygate.ops.views import IRoutingView
 from restygate.proxy.downstream import HeaderList
 from restygate.proxy.headers import header, headers_named
-from restygate.proxy.routing import RouteError, parse_target
+from restygate.proxy.routing import RouteError, route_request
 from restygate.upstream.choice import Choice
 
 __all__ = ["Policy", "Policies", "hash_source"]
@@ -146,16 +146,16 @@ class Policies:
         # service): a client naming made-up datacenters must not grow it.
         self._policies: Dict[str, Policy] = {}
 
-    def max_body(self, target: bytes) -> Optional[int]:
+    def max_body(self, target: bytes, headers: HeaderList) -> Optional[int]:
         """
-        The max-body of the service a request target routes to (the global
-        one for a target that routes nowhere: it is refused before any body
-        matters).
+        The max-body of the service a request (its target and headers)
+        routes to; the global one for a request that routes nowhere: it is
+        refused before any body matters.
         """
         if "max_body" not in self._set:
             return self._config.max_body
         try:
-            route = parse_target(target)
+            route = route_request(target, headers_named(headers, b"host"), (), self._config.host_routes)
         except RouteError:
             return self._config.max_body
         return self.policy(route.dc, route.service).config.max_body

@@ -4,7 +4,9 @@ map to a datacenter, a service and the path sent upstream.
 
 C{/<dc>/<service>} and C{/<dc>/<service>/<rest>} go to C{/<rest>} (C{/} when
 empty) on an instance of C{<service>} in C{<dc>}; the query string travels
-byte for byte.  Names are checked against Consul's allowed characters before
+byte for byte.  A C{Host} matching a C{host-route} template
+(C{{service}.{dc}.gw.example.com}) names the service and datacenter itself,
+and the whole target goes upstream, nothing stripped.  Names are checked against Consul's allowed characters before
 they go anywhere near a Consul URL, and on the raw, still percent-encoded
 path, so an encoded C{/}, C{?} or NUL can never smuggle itself into a name.
 """
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Tuple
+from functools import lru_cache
+from typing import List, Optional, Pattern, Tuple
 
-__all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "valid_host"]
+__all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "valid_host", "host_route"]
 
 # Consul's service and datacenter names: letters, digits, '-', '_', '.'.
 _NAME = re.compile(rb"[A-Za-z0-9_.\-]{1,255}")
@@ -46,6 +49,9 @@ class Route:
     dc: str
     service: str
     target: bytes
+    # The prefix the client's path had (X-Forwarded-Prefix): "" for a host
+    # route, which strips none; None for this route's own /<dc>/<service>.
+    stripped: Optional[str] = None
 
     def __str__(self) -> str:
         # How log lines name it: "dc1/web".
@@ -53,7 +59,7 @@ class Route:
 
     @property
     def prefix(self) -> str:
-        return f"/{self.dc}/{self.service}"
+        return f"/{self.dc}/{self.service}" if self.stripped is None else self.stripped
 
 
 def _name(kind: str, raw: bytes) -> str:
@@ -115,16 +121,47 @@ def valid_host(value: bytes) -> bool:
     return _HOST.fullmatch(value) is not None
 
 
-def route_request(target: bytes, hosts: List[bytes], server_names: Tuple[str, ...]) -> Route:
+@lru_cache(maxsize=64)
+def _template(template: str) -> Pattern[str]:
+    # Each placeholder is one whole DNS label (validated with the config).
+    literal = [re.escape(part) for part in re.split(r"\{(?:service|dc)\}", template)]
+    names = re.findall(r"\{(service|dc)\}", template)
+    pattern = literal[0] + "".join(f"(?P<{name}>[a-z0-9_-]{{1,63}}){rest}" for name, rest in zip(names, literal[1:]))
+    return re.compile(pattern)
+
+
+def host_route(host: bytes, templates: Tuple[str, ...]) -> Optional[Tuple[str, str]]:
+    """
+    The (datacenter, service) the first matching C{host-route} template
+    reads from a C{Host} header (port ignored), or L{None}.
+    """
+    wanted = split_host(host).decode("ascii", "replace")
+    for template in templates:
+        match = _template(template).fullmatch(wanted)
+        if match is not None:
+            return match.group("dc"), match.group("service")
+    return None
+
+
+def route_request(
+    target: bytes, hosts: List[bytes], server_names: Tuple[str, ...], host_routes: Tuple[str, ...] = ()
+) -> Route:
     """
     Where a request goes, given its target and its C{Host} values; checks
     the C{Host} first (RFC 9112: one, and a valid one, or 400), then the
-    configured server names (404), then the target (L{parse_target}).
+    host routes (the whole target goes to the service the host names), then
+    the configured server names (404), then the target (L{parse_target}).
     """
     if len(hosts) > 1:
         raise RouteError(400, "more than one Host header")
     if hosts and not valid_host(hosts[0]):
         raise RouteError(400, "invalid Host header")
+    named = host_route(hosts[0], host_routes) if host_routes and hosts else None
+    if named is not None:
+        if not target.startswith(b"/"):
+            raise RouteError(400, "request target must be a path (origin-form)")
+        dc, service = named
+        return Route(_name("datacenter", dc.encode()), _name("service", service.encode()), target, "")
     if server_names and not host_matches(hosts[0] if hosts else b"", server_names):
         raise RouteError(404, "unknown server name")
     return parse_target(target)

@@ -52,5 +52,6 @@ DEFAULT_CONFIG = Config(
     balancer="round-robin",
     hash_on="client-ip",
     include_warning=False,
+    host_routes=(),
     services=(),
 )
