@@ -26,6 +26,7 @@ from restygate.discovery.consul.client import ConsulClient
 from restygate.proxy.engine import Engine
 from restygate.discovery.consul.assemble import consul_discovery
 from restygate.discovery.consul.source import ConsulDiscovery
+from restygate.discovery.remote import RemoteDiscovery
 from restygate.daemon.reload import Reconfigurable, Reloader
 from restygate.front.listeners import Listener
 from restygate.front.front import GatewayFront
@@ -115,6 +116,7 @@ def make_gateway(
     reactor: Any = None,
     load: Optional[Callable[[], Config]] = None,
     endpoints: Optional[Sequence[IStreamServerEndpoint]] = None,
+    discovery: Optional[Union[StaticCatalog, ConsulDiscovery, RemoteDiscovery]] = None,
 ) -> Gateway:
     """
     The whole gateway for C{config}, ready to start.
@@ -123,6 +125,8 @@ def make_gateway(
         (SIGHUP); without it a reload has nothing to re-read.
     @param endpoints: where to listen for each of C{config.listen}, when
         not simply there (a worker adopts its parent's sockets).
+    @param discovery: where instances come from, when not from C{config}
+        (a worker routes with its parent's view).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -134,10 +138,9 @@ def make_gateway(
     root.access_log = AccessLog(config, reactor)
     root.access_log.setServiceParent(root)
     consul: Optional[ConsulClient] = None
-    discovery: Union[StaticCatalog, ConsulDiscovery]
-    if config.catalog:
+    if discovery is None and config.catalog:
         discovery = StaticCatalog(config.catalog, reactor, config.tags, table=dict(config.services))
-    else:
+    elif discovery is None:
         discovery, consul = consul_discovery(config, reactor)
         _Closing(consul.close).setServiceParent(root)
     discovery.setServiceParent(root)

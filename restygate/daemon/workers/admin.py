@@ -155,9 +155,11 @@ class WorkerAdmin:
     @ivar site: the admin L{Site}, for a listener.
     """
 
-    def __init__(self, pool: Workers, reactor: Any) -> None:
+    def __init__(self, pool: Workers, reactor: Any, collectors: Sequence[Collector] = ()) -> None:
         self.pool = pool
         self.clock = reactor
+        # The parent's own series beyond supervision (its discovery's load).
+        self.collectors = collectors
         self._agent = Agent(reactor, pool=quiet_pool(reactor, 2))
         root = Resource()
         for name, page in [(b"metrics", _Metrics), (b"status", _Status), (b"healthz", _Health), (b"readyz", _Ready)]:
@@ -274,7 +276,7 @@ class _Metrics(_Page):
     async def answer(self, request: Request) -> bytes:
         admin = self._admin
         parts = [(str(worker.index), got[1]) for worker, got in await admin.fetch_all("/metrics") if got is not None]
-        body = merge_expositions(parts, _Supervision(admin))
+        body = merge_expositions(parts, _Supervision(admin), *admin.collectors)
         return answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), body)
 
 

@@ -49,6 +49,7 @@ from restygate.daemon.assembly import make_gateway
 from restygate.daemon.load import load
 from restygate.daemon.tap import Options
 from restygate.daemon.workers.pool import EXIT_GRACE
+from restygate.discovery.remote import RemoteDiscovery
 from restygate.ops.admin import ADMIN_LOG_PREFIX
 
 __all__ = ["main", "as_worker", "WORKER_ADMIN"]
@@ -156,8 +157,9 @@ class _Control(Protocol):
     answers each heartbeat.
     """
 
-    def __init__(self, stop: Any) -> None:
+    def __init__(self, stop: Any, discovery: Optional[RemoteDiscovery]) -> None:
         self._stop = stop
+        self._discovery = discovery
         self._partial = b""
 
     def dataReceived(self, data: bytes) -> None:
@@ -166,6 +168,8 @@ class _Control(Protocol):
         for line in lines:
             if line == b"ping":
                 self.transport.write(b"pong\n")  # type: ignore[union-attr]
+            elif self._discovery is not None:
+                self._discovery.received(line)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._stop("the parent process is gone")
@@ -223,11 +227,17 @@ def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.e
     fds = [int(fd) for fd in args.listen_fds.split(",")]
     if len(fds) != len(config.listen):
         raise SystemExit(f"restygate worker: {len(fds)} sockets for {len(config.listen)} listeners")
+    # From Consul, discovery runs in the parent; this worker routes with its snapshots.
+    remote = (
+        None if config.catalog
+        else RemoteDiscovery(lambda line: control.write(line), reactor, config.discovery_timeout)
+    )
     gateway = make_gateway(
         config,
         reactor,
         load=lambda: as_worker(load(options, environ)),
         endpoints=[adopted_endpoint(reactor, d, fd) for d, fd in zip(config.listen, fds)],
+        discovery=remote,
     )
 
     stopping: List[str] = []
@@ -250,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.e
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     # Typed from the Windows StandardIO, which has no stdin/stdout arguments.
-    control = StandardIO(_Control(stop), stdin=0, stdout=args.control_fd, reactor=reactor)  # type: ignore[call-arg]
+    control = StandardIO(_Control(stop, remote), stdin=0, stdout=args.control_fd, reactor=reactor)  # type: ignore[call-arg]
 
     def started() -> None:
         gateway.startService()

@@ -4,9 +4,9 @@ gateway can use every core.
 
 The parent binds every listener -- before twistd drops privileges, so port
 80 works -- and never accepts on them.  Each worker process inherits the
-sockets and runs a whole gateway of its own (L{restygate.daemon.workers.child}): its own
-upstream pool, Consul watches and access log, so nothing is shared on the
-data path and the kernel spreads connections over the workers.
+sockets and runs a whole gateway of its own (L{restygate.daemon.workers.child}) but for
+discovery, which runs once in the parent and sends every worker its snapshots
+(L{DiscoveryHub}); the kernel spreads connections over the workers.
 
 The parent supervises: a worker that dies is started again after a jittered
 backoff (reset once it has stayed up a while), and so is one that leaves
@@ -42,6 +42,7 @@ from restygate.front.listeners import Listener
 from restygate.signals import SignalHook
 from restygate.pacing import Backoff
 from restygate.daemon.workers.admin import WorkerAdmin
+from restygate.daemon.workers.hub import DiscoveryHub, make_hub
 
 __all__ = ["WorkerPool", "WorkerProcess", "make_workers", "worker_environment", "STABLE_AFTER", "PYPY_NURSERY"]
 
@@ -95,8 +96,10 @@ class WorkerProcess(ProcessProtocol):
         generation: int,
         on_up: Callable[[WorkerProcess], None],
         on_end: Callable[[WorkerProcess, Failure], None],
+        on_line: Optional[Callable[[WorkerProcess, bytes], None]] = None,
     ) -> None:
         self.index = index
+        self._on_line = on_line
         self.started = started
         # Which configuration the worker read at its start (see WorkerPool).
         self.generation = generation
@@ -132,6 +135,13 @@ class WorkerProcess(ProcessProtocol):
             self._on_up(self)
         elif fields == ["pong"]:
             self.unanswered_since = None
+        elif self._on_line is not None:
+            self._on_line(self, line)
+
+    def send(self, line: bytes) -> None:
+        """One line to the worker's standard input, while it is open."""
+        if self._stdin_open and self.transport is not None:
+            self.transport.writeToChild(0, line)
 
     def heartbeat(self, now: float) -> None:
         """
@@ -139,8 +149,7 @@ class WorkerProcess(ProcessProtocol):
         """
         if self.unanswered_since is None:
             self.unanswered_since = now
-        if self._stdin_open and self.transport is not None:
-            self.transport.writeToChild(0, b"ping\n")
+        self.send(b"ping\n")
 
     def childConnectionLost(self, childFD: int) -> None:
         # Twisted forgets the pipe before the process has ended.
@@ -233,12 +242,15 @@ class WorkerPool(MultiService):
         self.reloader = Reloader(self, load, reactor)
         self.reloader.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
+        self.hub: Optional[DiscoveryHub] = None
 
     def reconfigure(self, config: Config) -> None:
         """
         The parent has validated C{config}: have every worker reload too.
         """
         self.config = config
+        if self.hub is not None:
+            self.hub.reconfigure(config)
         self.generation += 1
         self.signal_all(signal.SIGHUP)
 
@@ -252,6 +264,8 @@ class WorkerPool(MultiService):
                 worker.signal(signum)
 
     def _up(self, worker: WorkerProcess) -> None:
+        if self.hub is not None:
+            self.hub.worker_up(worker)
         # A worker that read the configuration before a reload it was not
         # told of reloads now.
         if worker.generation != self.generation:
@@ -285,7 +299,10 @@ class WorkerPool(MultiService):
             sys.executable, "-m", "restygate.daemon.workers.child", "--index", str(index),
             "--control-fd", str(_CONTROL_FD), "--listen-fds", listen_fds, "--", *self._argv,
         ]
-        worker = WorkerProcess(index, self._reactor.seconds(), self.generation, self._up, self._ended)
+        worker = WorkerProcess(
+            index, self._reactor.seconds(), self.generation, self._up, self._ended,
+            self.hub.from_worker if self.hub is not None else None,
+        )
         self.workers[index] = worker
         self._reactor.spawnProcess(worker, sys.executable, args, env=self._environ, childFDs=child_fds)
         log.info("worker {index} started, pid {pid}", index=index, pid=worker.pid)
@@ -357,7 +374,6 @@ class WorkerPool(MultiService):
                 worker.signal(signal.SIGKILL)
 
 
-
 def make_workers(
     config: Config, argv: Sequence[str], load: Callable[[], Config], reactor: Any = None
 ) -> WorkerPool:
@@ -371,8 +387,12 @@ def make_workers(
 
         reactor = default_reactor
     pool = WorkerPool(config, argv, reactor, load)
+    if not config.catalog:
+        # Consul is asked once for the host; the workers get the snapshots.
+        pool.hub = make_hub(config, reactor, lambda: [w for w in pool.workers if w is not None and w.up])
+        pool.hub.setServiceParent(pool)
     if config.admin:
-        admin = WorkerAdmin(pool, reactor)
+        admin = WorkerAdmin(pool, reactor, pool.hub.collectors() if pool.hub is not None else [])
         pool.admin_listener = Listener(config.admin, admin.site, reactor)
         pool.admin_listener.setServiceParent(pool)
     return pool

@@ -62,8 +62,7 @@ class ConsulDiscovery(Service):
     @param names: the names Consul knows; without it every name is watched.
     @param feed: makes the change feed of a datacenter (given its name and
         the watches it keeps fresh); without it every watch blocks on its own.
-    @param dedicated: watches holding a blocking query of their own at most,
-        when there is a feed.
+    @param dedicated: watches with a blocking query of their own at most, when there is a feed.
     """
 
     def __init__(
@@ -87,6 +86,9 @@ class ConsulDiscovery(Service):
         table: Mapping[str, Overrides] = {},
     ) -> None:
         self._gate = gate
+        # Told of every snapshot replaced (the snapshot) and every pair no
+        # longer watched (None): the daemon's channel to its workers.
+        self.listeners: List[Callable[[str, str, Optional[Snapshot]], None]] = []
         self._last_contact = last_contact if last_contact is not None else {}
         self.max_stale = max_stale
         self.datacenter_grace = datacenter_grace
@@ -289,12 +291,23 @@ class ConsulDiscovery(Service):
             dc, service, self._source, self._clock, self._tags_of(dc, service), wait,
             self._rng, on_unknown_datacenter=self._unknown_datacenter,
             datacenter_grace=self.datacenter_grace, blocking=blocking, outage=self.outage,
+            on_change=self._changed,
         )
         watcher.start()
         if not blocking and self._make_feed is not None and dc.lower() not in self.feeds:
             self.feeds[dc.lower()] = feed = self._make_feed(dc, lambda: self.fed(dc))
             feed.start()
         return watcher
+
+    def _changed(self, watcher: Watcher) -> None:
+        key = (watcher.dc.lower(), watcher.service.lower())
+        # A successor not serving yet changes nothing anyone sees.
+        if self._watchers.get(key) is watcher and watcher.snapshot is not None:
+            self._tell(watcher.dc, watcher.service, watcher.snapshot)
+
+    def _tell(self, dc: str, service: str, snapshot: Optional[Snapshot]) -> None:
+        for listener in self.listeners:
+            listener(dc, service, snapshot)
 
     def _renew(self, key: _Key, outdated: Watcher, now: float) -> Watcher:
         """
@@ -313,6 +326,7 @@ class ConsulDiscovery(Service):
         self._outdated.discard(outdated)
         self._watchers[key] = successor
         outdated.stop()
+        self._tell(successor.dc, successor.service, successor.snapshot)
         log.info(
             "{dc}/{service}: now watched with tags {tags}", dc=outdated.dc, service=outdated.service,
             tags=list(successor.tags),
@@ -328,6 +342,7 @@ class ConsulDiscovery(Service):
         key = (watcher.dc.lower(), watcher.service.lower())
         if self._watchers.get(key) is watcher:
             del self._watchers[key]
+            self._tell(watcher.dc, watcher.service, None)
             # A pair nobody watches needs no successor either.
             successor = self._successors.pop(key, None)
             if successor is not None:
@@ -384,9 +399,7 @@ class ConsulDiscovery(Service):
 
 
 class _Feed(Protocol):
-    """
-    What discovery needs of a change feed (L{restygate.discovery.consul.feed.ChangeFeed}).
-    """
+    """What discovery needs of a change feed (L{restygate.discovery.consul.feed.ChangeFeed})."""
 
     def start(self) -> None: ...
 

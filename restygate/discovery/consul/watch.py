@@ -61,12 +61,15 @@ class Watcher:
         wait: float = 60.0,
         rng: Optional[random.Random] = None,
         on_unknown_datacenter: Optional[Callable[[Watcher], None]] = None,
+        on_change: Optional[Callable[[Watcher], None]] = None,
         datacenter_grace: float = 60.0,
         blocking: bool = True,
         outage: Optional[Outage] = None,
     ) -> None:
         self.datacenter_grace = datacenter_grace
         self.blocking = blocking
+        # Told each time the snapshot is replaced (the daemon sends it on to its workers).
+        self._on_change = on_change
         self._outage = outage or Outage(clock)
         self.refreshes = 0
         # When Consul first said it has no path to this datacenter, after it
@@ -213,6 +216,8 @@ class Watcher:
                     "{dc}/{service}: {count} passing instance(s)",
                     dc=self.dc, service=self.service, count=len(answer.instances),
                 )
+            if self._on_change is not None:
+                self._on_change(self)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(snapshot)

@@ -1,0 +1,102 @@
+"""
+The wire format of the discovery channel between the daemon, which runs
+discovery once per host, and its worker processes, which route with the
+snapshots it sends them (L{restygate.discovery.remote},
+L{restygate.daemon.workers.hub}).
+
+One message a line, over the pipes the daemon already has to each worker
+(its standard input one way, the control pipe the other):
+
+ - worker to daemon: C{want <id> <dc> <service>} (a lookup the worker has no
+   snapshot for; names are route segments, never whitespace) and
+   C{used <dc>/<service> ...} (what it served from its view lately, so the
+   daemon's watches are not stopped as idle);
+ - daemon to worker: C{snap <json>} (a versioned snapshot, sent to every
+   worker on each change and the whole view to a worker that starts),
+   C{drop <json>} (a pair no longer watched) and C{answer <id> <json>} (the
+   outcome of a C{want}: a snapshot or an error kind).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional, Tuple
+
+from restygate.discovery.model import (
+    DiscoveryError,
+    DiscoveryUnavailable,
+    Instance,
+    Snapshot,
+    UnknownDatacenter,
+    UnknownService,
+)
+
+__all__ = ["encode_snapshot", "decode_snapshot", "encode_error", "decode_error"]
+
+def _tuples(value: Any) -> Any:
+    # JSON has only lists; the model's values are tuples all the way down.
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _instance(fields: Dict[str, Any]) -> Instance:
+    known = {f.name for f in dataclasses.fields(Instance) if f.init}
+    return Instance(**{k: _tuples(v) for k, v in fields.items() if k in known})
+
+
+def _fields(instance: Instance) -> Dict[str, Any]:
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(Instance) if f.init}
+
+
+def encode_snapshot(version: int, snapshot: Snapshot) -> str:
+    """
+    C{snapshot} as the JSON of one line, with its C{version}.
+    """
+    return json.dumps(
+        {
+            "version": version,
+            "dc": snapshot.dc,
+            "service": snapshot.service,
+            "index": snapshot.index,
+            "instances": [_fields(i) for i in snapshot.instances],
+            "registered": [_fields(i) for i in snapshot.registered],
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode_snapshot(text: str) -> Tuple[int, Snapshot]:
+    """
+    The version and snapshot of an L{encode_snapshot} line.
+    """
+    data = json.loads(text)
+    return data["version"], Snapshot(
+        data["dc"],
+        data["service"],
+        tuple(_instance(i) for i in data["instances"]),
+        data["index"],
+        tuple(_instance(i) for i in data["registered"]),
+    )
+
+
+def encode_error(error: BaseException) -> str:
+    """
+    A lookup's failure as the JSON of one line.
+    """
+    if isinstance(error, UnknownService):
+        return json.dumps({"error": "unknown_service", "dc": error.dc, "service": error.service})
+    if isinstance(error, UnknownDatacenter):
+        return json.dumps({"error": "unknown_datacenter", "dc": error.dc})
+    return json.dumps({"error": "unavailable", "message": str(error)})
+
+
+def decode_error(data: Dict[str, Any]) -> DiscoveryError:
+    """
+    The exception an L{encode_error} line stands for.
+    """
+    kind: Optional[str] = data.get("error")
+    if kind == "unknown_service":
+        return UnknownService(data["dc"], data["service"])
+    if kind == "unknown_datacenter":
+        return UnknownDatacenter(data["dc"])
+    return DiscoveryUnavailable(str(data.get("message", "discovery unavailable")))

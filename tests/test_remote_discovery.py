@@ -1,0 +1,66 @@
+"""
+Tests for L{restygate.discovery.remote.RemoteDiscovery}, a worker's view of
+the daemon's discovery, driven line by line as the daemon's hub would (the
+whole channel runs end to end in test_workers_discovery).
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from restygate.discovery.channel import encode_error, encode_snapshot
+from restygate.discovery.model import DiscoveryUnavailable, Instance, Snapshot, UnknownService
+from restygate.discovery.remote import RemoteDiscovery
+
+A = Instance("10.0.0.1", 80, tags=("a",), meta=(("k", "v"),), id="a", node="n1")
+B = Instance("10.0.0.2", 80, id="b")
+
+
+class RemoteDiscoveryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sent: List[bytes] = []
+        self.remote = RemoteDiscovery(self.sent.append, self.clock, timeout=5.0, report_interval=30.0)
+        self.remote.startService()
+        self.addCleanup(self.remote.stopService)
+
+    def push(self, version: int, snapshot: Snapshot) -> None:
+        self.assertTrue(self.remote.received(f"snap {encode_snapshot(version, snapshot)}".encode()))
+
+    def test_view_pushed_versioned_and_served_from_memory(self) -> None:
+        self.push(2, Snapshot("dc1", "Web", (A, B), 7))
+        self.push(1, Snapshot("dc1", "Web", (B,), 5))  # older: ignored
+        snapshot = self.successResultOf(self.remote.lookup("DC1", "web"))
+        self.assertEqual((snapshot.dc, snapshot.service, snapshot.instances, snapshot.index), ("dc1", "Web", (A, B), 7))
+        self.assertEqual(self.sent, [])
+        self.assertTrue(self.remote.has_instances("dc1", "Web"))
+        self.assertFalse(self.remote.has_instances("dc1", "WEB"))
+        self.clock.advance(30)
+        self.assertEqual(self.sent, [b"used dc1/Web\n"])
+        self.assertTrue(self.remote.received(b'drop ["dc1", "Web"]'))
+        self.assertEqual(self.remote.watched(), [])
+
+    def test_a_miss_asks_the_daemon_once(self) -> None:
+        first = self.remote.lookup("dc1", "web")
+        second = self.remote.lookup("dc1", "WEB")
+        self.assertEqual(self.sent, [b"want 1 dc1 web\n"])
+        body = encode_snapshot(3, Snapshot("dc1", "Web", (A,), 9))
+        self.remote.received(b'answer 1 {"snapshot": ' + body.encode() + b"}")
+        self.assertEqual(self.successResultOf(first).instances, (A,))
+        self.assertEqual(self.successResultOf(second).instances, (A,))
+        unknown = self.remote.lookup("dc1", "ghost")
+        self.remote.received(b"answer 2 " + encode_error(UnknownService("dc1", "ghost")).encode())
+        self.assertEqual(self.failureResultOf(unknown, UnknownService).value.service, "ghost")
+
+    def test_a_daemon_that_never_answers(self) -> None:
+        d = self.remote.lookup("dc1", "web")
+        self.clock.advance(6.5)
+        self.failureResultOf(d, DiscoveryUnavailable)
+        # The next lookup asks again.
+        again = self.remote.lookup("dc1", "web")
+        self.assertEqual(self.sent, [b"want 1 dc1 web\n", b"want 2 dc1 web\n"])
+        self.clock.advance(6.5)
+        self.failureResultOf(again, DiscoveryUnavailable)
