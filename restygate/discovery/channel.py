@@ -50,19 +50,14 @@ def _fields(instance: Instance) -> Dict[str, Any]:
 
 def encode_snapshot(version: int, snapshot: Snapshot) -> str:
     """
-    C{snapshot} as the JSON of one line, with its C{version}.
+    C{snapshot} as the JSON of one line, with its C{version}: every field of
+    L{Snapshot}, its instance tuples as lists of objects.
     """
-    return json.dumps(
-        {
-            "version": version,
-            "dc": snapshot.dc,
-            "service": snapshot.service,
-            "index": snapshot.index,
-            "instances": [_fields(i) for i in snapshot.instances],
-            "registered": [_fields(i) for i in snapshot.registered],
-        },
-        separators=(",", ":"),
-    )
+    data: Dict[str, Any] = {"version": version}
+    for f in dataclasses.fields(Snapshot):
+        value = getattr(snapshot, f.name)
+        data[f.name] = [_fields(i) for i in value] if isinstance(value, tuple) else value
+    return json.dumps(data, separators=(",", ":"))
 
 
 def decode_snapshot(text: str) -> Tuple[int, Snapshot]:
@@ -70,13 +65,11 @@ def decode_snapshot(text: str) -> Tuple[int, Snapshot]:
     The version and snapshot of an L{encode_snapshot} line.
     """
     data = json.loads(text)
-    return data["version"], Snapshot(
-        data["dc"],
-        data["service"],
-        tuple(_instance(i) for i in data["instances"]),
-        data["index"],
-        tuple(_instance(i) for i in data["registered"]),
-    )
+    known = {f.name for f in dataclasses.fields(Snapshot)}
+    fields: Dict[str, Any] = {
+        k: tuple(_instance(i) for i in v) if isinstance(v, list) else v for k, v in data.items() if k in known
+    }
+    return data["version"], Snapshot(**fields)
 
 
 def encode_error(error: BaseException) -> str:

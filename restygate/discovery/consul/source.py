@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from typing import Callable, Dict, List, Mapping, Optional, Protocol, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from restygate.config import Config
 from restygate.config.services import Overrides, service_tags
+from restygate.discovery.consul.feed import ChangeFeed
 from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.names import ConsulNames
 from restygate.discovery.consul.outage import Outage
@@ -77,7 +78,7 @@ class ConsulDiscovery(Service):
         max_stale: Optional[float] = None,
         datacenter_grace: float = 60.0,
         names: Optional[ConsulNames] = None,
-        feed: Optional[Callable[[str, Callable[[], List[Watcher]]], "_Feed"]] = None,
+        feed: Optional[Callable[[str, Callable[[], List[Watcher]]], ChangeFeed]] = None,
         dedicated: int = 0,
         max_watched: int = 10000,
         outage: Optional[Outage] = None,
@@ -97,7 +98,7 @@ class ConsulDiscovery(Service):
         self.outage = outage or Outage(clock)
         self.names = names
         self._make_feed = feed
-        self.feeds: Dict[str, _Feed] = {}
+        self.feeds: Dict[str, ChangeFeed] = {}
         self._source = source
         self._clock = clock
         self._tags = tags
@@ -397,15 +398,3 @@ class ConsulDiscovery(Service):
                 del self._unknown_dcs[dc]
         self._evict()
 
-
-class _Feed(Protocol):
-    """What discovery needs of a change feed (L{restygate.discovery.consul.feed.ChangeFeed})."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    dc: str
-    refetches: int
-
-    def lag(self) -> float: ...
