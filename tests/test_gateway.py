@@ -193,6 +193,8 @@ class ForwardingTests(TestCase):
             b"Host": [b"gw.example.com"],
             b"X-Forwarded-For": [b"203.0.113.9"],
             b"X-Forwarded-Host": [b"spoofed"],
+            b"X-Forwarded-Proto": [b"https"],
+            b"Forwarded": [b"for=203.0.113.9;proto=https"],
             b"Connection": [b"X-Secret, keep-alive"],
             b"X-Secret": [b"hop"],
             b"Keep-Alive": [b"timeout=5"],
@@ -204,10 +206,12 @@ class ForwardingTests(TestCase):
         _, body = await rig.get("/dc1/web/h", headers=headers)
         echo = _echo(body)
         self.assertEqual(_header(echo, "Host"), ["gw.example.com"])
-        self.assertEqual(_header(echo, "X-Forwarded-For"), ["203.0.113.9, 127.0.0.1"])
+        # The client is not a trusted proxy: its forwarding claims are replaced.
+        self.assertEqual(_header(echo, "X-Forwarded-For"), ["127.0.0.1"])
         self.assertEqual(_header(echo, "X-Real-IP"), ["127.0.0.1"])
         self.assertEqual(_header(echo, "X-Forwarded-Host"), ["gw.example.com"])
         self.assertEqual(_header(echo, "X-Forwarded-Proto"), ["http"])
+        self.assertEqual(_header(echo, "Forwarded"), ['for=127.0.0.1;proto=http;host="gw.example.com"'])
         self.assertEqual(_header(echo, "X-Forwarded-Prefix"), ["/dc1/web"])
         self.assertEqual(_header(echo, "X-Custom"), ["one", "two"])
         for hop in ["X-Secret", "Keep-Alive", "Proxy-Authorization", "Proxy-Connection", "TE"]:

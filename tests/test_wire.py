@@ -192,3 +192,48 @@ class TwistedWebFaceTests(TestCase):
 
 async def _all(requests: List[Any]) -> List[Any]:
     return [await d for d in [ensureDeferred(r) for r in requests]]
+
+
+class ForwardingRuleTests(TestCase):
+    async def test_trusted_proxy_chain_is_extended(self) -> None:
+        rig = GatewayRig(self, trusted_proxies=["127.0.0.0/8"])
+        upstream = _upstream(self, rig, lambda h, b, n: OK)
+        await _raw(rig, b"GET /dc1/web/ HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n"
+                        b"X-Forwarded-For: 198.51.100.7, 10.1.1.1\r\nX-Forwarded-Proto: https\r\n"
+                        b"Forwarded: for=198.51.100.7;proto=https\r\n\r\n")
+        head = upstream.requests[0][0].split(b"\r\n")
+        self.assertIn(b"X-Forwarded-For: 198.51.100.7, 10.1.1.1, 127.0.0.1", head)
+        # 10.1.1.1 is not trusted here: it is the nearest address that is not a proxy of ours.
+        self.assertIn(b"X-Real-IP: 10.1.1.1", head)
+        self.assertIn(b"X-Forwarded-Proto: https, http", head)
+        self.assertIn(b'Forwarded: for=198.51.100.7;proto=https, for=127.0.0.1;proto=http;host="gw.example"', head)
+
+    async def test_location_and_cookie_path_rewritten(self) -> None:
+        rig = GatewayRig(self, rewrite_cookie_path=True)
+        answers = []
+
+        def answer(head: bytes, body: bytes, n: int) -> bytes:
+            port = upstream.port.getHost().port if upstream.port else 0
+            location = answers.pop(0) % (b"%d" % port)
+            return (b"HTTP/1.1 302 Found\r\nLocation: " + location +
+                    b"\r\nSet-Cookie: s=1; Path=/app; HttpOnly\r\nContent-Length: 0\r\n\r\n")
+
+        upstream = _upstream(self, rig, answer)
+        cases = [
+            (b"/login?next=/x%.0s", b"/dc1/web/login?next=/x"),
+            (b"http://127.0.0.1:%s/a/b", b"http://gw.example:8080/dc1/web/a/b"),
+            (b"https://elsewhere.example/%.0s", b"https://elsewhere.example/"),
+            (b"relative%.0s", b"relative"),
+        ]
+        for sent, expected in cases:
+            answers.append(sent)
+            client = await _raw(rig, b"GET /dc1/web/ HTTP/1.1\r\nHost: gw.example:8080\r\nConnection: close\r\n\r\n")
+            lines = _head_lines(client.received)
+            self.assertIn(b"Location: " + expected, lines)
+            self.assertIn(b"Set-Cookie: s=1; Path=/dc1/web/app; HttpOnly", lines)
+
+    async def test_rewrite_location_can_be_turned_off(self) -> None:
+        rig = GatewayRig(self, rewrite_location=False)
+        _upstream(self, rig, lambda h, b, n: b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n")
+        client = await _raw(rig, b"GET /dc1/web/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertIn(b"Location: /login", _head_lines(client.received))

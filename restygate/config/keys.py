@@ -91,6 +91,18 @@ KEYS: Mapping[str, Key] = _keys(
     Key("server-name", "server_names", values.server_names, [],
         "Serve only requests whose Host is this name, '*.' wildcards allowed (repeatable); others get 404.",
         form="list"),
+    Key("trusted-proxies", "trusted_proxies", values.networks, [],
+        "Addresses or CIDR blocks of proxies in front of restygate (repeatable): their X-Forwarded-For, "
+        "X-Forwarded-Proto and Forwarded are extended, not replaced, and X-Real-IP is the first address "
+        "before them.",
+        form="list"),
+    Key("rewrite-location", "rewrite_location", values.flag, True,
+        "Rewrite Location and Content-Location in responses to stay behind the gateway: /x becomes "
+        "/<dc>/<service>/x, a URL at the instance's own address the gateway's URL (like nginx's proxy_redirect "
+        "default)."),
+    Key("rewrite-cookie-path", "rewrite_cookie_path", values.flag, False,
+        "Rewrite the Path of Set-Cookie in responses: Path=/x becomes Path=/<dc>/<service>/x.",
+        form="switch"),
     Key("pool-size", "pool_size", values.count(1), 64,
         "Idle keep-alive connections kept per upstream instance (maxPersistentPerHost)."),
     Key("upstream-timeout", "upstream_timeout", values.seconds(0), 60,

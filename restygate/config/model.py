@@ -80,6 +80,9 @@ class Config:
     header_timeout: float
     body_idle_timeout: float
     tunnel_idle_timeout: float
+    trusted_proxies: Tuple[Any, ...]
+    rewrite_location: bool
+    rewrite_cookie_path: bool
     drain_timeout: float
     admin: Optional[str]
     access_log: Optional[str]

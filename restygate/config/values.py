@@ -11,6 +11,7 @@ while C{--pool-size 64} on the command line is the same setting.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -25,6 +26,7 @@ from restygate.tls import CABundle, openssl_reason, read_ca_bundle
 
 __all__ = [
     "Kind",
+    "networks",
     "ca_bundle",
     "catalog",
     "access_log",
@@ -172,6 +174,16 @@ def _parse_tags(key: str, value: Any) -> Tuple[str, ...]:
     return found
 
 
+def _parse_networks(key: str, value: Any) -> Tuple[Any, ...]:
+    found = []
+    for text in _strings(key, value):
+        try:
+            found.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{key}: {text!r} is not an address or a CIDR block (10.0.0.0/8, ::1)") from None
+    return tuple(found)
+
+
 def _parse_optional_string(key: str, value: Any) -> Optional[str]:
     if value is None or value == "":
         return None
@@ -279,6 +291,7 @@ endpoint = Kind(_parse_endpoint, *_STRING)
 endpoints_list = Kind(_parse_endpoints, *_STRINGS)
 server_names = Kind(_parse_server_names, *_STRINGS)
 tags = Kind(_parse_tags, *_STRINGS)
+networks = Kind(_parse_networks, *_STRINGS)
 optional_string = Kind(_parse_optional_string, *_STRING)
 flag = Kind(_parse_flag, (bool,), "true or false")
 size = Kind(_parse_size, (int, str), "a size like 1048576 or \"10m\"")

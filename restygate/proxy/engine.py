@@ -12,7 +12,8 @@ budget, and the relay of the answer.  It holds the state those steps share
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import ipaddress
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -62,6 +63,20 @@ class Engine:
         self.budget_refusals = 0
         self._budget_logged = float("-inf")
         self.tunnels = 0
+        self._trusted_for: Optional[Config] = None
+        self._trusted: Optional[Callable[[bytes], bool]] = None
+
+    def trusted(self) -> Optional[Callable[[bytes], bool]]:
+        """
+        Whether an address is one of the C{trusted-proxies} of the config in
+        force; L{None} when there are none.
+        """
+        config = self.config
+        if self._trusted_for is not config:
+            self._trusted_for = config
+            networks = config.trusted_proxies
+            self._trusted = (lambda address: _within(address, networks)) if networks else None
+        return self._trusted
 
     def handle(self, request: Downstream) -> Exchange:
         """Serve one request."""
@@ -91,3 +106,11 @@ class Engine:
                 observer(record)
             except Exception:
                 log.failure("request observer {observer!r} failed", observer=observer)
+
+
+def _within(address: bytes, networks: Tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.decode("ascii"))
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

@@ -11,7 +11,7 @@ instance's address; the log and C{/status} do.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Protocol, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -27,6 +27,7 @@ from restygate.proxy.failure import Failed, Failure, discovery_failure
 from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
 from restygate.proxy.observe import Completed, completed_record
 from restygate.proxy.policy import Policies, Policy
+from restygate.proxy.rewrite import rewriter_for
 from restygate.proxy.routing import Route, RouteError, route_request
 from restygate.proxy.tunnel import open_tunnel
 from restygate.upstream.balancer import IBalancer
@@ -52,6 +53,8 @@ class EngineParts(Protocol):
     outliers: Outliers
     budget: RetryBudget
     tunnels: int
+
+    def trusted(self) -> Optional[Callable[[bytes], bool]]: ...
 
     def budget_exhausted(self, dc: str, service: str) -> None: ...
 
@@ -131,10 +134,8 @@ class Exchange:
         self.snapshot, self._choice = snapshot, choice
         request = self.request
         self._upgrade = wants_upgrade(request.headers)
-        self._headers = forward_headers(
-            request.headers, route.prefix.encode("ascii"), request.client_ip.encode("ascii"),
-            request.secure, request.body is not None, self._upgrade,
-        )
+        self._headers = forward_headers(request.headers, route.prefix.encode("ascii"), request.client_ip.encode(
+            "ascii"), request.secure, request.body is not None, self._upgrade, self.engine.trusted())
         # An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
         self._host_pending = header(self._headers, b"host") is None
         self.engine.budget.request()
@@ -186,10 +187,9 @@ class Exchange:
             self.engine.outliers.ended(self.route.dc, self.route.service, instance)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -262,7 +262,8 @@ class Exchange:
             return
         self._response_started = True
         request = self.request
-        request.respond(status, reason, response_headers(headers), length)
+        rewrite = rewriter_for(engine.config, route, instance, request.secure, header(request.headers, b"host"))
+        request.respond(status, reason, response_headers(headers, rewrite=rewrite), length)
         request.set_source(self._connection)
         self._progress = False
         self._timer = engine.clock.callLater(engine.config.body_idle_timeout, self._timed_out)

@@ -11,7 +11,7 @@ the C{Connection: upgrade} that makes it mean something.
 
 from __future__ import annotations
 
-from typing import FrozenSet, List, Optional, Set, Tuple
+from typing import Callable, FrozenSet, List, Optional, Set, Tuple
 
 __all__ = [
     "HOP_BY_HOP", "HeaderList", "forward_headers", "response_headers", "header", "headers_named",
@@ -34,14 +34,14 @@ HOP_BY_HOP: FrozenSet[bytes] = frozenset(
     }
 )
 
-# Set by the gateway from what it knows, never passed on from the client.
-_OURS: FrozenSet[bytes] = frozenset(
-    {b"x-real-ip", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix", b"expect"}
-)
+# Set by the gateway from what it knows, never passed on from the client
+# as they came (the forwarding chain is extended from trusted proxies).
+_FORWARDING: FrozenSet[bytes] = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
+_OURS: FrozenSet[bytes] = _FORWARDING | {b"x-real-ip", b"x-forwarded-host", b"x-forwarded-prefix", b"expect"}
 
 # Built once: every request would otherwise union them again.  With a body
 # the upstream connection redoes the framing, so Content-Length goes too.
-_NOT_FORWARDED = HOP_BY_HOP | _OURS | {b"x-forwarded-for"}
+_NOT_FORWARDED = HOP_BY_HOP | _OURS
 _NOT_FORWARDED_WITH_BODY = _NOT_FORWARDED | {b"content-length"}
 
 def header(headers: HeaderList, name: bytes) -> Optional[bytes]:
@@ -79,52 +79,98 @@ def forward_headers(
     secure: bool,
     has_body: bool,
     upgrade: Optional[bytes] = None,
+    trusted: Optional[Callable[[bytes], bool]] = None,
 ) -> HeaderList:
     """
     The headers the upstream gets: the client's, minus hop-by-hop ones (and
     the body framing, which the upstream connection redoes for a body), plus
-    the C{X-Forwarded-*} set.
+    the C{X-Forwarded-*} set and C{Forwarded} (RFC 7239).
+
+    From a client C{trusted} says is one of the operator's proxies, its
+    C{X-Forwarded-For}, C{X-Forwarded-Proto} and C{Forwarded} are extended
+    with this hop, and C{X-Real-IP} is the first address (from the right)
+    that is not such a proxy; from anyone else they are replaced.
     """
     drop = _NOT_FORWARDED_WITH_BODY if has_body else _NOT_FORWARDED
     named = _connection_tokens(headers)
     if named:
         drop = drop | named
     out: HeaderList = []
-    earlier: List[bytes] = []
+    chain: List[bytes] = []
+    protos: List[bytes] = []
+    forwarded: List[bytes] = []
     host = None
     for pair in headers:
         lowered = pair[0].lower()
-        if lowered == b"x-forwarded-for":
-            earlier.append(pair[1])
+        if lowered in _FORWARDING:
+            if lowered == b"x-forwarded-for":
+                chain.append(pair[1])
+            elif lowered == b"x-forwarded-proto":
+                protos.append(pair[1])
+            elif lowered == b"forwarded":
+                forwarded.append(pair[1])
         elif lowered == b"host" and host is None:
             host = pair[1]
         if lowered not in drop:
             out.append(pair)
-    out.append((b"X-Forwarded-For", b", ".join([*earlier, client_ip]) if earlier else client_ip))
-    out.append((b"X-Real-IP", client_ip))
+    proto = b"https" if secure else b"http"
+    ours = b"for=%s;proto=%s" % (_node(client_ip), proto)
+    if host is not None:
+        ours += b';host="%s"' % host
+    real = client_ip
+    if trusted is not None and trusted(client_ip):
+        addresses = [a.strip() for value in chain for a in value.split(b",") if a.strip()]
+        real = next((a for a in reversed(addresses) if not trusted(a)), addresses[0] if addresses else client_ip)
+        chain.append(client_ip)
+        protos.append(proto)
+        forwarded.append(ours)
+    else:
+        chain, protos, forwarded = [client_ip], [proto], [ours]
+    out.append((b"X-Forwarded-For", b", ".join(chain)))
+    out.append((b"X-Real-IP", real))
     if host is not None:
         out.append((b"X-Forwarded-Host", host))
-    out.append((b"X-Forwarded-Proto", b"https" if secure else b"http"))
+    out.append((b"X-Forwarded-Proto", b", ".join(protos)))
     if prefix:
         # A host route strips no prefix: the client's own is dropped, none added.
         out.append((b"X-Forwarded-Prefix", prefix))
+    out.append((b"Forwarded", b", ".join(forwarded)))
     if upgrade is not None:
         out.append((b"Connection", b"upgrade"))
         out.append((b"Upgrade", upgrade))
     return out
 
 
-def response_headers(headers: HeaderList, upgrade: bool = False) -> HeaderList:
+def _node(address: bytes) -> bytes:
+    # RFC 7239: an IPv6 address is bracketed and the whole quoted.
+    return b'"[%s]"' % address if b":" in address else address
+
+
+_PLACES = frozenset({b"location", b"content-location", b"set-cookie"})
+
+
+def response_headers(
+    headers: HeaderList, upgrade: bool = False, rewrite: Optional[Callable[[bytes, bytes], bytes]] = None
+) -> HeaderList:
     """
     An upstream response's end-to-end headers, repeats included; after a
-    C{101}, its C{Upgrade} too.
+    C{101}, its C{Upgrade} too.  C{rewrite(name, value)} is given each
+    header that names a place (C{Location}, C{Content-Location},
+    C{Set-Cookie}) to rewrite.
     """
     named = _connection_tokens(headers)
     drop = HOP_BY_HOP | named if named else HOP_BY_HOP
-    out = [pair for pair in headers if pair[0].lower() not in drop]
+    out = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in drop:
+            continue
+        if rewrite is not None and lowered in _PLACES:
+            value = rewrite(lowered, value)
+        out.append((name, value))
     if upgrade:
-        value = header(headers, b"upgrade")
+        protocols = header(headers, b"upgrade")
         out.append((b"Connection", b"upgrade"))
-        if value is not None:
-            out.append((b"Upgrade", value))
+        if protocols is not None:
+            out.append((b"Upgrade", protocols))
     return out
