@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.discovery.consul.answers import ConsulError, parse_entry, parse_health
+from restygate.discovery.consul.answers import ConsulError, parse_check_states, parse_entry, parse_health
 from restygate.discovery.model import Instance
 
 # The example answer in Consul's documentation for
@@ -297,3 +297,31 @@ class HealthAndWeightsTests(SynchronousTestCase):
             assert instance is not None
             self.assertEqual(instance.weight, 1, weights)
             self.assertIn(instance.warning_weight, (0, 1), weights)
+
+
+class CheckStatesTests(SynchronousTestCase):
+    """
+    L{parse_check_states}: the change feed's fingerprint per service.
+    """
+
+    def body(self, web_status: str = "passing", serf: str = "passing", modify: int = 5) -> bytes:
+        checks = [
+            {"Node": "n1", "CheckID": "serfHealth", "Status": serf, "ServiceName": "", "ModifyIndex": modify},
+            {"Node": "n1", "CheckID": "service:web", "Status": web_status, "ServiceName": "Web",
+             "ServiceTags": ["a"], "ModifyIndex": modify},
+            {"Node": "n2", "CheckID": "service:db", "Status": "passing", "ServiceName": "db", "ModifyIndex": 3},
+        ]
+        return json.dumps(checks).encode()
+
+    def test_fingerprints(self) -> None:
+        base = parse_check_states(self.body())
+        self.assertEqual(sorted(base), ["db", "web"])
+        self.assertEqual(base["web"][1], 5)
+        # Indexes alone (output updates, an index reset) change no fingerprint.
+        moved = parse_check_states(self.body(modify=9))
+        self.assertEqual((moved["web"][0], moved["web"][1]), (base["web"][0], 9))
+        # A status, of the service's check or of its node's, does.
+        self.assertNotEqual(parse_check_states(self.body(web_status="critical"))["web"][0], base["web"][0])
+        flipped = parse_check_states(self.body(serf="critical"))
+        self.assertNotEqual(flipped["web"][0], base["web"][0])
+        self.assertEqual(flipped["db"], base["db"])

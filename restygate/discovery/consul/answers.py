@@ -184,8 +184,8 @@ def parse_check_states(body: bytes) -> Dict[str, Tuple[int, int]]:
     """
     From a C{/v1/health/state/any} body, per service (by lower-cased name)
     a fingerprint of everything in its checks that can change its health
-    (which checks, on which nodes, in which status, at which index) and the
-    highest C{ModifyIndex} among them.  A node-level check (C{serfHealth})
+    (which checks, on which nodes, in which status, with which tags) and the highest
+    C{ModifyIndex} among them.  A node-level check (C{serfHealth})
     counts for every service on its node.  Two answers with the same
     fingerprint for a service mean its health entries did not change between
     them; a highest index above a watch's own index means a change it missed.
@@ -195,18 +195,21 @@ def parse_check_states(body: bytes) -> Dict[str, Tuple[int, int]]:
         checks = []
     if not isinstance(checks, list):
         raise ConsulError("unexpected answer from Consul: not a JSON array")
-    per_service: Dict[str, List[Tuple[str, str, str, int]]] = {}
-    per_node: Dict[str, List[Tuple[str, str, str, int]]] = {}
+    per_service: Dict[str, List[Tuple[str, str, str, Tuple[str, ...], int]]] = {}
+    per_node: Dict[str, List[Tuple[str, str, str, Tuple[str, ...], int]]] = {}
     nodes_of: Dict[str, Set[str]] = {}
     for check in checks:
         if not isinstance(check, dict):
             continue
         node = str(check.get("Node") or "")
         modify = check.get("ModifyIndex")
+        tags = check.get("ServiceTags")
         item = (
             node,
             str(check.get("CheckID") or ""),
             str(check.get("Status") or ""),
+            # A tag change can change which instances a tag filter keeps.
+            tuple(sorted(str(t) for t in tags)) if isinstance(tags, list) else (),
             modify if isinstance(modify, int) else 0,
         )
         name = check.get("ServiceName")
@@ -218,5 +221,7 @@ def parse_check_states(body: bytes) -> Dict[str, Tuple[int, int]]:
     states: Dict[str, Tuple[int, int]] = {}
     for name, items in per_service.items():
         every = items + [c for n in nodes_of[name] for c in per_node.get(n, ())]
-        states[name] = (hash(tuple(sorted(every))), max(c[3] for c in every))
+        # Not the indexes: a check's output moving them, or an index reset,
+        # changes nothing a health entry's routing depends on.
+        states[name] = (hash(tuple(sorted(c[:4] for c in every))), max(c[4] for c in every))
     return states

@@ -141,6 +141,10 @@ class BlockingLoop:
             return None
         self.last_error = describe(failure)
         self._outage.failed(self.name, self.last_error, getattr(failure.value, "status", None))
+        # Ask afresh after a failure: an agent that came back from a snapshot
+        # restore has a lower index, and a blocking query on the old one would
+        # sit out its whole wait before showing it.  One read per loop, cheap.
+        self.index = 0
         return backoff_for(failure, self._backoff)
 
     def _crashed(self, failure: Failure) -> float:
