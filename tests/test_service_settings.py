@@ -123,6 +123,18 @@ class OverrideTests(TestCase):
         queries = rig.consul.requests_for("/v1/health/service/web")
         self.assertEqual({tuple(v for k, v in q.args if k == "tag") for q in queries}, {("v1",), ("v2",)})
 
+    async def test_rewrite_location(self) -> None:
+        """
+        rewrite-location (on globally) turned off for one service.
+        """
+        rig = GatewayRig(self, services={"legacy": {"rewrite-location": False}})
+        backend = rig.backend()
+        rig.register(backend, service="legacy")
+        rig.register(backend, service="web")
+        for service, location in [("web", [b"/dc1/web/next"]), ("legacy", [b"/next"])]:
+            response, _ = await rig.get(f"/dc1/{service}/headers?set=Location:/next")
+            self.assertEqual(response.headers.getRawHeaders(b"Location"), location, service)
+
     async def test_max_body(self) -> None:
         rig = GatewayRig(self, services={"small": {"max-body": "10"}})
         backend = rig.backend()

@@ -181,10 +181,17 @@ KEYS: Mapping[str, Key] = _keys(
         "DNS label; a matching Host (port ignored) goes to that service and datacenter with its path whole. "
         "Its hosts need no server-name.",
         form="list"),
+    Key("failover", "failover", values.failover, [],
+        "When a request's datacenter has no usable instance (none passing, or all ejected), serve it from the "
+        "first datacenter in this order that has one: datacenter names (repeatable), or \"nearest\" for all "
+        "by Consul's network coordinates. Off unless set: clients often pick a datacenter for its data.",
+        form="list", shown="off"),
+    Key("failover-limit", "failover_limit", values.optional(values.count(1)), None,
+        "How many datacenters failover tries at most.", shown="all"),
     Key("services", "services", services.table(lambda: KEYS), {},
         "Per-service settings: [services.<name>] and [services.\"<dc>/<name>\"] tables (the latter wins) "
-        "setting tags, balancer, hash-on, retries, upstream-timeout, connect-timeout, include-warning, "
-        "max-body or panic-all-instances for one service (file only).",
+        "setting tags, balancer, hash-on, retries, upstream-timeout, connect-timeout, failover, failover-limit, "
+        "include-warning, rewrite-location, max-body or panic-all-instances for one service (file only).",
         form="table"),
 )
 

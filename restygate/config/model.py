@@ -13,7 +13,7 @@ never sees a malformed value; a reload builds a new L{Config} the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 from restygate.tls import CABundle
 
@@ -100,5 +100,8 @@ class Config:
     hash_on: str
     include_warning: bool
     host_routes: Tuple[str, ...]
+    # "nearest", or the datacenters to try in order (empty: off).
+    failover: Union[str, Tuple[str, ...]]
+    failover_limit: Optional[int]
     # [services.<name>] and [services."<dc>/<name>"] (config.services).
     services: ServiceTable

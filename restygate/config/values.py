@@ -16,7 +16,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, Union
 
 from OpenSSL import crypto
 from twisted.internet import endpoints
@@ -46,6 +46,7 @@ __all__ = [
     "workers",
     "hash_on",
     "host_routes",
+    "failover",
     "BALANCERS",
 ]
 
@@ -284,6 +285,20 @@ def _parse_host_routes(key: str, value: Any) -> Tuple[str, ...]:
     return tuple(template.lower().rstrip(".") for template in templates)
 
 
+_DATACENTER = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
+
+
+def _parse_failover(key: str, value: Any) -> Union[str, Tuple[str, ...]]:
+    # "nearest" (by Consul's coordinates) or datacenters in order; [] is off.
+    if value == "nearest" or value == ["nearest"] or value == ("nearest",):
+        return "nearest"
+    names = _strings(key, value)
+    for name in names:
+        if not _DATACENTER.fullmatch(name) or ".." in name:
+            raise ConfigError(f"{key}: expected \"nearest\" or a list of datacenter names, got {name!r}")
+    return names
+
+
 _STRING = ((str,), "a string")
 _STRINGS = ((str, list), "a string or a list of strings")
 
@@ -302,6 +317,7 @@ ca_bundle = Kind(_parse_ca_bundle, *_STRING)
 consul = Kind(_parse_consul, *_STRING)
 hash_on = Kind(_parse_hash_on, *_STRING)
 host_routes = Kind(_parse_host_routes, *_STRINGS)
+failover = Kind(_parse_failover, (str, list), "\"nearest\" or a list of datacenter names")
 
 
 def seconds(minimum: float, maximum: float = float("inf")) -> Kind:

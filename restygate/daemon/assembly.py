@@ -23,6 +23,7 @@ from restygate.ops.views import IDiscoveryView, IListenerView, Inspected
 from restygate.discovery.catalog import StaticCatalog
 from restygate.config import Config
 from restygate.discovery.consul.client import ConsulClient
+from restygate.discovery.consul.coordinates import NearestDatacenters
 from restygate.proxy.engine import Engine
 from restygate.discovery.consul.assemble import consul_discovery
 from restygate.discovery.consul.source import ConsulDiscovery
@@ -146,7 +147,8 @@ def make_gateway(
     discovery.setServiceParent(root)
     upstream = Upstream(reactor, config)
     _Closing(upstream.close).setServiceParent(root)
-    engine = Engine(discovery, upstream, reactor, config, observers=[root.access_log])
+    nearest = NearestDatacenters(consul.coordinates, reactor) if consul is not None else None
+    engine = Engine(discovery, upstream, reactor, config, observers=[root.access_log], nearest=nearest)
     front = GatewayFront(engine, reactor, timeout=config.body_idle_timeout)
     root.engine = engine
     root.front = front

@@ -25,6 +25,7 @@ __all__ = [
     "UnknownDatacenter",
     "UnknownService",
     "DiscoveryUnavailable",
+    "NoUsableInstance",
 ]
 
 
@@ -83,6 +84,13 @@ class UnknownDatacenter(DiscoveryError):
     def __init__(self, dc: str) -> None:
         super().__init__(f"unknown datacenter {dc!r}")
         self.dc = dc
+
+
+class NoUsableInstance(DiscoveryError):
+    """
+    The service has no instance a request may use, in its datacenter nor in
+    any its failover order names (L{restygate.proxy.failover}).
+    """
 
 
 class UnknownService(DiscoveryError):

@@ -68,14 +68,16 @@ def _log_time(second: int) -> str:
 def combined(c: Completed) -> str:
     """
     The combined log format, then C{upstream dc service duration retries}
-    (and, for a tunnel, the bytes the client sent through it).
+    (and, for a tunnel, the bytes the client sent through it); C{dc} is
+    C{asked>served} when failover served the request from another one.
     """
     request_line = _escape(f"{c.method} {c.uri} {c.proto}")
     return (
         f'{c.client} - - {_log_time(int(c.started))} "{request_line}" '
         f'{c.status} {c.bytes_sent or "-"} '
         f'"{_escape(c.referer) or "-"}" "{_escape(c.user_agent) or "-"}" '
-        f'{c.upstream or "-"} {c.dc or "-"} {c.service or "-"} {c.duration:.3f} {c.retries}'
+        f'{c.upstream or "-"} {f"{c.failed_over}>" if c.failed_over else ""}{c.dc or "-"} '
+        f'{c.service or "-"} {c.duration:.3f} {c.retries}'
         # An Upgrade tunnel's line, at its close, has the bytes the other way too.
         + (f" {c.bytes_received}" if c.status == 101 else "")
     )

@@ -118,6 +118,10 @@ class Metrics:
             "Requests the gateway answered with an error of its own about the upstream side.",
             (*labels, "kind"), registry=self.registry,
         )
+        self.failovers = Counter(
+            "restygate_failovers", "Requests served from another datacenter than the one asked for (failover).",
+            (*labels, "to"), registry=self.registry,
+        )
         self._series: Dict[Tuple[str, str], _Series] = {}
         self._unroutable = _Series(self, "", "")
         self.registry.register(_StateCollector(gateway, clock, self._series))
@@ -128,6 +132,10 @@ class Metrics:
 
     def observe(self, c: Completed) -> None:
         self._series_for(c.dc, c.service).count(c)
+        if c.failed_over and c.dc and c.service:
+            # Both datacenters are Consul's (unknown ones get 404 before any
+            # failover) and the service has instances: bounded labels.
+            self.failovers.labels(c.failed_over.lower(), c.service, c.dc).inc()
 
     def _series_for(self, dc: Optional[str], service: Optional[str]) -> _Series:
         if dc is None or service is None:

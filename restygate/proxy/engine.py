@@ -23,6 +23,7 @@ from restygate.discovery.model import IDiscovery
 from restygate.proxy.downstream import Downstream
 from restygate.proxy.exchange import Exchange
 from restygate.proxy.observe import Completed, RequestObserver
+from restygate.proxy.failover import Nearest
 from restygate.proxy.policy import Policies
 from restygate.upstream.balancer import Balancer, IBalancer
 from restygate.upstream.outliers import Outliers
@@ -49,6 +50,7 @@ class Engine:
         clock: IReactorTime,
         config: Config,
         observers: Sequence[RequestObserver] = (),
+        nearest: Optional[Nearest] = None,
     ) -> None:
         self.observers: List[RequestObserver] = list(observers)
         self.discovery = discovery
@@ -57,6 +59,8 @@ class Engine:
         self.config = config
         # Each service's settings, and its instances weighted per snapshot.
         self.policies = Policies(config)
+        # Datacenters by network distance, for failover = "nearest" (Consul only).
+        self.nearest = nearest
         self.outliers = Outliers(clock)
         self.balancer: IBalancer = Balancer(self.outliers.inflight)
         self.budget = RetryBudget(clock)

@@ -25,6 +25,7 @@ from restygate.discovery.model import IDiscovery, Instance, Snapshot
 from restygate.proxy.downstream import Downstream, HeaderList
 from restygate.proxy.failure import Failed, Failure, discovery_failure
 from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
+from restygate.proxy.failover import Found, Nearest, find
 from restygate.proxy.observe import Completed, completed_record
 from restygate.proxy.policy import Policies, Policy
 from restygate.proxy.rewrite import rewriter_for
@@ -50,6 +51,7 @@ class EngineParts(Protocol):
     clock: IReactorTime
     config: Config
     policies: Policies
+    nearest: Optional[Nearest]
     outliers: Outliers
     budget: RetryBudget
     tunnels: int
@@ -62,9 +64,7 @@ class EngineParts(Protocol):
 
 
 class Exchange:
-    """
-    Serves one L{Downstream}; also the L{ResponseHandler} of its attempts.
-    """
+    """Serves one L{Downstream}; also the L{ResponseHandler} of its attempts."""
 
     def __init__(self, engine: EngineParts, request: Downstream) -> None:
         self.engine = engine
@@ -83,6 +83,8 @@ class Exchange:
         self._connection: Optional[UpstreamConnection] = None
         self._timer: Optional[IDelayedCall] = None
         self.snapshot: Optional[Snapshot] = None
+        # The datacenter asked for, when another one served (failover).
+        self.failed_over: Optional[str] = None
         self._choice: Optional[Choice] = None
         # Its service's, once routed: the settings the request runs with.
         self.policy: Policy = engine.policies.default
@@ -107,7 +109,7 @@ class Exchange:
             self._fail(Failure.CLIENT_PROTOCOL if e.status == 400 else None, e.message, status=e.status)
             return
         self.policy = self.engine.policies.policy(route.dc, route.service)
-        self._pending = d = self.engine.discovery.lookup(route.dc, route.service)
+        self._pending = d = find(self.engine, route, self.policy)
         d.addCallbacks(self._forward, self._discovery_failed)
         d.addErrback(self._crashed)
 
@@ -121,17 +123,14 @@ class Exchange:
         elif not failure.check(CancelledError):
             failure.raiseException()
 
-    def _forward(self, snapshot: Snapshot) -> None:
+    def _forward(self, found: Found) -> None:
         self._pending = None
-        route = self.route
-        assert route is not None
         if self.done:
             return
-        choice = self.engine.policies.choice(self.policy, snapshot)
-        if choice is None:
-            self._fail(Failure.NO_INSTANCE, datacenter=route.dc, service=route.service)
-            return
-        self.snapshot, self._choice = snapshot, choice
+        route, self.policy, self.snapshot, choice = found.route, found.policy, found.snapshot, found.choice
+        if route is not self.route and self.route is not None:
+            self.failed_over = self.route.dc
+        self.route, self._choice = route, choice
         request = self.request
         self._upgrade = wants_upgrade(request.headers)
         self._headers = forward_headers(request.headers, route.prefix.encode("ascii"), request.client_ip.encode(
@@ -262,8 +261,9 @@ class Exchange:
             return
         self._response_started = True
         request = self.request
-        rewrite = rewriter_for(engine.config, route, instance, request.secure, header(request.headers, b"host"))
-        request.respond(status, reason, response_headers(headers, rewrite=rewrite), length)
+        rewrite = rewriter_for(self.policy.config, route, instance, request.secure, header(request.headers, b"host"))
+        served = (b"X-Restygate-Datacenter", (self.snapshot.dc if self.snapshot else "").encode("ascii"))
+        request.respond(status, reason, [*response_headers(headers, rewrite=rewrite), served], length)
         request.set_source(self._connection)
         self._progress = False
         self._timer = engine.clock.callLater(engine.config.body_idle_timeout, self._timed_out)

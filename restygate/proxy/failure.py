@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from twisted.python.failure import Failure as TwistedFailure
 
-from restygate.discovery.model import DiscoveryUnavailable, UnknownDatacenter, UnknownService
+from restygate.discovery.model import DiscoveryUnavailable, NoUsableInstance, UnknownDatacenter, UnknownService
 
 __all__ = ["Failure", "Failed", "discovery_failure"]
 
@@ -93,6 +93,8 @@ def discovery_failure(failure: TwistedFailure, dc: str, service: str) -> Optiona
         return Failure.UNKNOWN_DATACENTER, {"datacenter": dc}
     if failure.check(UnknownService):
         return Failure.UNKNOWN_SERVICE, {"datacenter": dc, "service": service}
+    if failure.check(NoUsableInstance):
+        return Failure.NO_INSTANCE, {"datacenter": dc, "service": service}
     if failure.check(DiscoveryUnavailable):
         return Failure.DISCOVERY_UNAVAILABLE, {"datacenter": dc, "service": service}
     return None

@@ -33,6 +33,9 @@ class Completed:
         answer, a cut response, a client gone), else L{None}.
     @ivar bytes_received: for an Upgrade tunnel, bytes the client sent
         through it (C{bytes_sent} counts the other way).
+    @ivar dc: the datacenter that served it (or was asked for, when none did).
+    @ivar failed_over: the datacenter asked for, when another one served it
+        (failover), else L{None}.
     @ivar referer: the client's C{Referer} header, or C{""}.
     @ivar user_agent: the client's C{User-Agent} header, or C{""}; these two
         are what the combined access log format needs beyond the request.
@@ -58,6 +61,7 @@ class Completed:
     user_agent: str = ""
     failure: Optional[Failure] = None
     bytes_received: int = 0
+    failed_over: Optional[str] = None
 
 
 RequestObserver = Callable[[Completed], None]
@@ -74,6 +78,7 @@ class Outcome(Protocol):
     aborted: bool
     failure: Optional[Failure]
     tunnel_bytes_up: int
+    failed_over: Optional[str]
     # What discovery answered (L{restygate.discovery.model.Snapshot}), if it did.
     snapshot: Any
 
@@ -116,4 +121,5 @@ def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
         aborted=outcome.aborted,
         failure=outcome.failure,
         bytes_received=outcome.tunnel_bytes_up,
+        failed_over=outcome.failed_over,
     )

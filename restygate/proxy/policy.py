@@ -81,6 +81,9 @@ class Policy:
             "include_warning": config.include_warning,
             "panic_all_instances": config.panic_all_instances,
             "max_body": config.max_body,
+            "rewrite_location": config.rewrite_location,
+            "failover": config.failover if isinstance(config.failover, str) else list(config.failover),
+            "failover_limit": config.failover_limit,
         }
 
     def hash_key(self, headers: HeaderList, client_ip: str) -> Optional[bytes]:

@@ -56,5 +56,7 @@ DEFAULT_CONFIG = Config(
     hash_on="client-ip",
     include_warning=False,
     host_routes=(),
+    failover=(),
+    failover_limit=None,
     services=(),
 )

@@ -168,6 +168,46 @@ def parse_datacenters(body: bytes) -> Tuple[str, ...]:
     return tuple(n for n in names if isinstance(n, str) and n)
 
 
+@dataclass(frozen=True)
+class Coordinate:
+    """
+    A Consul network coordinate (Vivaldi, in seconds).
+    """
+
+    vec: Tuple[float, ...]
+    height: float
+    adjustment: float
+
+
+def _coordinate(raw: Any) -> Optional[Coordinate]:
+    coord = _mapping(raw)
+    vec, height, adjustment = coord.get("Vec"), coord.get("Height", 0.0), coord.get("Adjustment", 0.0)
+    numbers = (int, float)
+    if not isinstance(vec, list) or not vec or not all(isinstance(v, numbers) for v in vec):
+        return None
+    if not isinstance(height, numbers) or not isinstance(adjustment, numbers):
+        return None
+    return Coordinate(tuple(float(v) for v in vec), float(height), float(adjustment))
+
+
+def parse_coordinates(body: bytes) -> Dict[str, Tuple[Coordinate, ...]]:
+    """
+    The servers' coordinates of each datacenter in a
+    C{/v1/coordinate/datacenters} body; unusable entries are left out.
+    """
+    areas = _json(body)
+    if not isinstance(areas, list):
+        raise ConsulError("unexpected answer from Consul: not a JSON array")
+    found: Dict[str, Tuple[Coordinate, ...]] = {}
+    for area in areas:
+        name = _mapping(area).get("Datacenter")
+        entries = _mapping(area).get("Coordinates")
+        if isinstance(name, str) and name and isinstance(entries, list):
+            coordinates = (_coordinate(_mapping(e).get("Coord")) for e in entries)
+            found[name] = found.get(name, ()) + tuple(c for c in coordinates if c is not None)
+    return found
+
+
 def parse_service_names(body: bytes) -> Tuple[str, ...]:
     """
     The service names in a C{/v1/catalog/services} body (name -> tags).

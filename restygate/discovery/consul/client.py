@@ -35,9 +35,11 @@ from restygate.config import ConsulAddress
 from restygate.discovery.consul.answers import (
     CONNECTION_LIMIT,
     ConsulError,
+    Coordinate,
     HealthAnswer,
     answer_text,
     parse_check_states,
+    parse_coordinates,
     parse_datacenters,
     parse_health,
     parse_service_names,
@@ -137,6 +139,13 @@ class ConsulClient:
         The datacenters Consul knows (C{/v1/catalog/datacenters}).
         """
         return self._read("/v1/catalog/datacenters", [], "", 0, 0.0, urgent, parse_datacenters)
+
+    def coordinates(self) -> Deferred[Dict[str, Tuple[Coordinate, ...]]]:
+        """
+        The network coordinates of every datacenter's servers
+        (C{/v1/coordinate/datacenters}), for C{failover = "nearest"}.
+        """
+        return self._read("/v1/coordinate/datacenters", [], "", 0, 0.0, False, parse_coordinates)
 
     def service_names(self, dc: str, index: int = 0, wait: float = 60.0, urgent: bool = False) -> Deferred[Indexed]:
         """

@@ -59,6 +59,7 @@ class ConsulApi:
         self._deregister = deregister
         self._routes: Dict[str, Tuple[Tuple[str, ...], _Handler]] = {
             "/v1/catalog/datacenters": (("GET",), self._catalog_datacenters),
+            "/v1/coordinate/datacenters": (("GET",), self._coordinate_datacenters),
             "/v1/catalog/services": (("GET",), self._catalog_services),
             "/v1/catalog/register": (("PUT",), self._catalog_register),
             "/v1/catalog/deregister": (("PUT",), self._catalog_deregister),
@@ -249,6 +250,17 @@ class ConsulApi:
     def _catalog_datacenters(self, exchange: Exchange) -> Outcome:
         # No ACL and no blocking on this endpoint in Consul.
         return json_reply(sorted(self._datacenters))
+
+    def _coordinate_datacenters(self, exchange: Exchange) -> Outcome:
+        # Consul: the WAN coordinates of every datacenter's servers; no ACL, no blocking, no ?dc.
+        return json_reply([
+            {
+                "Datacenter": name,
+                "AreaID": "WAN",
+                "Coordinates": [{"Node": node, "Coord": coord} for node, coord in sorted(dc.coordinates.items())],
+            }
+            for name, dc in sorted(self._datacenters.items())
+        ])
 
     def _agent_self(self, exchange: Exchange) -> Outcome:
         if not self._authorized(exchange):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from .model import JSON, Check, ConsulError, Node, Registration, Service
+from .model import JSON, Check, ConsulError, Node, Registration, Service, new_coordinate
 
 # changed at all (then no index is spent and nobody is woken).
 Mutation = Callable[["Datacenter", int], Optional[Set[str]]]
@@ -32,6 +32,9 @@ class Datacenter:
         # Lower-cased service name -> index of its last change. Kept after the last instance goes away so
         # the index never moves backwards for a watcher (Consul keeps an extinction index for the same reason).
         self.service_index: Dict[str, int] = {}
+        # Its servers' WAN network coordinates (/v1/coordinate/datacenters), by server node name: a new
+        # server's, as Consul's lib/coordinate starts one, until a test places it (set_coordinates).
+        self.coordinates: Dict[str, Dict[str, JSON]] = {f"{name}-server": new_coordinate()}
 
     # -- queries --------------------------------------------------------------------------------------
 

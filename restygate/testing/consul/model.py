@@ -7,7 +7,7 @@ Consul's ``/v1/health/service`` body shows it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
 
 #: Consul's defaults for blocking queries: no ``wait`` means 5 minutes, and longer waits are clamped to 10.
 DEFAULT_WAIT_SECONDS = 300.0
@@ -24,6 +24,15 @@ ACL_NOT_FOUND = "ACL not found"
 
 # A JSON-shaped value as Python's json module produces and consumes it.
 JSON = Any
+
+
+def new_coordinate(
+    vec: Sequence[float] = (0.0,) * 8, height: float = 1e-5, adjustment: float = 0.0, error: float = 1.5
+) -> Dict[str, JSON]:
+    """A network coordinate as Consul serves it (lib/coordinate: 8 dimensions, a new one at the origin)."""
+    if len(vec) != 8:
+        raise ValueError("a Consul coordinate has 8 dimensions")
+    return {"Adjustment": adjustment, "Error": error, "Height": height, "Vec": [float(v) for v in vec]}
 
 
 class ConsulError(Exception):

@@ -7,7 +7,7 @@ endpoints (`api`) with the dispatcher that records, stalls, fails and blocks req
 from __future__ import annotations
 
 import random
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Union
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
@@ -19,7 +19,7 @@ from .connlimit import DEFAULT_MAX_CONNS_PER_CLIENT, PerClientLimit
 from .datacenter import Datacenter, Mutation
 from .decode import decode_registration, str_field
 from .dispatch import Dispatcher
-from .model import HEALTH_STATUSES, JSON, Agent, ConsulError
+from .model import HEALTH_STATUSES, JSON, Agent, ConsulError, new_coordinate
 from .wire import ConsulApiResource, QuietSite, SeenRequest
 
 _log = Logger()
@@ -289,6 +289,13 @@ class ConsulServer:
         del self._datacenters[dc]
         _log.info("Consul test server: datacenter {dc} removed", dc=dc)
         self._dispatcher.wake_datacenter(dc)
+
+    def set_coordinates(self, dc: str, servers: Mapping[str, Sequence[float]], height: float = 1e-5) -> None:
+        """Place ``dc``'s servers (node name -> 8-dimensional ``Vec``, in seconds) for
+        ``/v1/coordinate/datacenters``; they replace its current ones. Raises ``KeyError`` if unknown."""
+        self._datacenters[dc].coordinates = {
+            node: new_coordinate(vec, height=height) for node, vec in servers.items()
+        }
 
     # -- fault knobs ----------------------------------------------------------------------------------
 

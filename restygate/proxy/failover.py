@@ -1,0 +1,116 @@
+"""
+Where a request is served: its own datacenter when that has a usable
+instance, otherwise -- when its service's policy says C{failover} -- the
+first datacenter in failover order that has one.
+
+The order is the policy's list (C{failover = ["dc2", "dc3"]}) or, for
+C{failover = "nearest"}, the datacenters by network distance from the one
+asked for (Consul's coordinates, L{restygate.discovery.consul.coordinates}),
+at most C{failover-limit} of them.  "Usable" means an instance the policy
+lets the request use (passing, warning ones with C{include-warning}, panic
+mode's) that is not ejected.  Failover is off by default: clients often
+pick a datacenter because their data lives there.  A datacenter Consul does
+not know, or where the service is unknown or discovery is down, is passed
+over; the request's own datacenter's errors stand as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import List, Optional, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from restygate.discovery.model import DiscoveryError, IDiscovery, NoUsableInstance, Snapshot
+from restygate.proxy.policy import Policies, Policy
+from restygate.proxy.routing import Route
+from restygate.upstream.choice import Choice
+from restygate.upstream.outliers import Outliers
+
+__all__ = ["Found", "Nearest", "FailoverParts", "find"]
+
+log = Logger()
+
+
+class Nearest(Protocol):
+    """Datacenters by network distance from C{dc}, nearest first (C{dc} itself may be among them)."""
+
+    def __call__(self, dc: str) -> Deferred[List[str]]: ...
+
+
+class FailoverParts(Protocol):
+    """What the search uses of the engine."""
+
+    discovery: IDiscovery
+    policies: Policies
+    outliers: Outliers
+    nearest: Optional[Nearest]
+
+
+@dataclass(frozen=True)
+class Found:
+    """
+    Where the request goes: its route (the datacenter that serves, the
+    prefix it was asked under), that service's policy there, what discovery
+    knows of it, and the weighted instances to pick from.
+    """
+
+    route: Route
+    policy: Policy
+    snapshot: Snapshot
+    choice: Choice
+
+
+def _usable(parts: FailoverParts, snapshot: Snapshot, choice: Optional[Choice]) -> bool:
+    if choice is None:
+        return False
+    ejected = parts.outliers.is_ejected
+    return not all(ejected(snapshot.dc, snapshot.service, i) for i in choice.instances)
+
+
+def find(parts: FailoverParts, route: Route, policy: Policy) -> Deferred[Found]:
+    """
+    Where C{route} is served under C{policy}.
+
+    @raise NoUsableInstance: nowhere (after failover, when it is on).
+    @raise DiscoveryError: the datacenter asked for is unknown, or its
+        service, or discovery is down for it (no failover then).
+    """
+    return Deferred.fromCoroutine(_find(parts, route, policy))
+
+
+async def _find(parts: FailoverParts, route: Route, policy: Policy) -> Found:
+    snapshot: Snapshot = await parts.discovery.lookup(route.dc, route.service)
+    choice = parts.policies.choice(policy, snapshot)
+    if _usable(parts, snapshot, choice):
+        assert choice is not None
+        return Found(route, policy, snapshot, choice)
+    for dc in await _order(parts, route.dc, policy):
+        try:
+            other: Snapshot = await parts.discovery.lookup(dc, route.service)
+        except DiscoveryError:
+            continue
+        there = parts.policies.policy(other.dc, route.service)
+        choice = parts.policies.choice(there, other)
+        if _usable(parts, other, choice):
+            assert choice is not None
+            # Served from there, under the prefix it was asked by.
+            return Found(replace(route, dc=other.dc, stripped=route.prefix), there, other, choice)
+    raise NoUsableInstance(f"no usable instance of {route.service} in {route.dc} or its failover datacenters")
+
+
+async def _order(parts: FailoverParts, dc: str, policy: Policy) -> List[str]:
+    failover = policy.config.failover
+    if not failover:
+        return []
+    if failover == "nearest":
+        if parts.nearest is None:
+            log.warn("failover = \"nearest\" needs Consul's coordinates; the static catalog has none")
+            return []
+        order: List[str] = await parts.nearest(dc)
+    else:
+        order = list(failover)
+    limit = policy.config.failover_limit
+    order = [other for other in order if other.lower() != dc.lower()]
+    return order[:limit] if limit is not None else order
