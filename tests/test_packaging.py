@@ -19,6 +19,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -264,6 +265,18 @@ class GatewayEndToEndTests(DaemonTestCase):
         while b"started" not in log_tail(backend_log).encode() and time.monotonic() < deadline:
             time.sleep(0.02)
         process.send_signal(signal.SIGTERM)
+        # Every process holding the listening socket closes it at once: a new
+        # client is refused (and can go elsewhere) while the request drains.
+        refused = False
+        deadline = time.monotonic() + 0.8
+        while not refused and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", gateway_port), timeout=0.5).close()
+            except ConnectionRefusedError:
+                refused = True
+            time.sleep(0.02)
+        self.assertTrue(refused, log_tail(gateway_log))
+        self.assertTrue(client.is_alive())
         client.join(TWISTD_TIMEOUT)
         self.assertEqual(outcome, [(200, b"slow answer\n")], log_tail(gateway_log))
         # twistd ends by re-raising the signal that stopped it, which

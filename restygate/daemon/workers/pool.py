@@ -358,6 +358,8 @@ class WorkerPool(MultiService):
             log.info("stopping {n} workers", n=len(live))
         for worker in live:
             worker.signal(signal.SIGTERM)
+        for listener in self.listeners:  # ours close now too: new clients refused, not left queued
+            await listener.stopService()
         exited = DeferredList([worker.ended for worker in live])
         deadline = self._reactor.callLater(
             self.config.drain_timeout + EXIT_GRACE, self._kill, live
