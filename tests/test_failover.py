@@ -9,15 +9,22 @@ X-Forwarded-Prefix upstream; the access log and restygate_failovers_total.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import treq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from restygate.config import build
+from restygate.discovery.catalog import StaticCatalog
 from restygate.discovery.consul.answers import Coordinate, parse_coordinates
 from restygate.discovery.consul.coordinates import NearestDatacenters, by_distance, distance
+from restygate.proxy.failover import Nearest, find
+from restygate.proxy.policy import Policies
+from restygate.proxy.routing import parse_target
+from restygate.upstream.outliers import Outliers
 from tests.support.harness import GatewayRig, captured_log
 
 ADMIN = "tcp:0:interface=127.0.0.1"
@@ -175,3 +182,38 @@ class NearestTests(TestCase):
             {"Datacenter": "dc2", "AreaID": "WAN", "Coordinates": [
                 {"Node": "a", "Coord": {"Adjustment": 0.0, "Error": 1.5, "Height": 1e-5, "Vec": [0.5] * 8}}]},
         ])
+
+
+class AllEjectedTests(SynchronousTestCase):
+    """
+    A datacenter whose every usable instance is ejected counts as having
+    none.  (The gateway's outlier detection never ejects more than half of
+    a service, so this takes detection allowed to eject them all.)
+    """
+
+    def test_fails_over(self) -> None:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('[dc1]\nweb = [{ address = "10.0.0.1", port = 80 }]\n[dc2]\nweb = [{ address = "10.0.0.2", port = 80 }]\n')
+        clock = Clock()
+        catalog = StaticCatalog(path, clock)
+        catalog.startService()
+        self.addCleanup(catalog.stopService)
+        outliers = Outliers(clock, threshold=1, max_fraction=1.0)
+        parts = _Parts(catalog, Policies(build([{"failover": ["dc2"]}])), outliers)
+        route = parse_target(b"/dc1/web/x")
+        found = self.successResultOf(find(parts, route, parts.policies.policy("dc1", "web")))
+        self.assertEqual(found.route.dc, "dc1")
+        [instance] = found.choice.instances
+        self.assertTrue(outliers.failed("dc1", "web", instance, found.choice.instances))
+        found = self.successResultOf(find(parts, route, parts.policies.policy("dc1", "web")))
+        self.assertEqual((found.route.dc, found.route.prefix, found.choice.instances[0].address),
+                         ("dc2", "/dc1/web", "10.0.0.2"))
+
+
+@dataclass
+class _Parts:
+    discovery: StaticCatalog
+    policies: Policies
+    outliers: Outliers
+    nearest: Optional[Nearest] = None
