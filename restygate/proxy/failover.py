@@ -17,7 +17,7 @@ over; the request's own datacenter's errors stand as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Optional, Protocol
+from typing import List, Optional, Protocol, Union
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -77,15 +77,23 @@ def find(parts: FailoverParts, route: Route, policy: Policy) -> Deferred[Found]:
     @raise DiscoveryError: the datacenter asked for is unknown, or its
         service, or discovery is down for it (no failover then).
     """
-    return Deferred.fromCoroutine(_find(parts, route, policy))
+    looked_up: Deferred[Snapshot] = parts.discovery.lookup(route.dc, route.service)
+    return looked_up.addCallback(_here_or_elsewhere, parts, route, policy)
 
 
-async def _find(parts: FailoverParts, route: Route, policy: Policy) -> Found:
-    snapshot: Snapshot = await parts.discovery.lookup(route.dc, route.service)
+def _here_or_elsewhere(
+    snapshot: Snapshot, parts: FailoverParts, route: Route, policy: Policy
+) -> Union[Found, Deferred[Found]]:
+    # The common case stays synchronous: a snapshot already known, with an
+    # instance to use, costs no coroutine.
     choice = parts.policies.choice(policy, snapshot)
     if _usable(parts, snapshot, choice):
         assert choice is not None
         return Found(route, policy, snapshot, choice)
+    return Deferred.fromCoroutine(_elsewhere(parts, route, policy))
+
+
+async def _elsewhere(parts: FailoverParts, route: Route, policy: Policy) -> Found:
     for dc in await _order(parts, route.dc, policy):
         try:
             other: Snapshot = await parts.discovery.lookup(dc, route.service)
