@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 from typing import List, Optional, Protocol, Union
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from restygate.discovery.model import DiscoveryError, IDiscovery, NoUsableInstance, Snapshot
 from restygate.proxy.policy import Policies, Policy
@@ -29,8 +28,6 @@ from restygate.upstream.choice import Choice
 from restygate.upstream.outliers import Outliers
 
 __all__ = ["Found", "Nearest", "FailoverParts", "find"]
-
-log = Logger()
 
 
 class Nearest(Protocol):
@@ -113,8 +110,9 @@ async def _order(parts: FailoverParts, dc: str, policy: Policy) -> List[str]:
     if not failover:
         return []
     if failover == "nearest":
+        # The static catalog has no coordinates: nothing is near (documented;
+        # not logged, or every such request would log a line).
         if parts.nearest is None:
-            log.warn("failover = \"nearest\" needs Consul's coordinates; the static catalog has none")
             return []
         order: List[str] = await parts.nearest(dc)
     else:
