@@ -971,6 +971,41 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
     return summary
 
 
+def targets(data: Dict[str, Any]) -> List[str]:
+    """
+    Issue 11's targets, each with the measured value and whether it is met:
+    restygate/nginx at small and 10 KiB c50, p99 against nginx's, CPU per
+    request and RSS per process (CPython; PyPy has its own two).
+    """
+    summary = data["summary"]
+    interpreter = data["config"].get("interpreter") or {}
+    pypy = "pypy" in str(interpreter.get("label", "")).lower()
+    checks: List[Tuple[str, Optional[float], float, bool]] = []  # (what, value, limit, at least)
+    for case, ratio in (("small c50", 0.5 if pypy else 0.35), ("10k c50", 0.5 if pypy else 0.3)):
+        row = summary.get(case)
+        checks.append((f"{case}: restygate/nginx", row["restygate_vs_nginx"] if row else None, ratio, True))
+    for case in ("small c50", "10k c50"):
+        row = summary.get(case)
+        p99 = row["restygate"]["p99_ms"] / row["nginx"]["p99_ms"] if row and row["nginx"]["p99_ms"] else None
+        checks.append((f"{case}: restygate p99 / nginx p99", p99, 3.0, False))
+    if not pypy:
+        row = summary.get("small c50")
+        checks.append(("small c50: restygate CPU us per request",
+                       row["restygate"]["proxy_cpu_us_per_request"] if row else None, 100.0, False))
+    memory = data.get("restygate_memory_after_run_kib", {})
+    rss = max((m.get("VmRSS", 0) / 1024 for m in memory.values()), default=None)
+    checks.append(("largest restygate process RSS after the run, MiB", rss, 300.0 if pypy else 80.0, False))
+    out = ["targets (issue 11, " + ("PyPy" if pypy else "CPython") + "):"]
+    for what, value, limit, at_least in checks:
+        if value is None:
+            out.append(f"  {what:<52} not measured")
+            continue
+        met = value >= limit if at_least else value <= limit
+        out.append(f"  {what:<52} {value:>8.3f}  {'>=' if at_least else '<='} {limit:g}  "
+                   f"{'met' if met else 'MISSED'}")
+    return out
+
+
 def report(data: Dict[str, Any]) -> str:
     lines: List[str] = []
     add = lines.append
@@ -1034,6 +1069,8 @@ def report(data: Dict[str, Any]) -> str:
         shown = "; ".join(noisy[:8]) + ("; ..." if len(noisy) > 8 else "")
         add(f"{len(noisy)} of {total} runs had other processes using over {NOISY_OTHERS:.0%} of a core "
             f"(lower numbers; a median absorbs one such round per case): {shown}")
+    add("")
+    lines.extend(targets(data))
     add("")
     for label, key in (("after warm-up", "restygate_memory_after_warmup_kib"),
                        ("after the run", "restygate_memory_after_run_kib")):
