@@ -11,56 +11,33 @@ instance's address; the log and C{/status} do.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Protocol, Tuple
+from typing import Any, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure as TwistedFailure
 from twisted.web.http import RESPONSES
 
-from restygate.config import Config
 from restygate.front.answers import error_response
-from restygate.discovery.model import IDiscovery, Instance, Snapshot
+from restygate.discovery.model import Instance, Snapshot
 from restygate.proxy.downstream import Downstream, HeaderList
+from restygate.proxy.parts import EngineParts
 from restygate.proxy.failure import Failed, Failure, discovery_failure
 from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
-from restygate.proxy.failover import Found, Nearest, find
-from restygate.proxy.observe import Completed, completed_record
-from restygate.proxy.policy import Policies, Policy
+from restygate.proxy.failover import Found, find
+from restygate.proxy.observe import completed_record
+from restygate.proxy.policy import Policy
 from restygate.proxy.rewrite import rewriter_for
 from restygate.proxy.routing import Route, RouteError, route_request
 from restygate.proxy.tunnel import open_tunnel
-from restygate.upstream.balancer import IBalancer
 from restygate.upstream.choice import Choice
 from restygate.upstream.client import UpstreamConnection
-from restygate.upstream.outliers import Outliers
-from restygate.upstream.pool import Upstream
-from restygate.upstream.retry import RetryBudget, may_retry
+from restygate.upstream.retry import may_retry
 
-__all__ = ["Exchange", "EngineParts"]
+__all__ = ["Exchange"]
 
 log = Logger()
-
-class EngineParts(Protocol):
-    """What an exchange uses of its engine."""
-
-    discovery: IDiscovery
-    balancer: IBalancer
-    upstream: Upstream
-    clock: IReactorTime
-    config: Config
-    policies: Policies
-    nearest: Optional[Nearest]
-    outliers: Outliers
-    budget: RetryBudget
-    tunnels: int
-
-    def trusted(self) -> Optional[Callable[[bytes], bool]]: ...
-
-    def budget_exhausted(self, dc: str, service: str) -> None: ...
-
-    def completed(self, record: Completed) -> None: ...
 
 
 class Exchange:
@@ -153,6 +130,10 @@ class Exchange:
         self._active = instance
         self.upstream_sent = engine.clock.seconds()
         self._timer = engine.clock.callLater(policy.config.upstream_timeout, self._timed_out)
+        kept = engine.upstream.take_idle(instance, policy.config.connect_timeout)
+        if kept is not None:
+            self._connected(kept)
+            return
         self._pending = d = engine.upstream.acquire(instance, policy.config.connect_timeout)
         d.addCallbacks(self._connected, self._not_connected)
         d.addErrback(self._crashed)

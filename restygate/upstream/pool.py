@@ -203,12 +203,35 @@ class Upstream:
         # Endpoints carry the settings: new ones from now on.
         self._endpoints: Dict[Instance, _InstanceEndpoint] = {}
 
+    def take_idle(self, instance: Instance, connect_timeout: Optional[float] = None) -> Optional[UpstreamConnection]:
+        """
+        A kept connection to C{instance}, if there is one: the usual case,
+        without a Deferred.
+        """
+        idle = self._idle_by_key.get(self._endpoint(instance, connect_timeout).pool_key)
+        while idle:
+            _, connection = idle.pop()
+            if connection.connected:
+                return connection
+        return None
+
     def acquire(self, instance: Instance, connect_timeout: Optional[float] = None) -> Deferred[UpstreamConnection]:
         """
         A connection to C{instance} that is ready for a request; fails with
         L{Failed} when none can be made.  C{connect_timeout}, when given, is
         the service's own, in place of the global one.
         """
+        kept = self.take_idle(instance, connect_timeout)
+        if kept is not None:
+            return succeed(kept)
+        endpoint = self._endpoint(instance, connect_timeout)
+        connecting: Deferred[Any] = endpoint.connect(
+            _ConnectionFactory(self, endpoint.pool_key, endpoint.server_name)
+        )
+        result: Deferred[UpstreamConnection] = connecting.addErrback(_connect_failed)
+        return result
+
+    def _endpoint(self, instance: Instance, connect_timeout: Optional[float]) -> _InstanceEndpoint:
         settings = self._settings
         if connect_timeout is not None and connect_timeout != settings.connect_timeout:
             # A service's own connect timeout: an endpoint of its own, not kept.
@@ -220,16 +243,7 @@ class Upstream:
                     self._endpoints.clear()
                 kept = self._endpoints[instance] = _InstanceEndpoint(self._reactor, instance, settings)
             endpoint = kept
-        idle = self._idle_by_key.get(endpoint.pool_key)
-        while idle:
-            _, connection = idle.pop()
-            if connection.connected:
-                return succeed(connection)
-        connecting: Deferred[Any] = endpoint.connect(
-            _ConnectionFactory(self, endpoint.pool_key, endpoint.server_name)
-        )
-        result: Deferred[UpstreamConnection] = connecting.addErrback(_connect_failed)
-        return result
+        return endpoint
 
     def idle_connections(self) -> int:
         """Idle keep-alive connections, ready for reuse."""
