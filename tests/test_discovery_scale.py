@@ -91,7 +91,7 @@ class WatchCapTests(TestCase):
 class ConnectionBudgetTests(TestCase):
     async def test_many_services_on_a_few_connections_stay_fresh(self) -> None:
         """
-        With consul-max-connections = 24 (a dedicated budget of 2), 30
+        With consul-max-connections = 24 (a dedicated budget of 6), 30
         services are served over at most 24 agent connections, and a health
         change of a service past the budget reaches routing through the
         change feed.
@@ -101,7 +101,7 @@ class ConnectionBudgetTests(TestCase):
         for n in range(30):
             self.assertEqual((await rig.get(f"/dc1/svc{n}/"))[0].code, 200)
         discovery = _discovery(rig)
-        self.assertEqual(sum(1 for w in discovery.watchers.values() if w.blocking), 2)
+        self.assertEqual(sum(1 for w in discovery.watchers.values() if w.blocking), 6)
         self.assertIn("dc1", discovery.feeds)
         self.assertLessEqual(rig.consul.connections.peak, 24)
         rig.consul.set_check_status("dc1", ids[29], "critical")
@@ -109,7 +109,7 @@ class ConnectionBudgetTests(TestCase):
         self.assertEqual((await rig.get("/dc1/svc29/"))[0].code, 503)
         rig.consul.set_check_status("dc1", ids[29], "passing")
         await eventually(lambda: rig.gateway_instances("dc1", "svc29") == 1)
-        # Only the changed service was fetched again, not the other 27 the feed keeps.
+        # Only the changed service was fetched again, not the other 23 the feed keeps.
         self.assertEqual(len(rig.consul.requests_for("/v1/health/service/svc28")), 1)
         self.assertLessEqual(rig.consul.connections.peak, 24)
 
@@ -117,9 +117,9 @@ class ConnectionBudgetTests(TestCase):
 class VisibilityTests(TestCase):
     async def test_load_against_the_caps_on_metrics_and_status(self) -> None:
         rig = GatewayRig(self, admin=ADMIN, consul_max_connections=24, max_watched_services=50)
-        for n in range(4):
+        for n in range(8):
             rig.register(rig.backend(f"b{n}"), service=f"svc{n}")
-        for n in range(4):
+        for n in range(8):
             self.assertEqual((await rig.get(f"/dc1/svc{n}/"))[0].code, 200)
         self.assertEqual((await rig.get("/dc1/nope/"))[0].code, 404)
         await eventually(lambda: "dc1" in _discovery(rig).feeds and _discovery(rig).feeds["dc1"].loop.answers > 0)
@@ -127,8 +127,8 @@ class VisibilityTests(TestCase):
         for line in [
             b"restygate_consul_max_connections 24.0",
             b"restygate_watches_max 50.0",
-            b"restygate_watches 4.0",
-            b"restygate_watches_dedicated 2.0",
+            b"restygate_watches 8.0",
+            b"restygate_watches_dedicated 6.0",
             b"restygate_discovery_name_misses_total 1.0",
             b'restygate_consul_feed_lag_seconds{dc="dc1"}',
             b'restygate_consul_last_contact_seconds{dc="dc1"} 0.0',
@@ -139,7 +139,7 @@ class VisibilityTests(TestCase):
         load = json.loads(body)["discovery"]["load"]
         self.assertEqual(
             (load["max_connections"], load["watches"], load["max_watches"], load["dedicated"], load["name_misses"]),
-            (24, 4, 50, 2, 1),
+            (24, 8, 50, 6, 1),
         )
         self.assertEqual([f["dc"] for f in load["feeds"]], ["dc1"])
         self.assertLessEqual(load["peak_connections"], 24)

@@ -34,6 +34,8 @@ class ConsulLoadCollector(Collector):
              load.max_connections),
             ("restygate_consul_peak_connections", "The most requests to the agent in flight at once so far.",
              load.peak_connections),
+            ("restygate_consul_watches", "Watches Consul discovery holds (against restygate_watches_max).",
+             load.watches),
             ("restygate_watches_max", "max-watched-services: past it the least recently used watch is dropped.",
              load.max_watches),
             ("restygate_watches_dedicated", "Watches holding a blocking query of their own (the others are fed).",

@@ -122,8 +122,7 @@ class DiscoveryHub(Service):
     def _found(self, snapshot: Snapshot, worker: Worker, number: str) -> None:
         held = self._view.get((snapshot.dc.lower(), snapshot.service.lower()))
         version = held[0] if held is not None and held[1] is snapshot else 0
-        body = json.loads(encode_snapshot(version, snapshot))
-        worker.send(f"answer {number} {json.dumps({'snapshot': body})}\n".encode("utf-8"))
+        worker.send(f'answer {number} {{"snapshot":{encode_snapshot(version, snapshot)}}}\n'.encode("utf-8"))
 
     def _failed(self, failure: Failure, worker: Worker, number: str) -> Any:
         error = failure.value if failure.value is not None else Exception("discovery failed")

@@ -24,13 +24,14 @@ __all__ = ["consul_discovery", "dedicated_budget"]
 
 def dedicated_budget(max_connections: int) -> int:
     """
-    Watches that may hold a blocking query of their own: half the
-    connections, less room for the feeds (the names and the change feed of a
-    few datacenters); the other half stays free for first fetches, one-off
+    Watches that may hold a blocking query of their own: a quarter of the
+    connections (16 of 64).  The rest stays free for the feeds (the names
+    and the change feed of each datacenter asked for), first fetches, one-off
     re-fetches and the datacenter list, so those never queue behind
-    connections held for minutes.
+    connections held for minutes; and an idle gateway re-asks Consul about
+    once per held query per consul-wait (16 + 2 per datacenter).
     """
-    return max(0, max_connections // 2 - 10)
+    return max_connections // 4
 
 
 def consul_discovery(config: Config, reactor: Any) -> Tuple[ConsulDiscovery, ConsulClient]:

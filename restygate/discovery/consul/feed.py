@@ -24,7 +24,10 @@ from restygate.discovery.consul.loop import BlockingLoop
 from restygate.discovery.consul.outage import Outage
 from restygate.discovery.consul.watch import Watcher
 
-__all__ = ["ChangeFeed"]
+__all__ = ["ChangeFeed", "FEED_PACE"]
+
+#: Change feed answers per second per datacenter, at most.
+FEED_PACE = 10.0
 
 
 class ChangeFeed:
@@ -54,7 +57,11 @@ class ChangeFeed:
         # The last answer's time and the watches it sent fetching, for the lag.
         self._cycle_started: Optional[float] = None
         self._cycle: Tuple[Watcher, ...] = ()
-        self.loop = BlockingLoop(f"change feed of {dc}", self._query, self._answered, clock, outage, rng)
+        # Up to FEED_PACE answers a second: a burst of changes costs one
+        # answer per 1/FEED_PACE s, each covering every change since the last.
+        self.loop = BlockingLoop(
+            f"change feed of {dc}", self._query, self._answered, clock, outage, rng, pace=FEED_PACE
+        )
 
     def start(self) -> None:
         self.loop.start()

@@ -57,6 +57,7 @@ class BlockingLoop:
     Asks C{query(index, urgent)} again and again, handing each answer to
     C{on_answer}; the first query is urgent.  C{on_error} sees each failure
     and may return C{False} to end the loop (a datacenter that is gone).
+    Answers drive at most C{pace} queries a second (after a burst of 3).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class BlockingLoop:
         outage: Outage,
         rng: random.Random,
         on_error: Optional[Callable[[Failure], bool]] = None,
+        pace: float = 2.0,
     ) -> None:
         self.name = name
         self._query = query
@@ -75,7 +77,7 @@ class BlockingLoop:
         self._on_error = on_error
         self._clock = clock
         self._outage = outage
-        self._bucket = TokenBucket(rate=2.0, burst=3.0)
+        self._bucket = TokenBucket(rate=pace, burst=3.0)
         self._backoff = Backoff(base=0.5, cap=30.0, rng=rng)
         self.index = 0
         self.answers = 0
@@ -102,6 +104,14 @@ class BlockingLoop:
         if self._inflight is not None:
             self._inflight.cancel()
         self._outage.forget(self.name)
+
+    def retry_now(self) -> None:
+        """
+        Ask now instead of when the backoff says (Consul answers again).
+        """
+        if self.running and self._inflight is None and self._next is not None and self._next.active():
+            self._next.cancel()
+            self._ask()
 
     def _ask(self) -> None:
         self._next = None
@@ -140,7 +150,7 @@ class BlockingLoop:
             self._outage.forget(self.name)
             return None
         self.last_error = describe(failure)
-        self._outage.failed(self.name, self.last_error, getattr(failure.value, "status", None))
+        self._outage.failed(self.name, self.last_error, getattr(failure.value, "status", None), self.retry_now)
         # Ask afresh after a failure: an agent that came back from a snapshot
         # restore has a lower index, and a blocking query on the old one would
         # sit out its whole wait before showing it.  One read per loop, cheap.

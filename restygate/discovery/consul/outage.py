@@ -2,12 +2,14 @@
 One account of Consul's availability for every query restygate makes, so an
 outage is logged once when it starts and once when it ends, with counts,
 instead of one warning per watch per retry (thousands of lines a minute
-with thousands of watches).
+with thousands of watches).  The first answer after failures also brings
+every query waiting out its backoff forward (through the gate's background
+rate, so not as a herd): Consul is back, so is everything within seconds.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Set
+from typing import Callable, Dict, Optional, Set
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -35,9 +37,18 @@ class Outage:
         self.limited = 0
         self.since: Optional[float] = None
         self.outages = 0
+        # What failing queries do to be retried now, by name.
+        self._retry: Dict[str, Callable[[], None]] = {}
 
-    def failed(self, what: str, error: str, status: Optional[int] = None) -> None:
+    def failed(
+        self, what: str, error: str, status: Optional[int] = None, retry: Optional[Callable[[], None]] = None
+    ) -> None:
+        """
+        C{what} failed; C{retry} asks it again at once (once Consul answers anything).
+        """
         self.failing.add(what)
+        if retry is not None:
+            self._retry[what] = retry
         self.failures += 1
         if status == 429:
             if not self.limited:
@@ -55,6 +66,10 @@ class Outage:
         if what not in self.failing:
             return
         self.failing.discard(what)
+        self._retry.pop(what, None)
+        retry, self._retry = self._retry, {}
+        for again in retry.values():
+            again()
         if self.failing or self.since is None:
             return
         log.info(
@@ -70,5 +85,6 @@ class Outage:
         """
         C{what} stopped (unwatched) while failing: it no longer holds the outage open.
         """
+        self._retry.pop(what, None)
         if what in self.failing:
             self.succeeded(what)

@@ -72,6 +72,8 @@ class Watcher:
         self._on_change = on_change
         self._outage = outage or Outage(clock)
         self.refreshes = 0
+        # A refresh asked while a fetch was in flight: fetch once more after it.
+        self._again = False
         # When Consul first said it has no path to this datacenter, after it
         # had answered for it: the datacenter is served on until the grace.
         self._gone_since: Optional[float] = None
@@ -129,10 +131,14 @@ class Watcher:
     def refresh(self) -> None:
         """
         Fetch again now (a one-off fetch of a watch that is not blocking),
-        unless a query is already in flight; a retry already scheduled is
-        brought forward.
+        or as soon as the query in flight is answered (it may have been
+        answered before the change); a retry already scheduled is brought
+        forward.
         """
-        if not self._running or self._inflight is not None:
+        if not self._running:
+            return
+        if self._inflight is not None:
+            self._again = not self.blocking
             return
         if self._next is not None and self._next.active():
             self._next.cancel()
@@ -177,6 +183,10 @@ class Watcher:
 
     def _schedule(self, delay: Optional[float]) -> None:
         self._inflight = None
+        if self._again and self._running:
+            self._again = False
+            self.refreshes += 1
+            delay = 0.0
         if delay is not None and self._running:
             self._next = self._clock.callLater(delay, self._query)
 
@@ -250,7 +260,7 @@ class Watcher:
         self.last_error = describe(failure)
         delay = backoff_for(failure, self._backoff)
         # One line per outage (Outage), not one per watch per retry.
-        self._outage.failed(self._name, self.last_error, getattr(failure.value, "status", None))
+        self._outage.failed(self._name, self.last_error, getattr(failure.value, "status", None), self.refresh)
         log.debug(
             "Consul query for {dc}/{service} failed ({error}); {serving}, retrying in {delay:.1f}s",
             dc=self.dc, service=self.service, error=self.last_error, delay=delay,
