@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.discovery.consul.answers import ConsulError, parse_check_states, parse_entry, parse_health
+from restygate.discovery.consul.answers import ConsulError, parse_entry, parse_health
+from restygate.discovery.consul.checks import fingerprints, parse_check_states
 from restygate.discovery.model import Instance
 
 # The example answer in Consul's documentation for
@@ -301,7 +302,7 @@ class HealthAndWeightsTests(SynchronousTestCase):
 
 class CheckStatesTests(SynchronousTestCase):
     """
-    L{parse_check_states}: the change feed's fingerprint per service.
+    L{parse_check_states} and L{fingerprints}: the change feed's view per service.
     """
 
     def body(self, web_status: str = "passing", serf: str = "passing", modify: int = 5) -> bytes:
@@ -313,15 +314,26 @@ class CheckStatesTests(SynchronousTestCase):
         ]
         return json.dumps(checks).encode()
 
+    def prints(self, body: bytes) -> Any:
+        states = parse_check_states(body)
+        return fingerprints(states, states.services_on_node())
+
     def test_fingerprints(self) -> None:
-        base = parse_check_states(self.body())
+        base = self.prints(self.body())
         self.assertEqual(sorted(base), ["db", "web"])
         self.assertEqual(base["web"][1], 5)
         # Indexes alone (output updates, an index reset) change no fingerprint.
-        moved = parse_check_states(self.body(modify=9))
+        moved = self.prints(self.body(modify=9))
         self.assertEqual((moved["web"][0], moved["web"][1]), (base["web"][0], 9))
         # A status, of the service's check or of its node's, does.
-        self.assertNotEqual(parse_check_states(self.body(web_status="critical"))["web"][0], base["web"][0])
-        flipped = parse_check_states(self.body(serf="critical"))
+        self.assertNotEqual(self.prints(self.body(web_status="critical"))["web"][0], base["web"][0])
+        flipped = self.prints(self.body(serf="critical"))
         self.assertNotEqual(flipped["web"][0], base["web"][0])
         self.assertEqual(flipped["db"], base["db"])
+
+    def test_not_passing_attributes_node_checks_by_the_full_answer(self) -> None:
+        full = parse_check_states(self.body(serf="critical"))
+        np = full.not_passing()
+        self.assertEqual((sorted(np.per_service), sorted(np.per_node)), ([], ["n1"]))
+        # The node's failing check counts for the service on it, not for the other node's.
+        self.assertEqual(sorted(fingerprints(np, full.services_on_node())), ["web"])

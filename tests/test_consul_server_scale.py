@@ -130,6 +130,18 @@ class ScaleWireTests(unittest.TestCase):
         self.assertGreater(int(self.header(response, "X-Consul-Index") or 0), index)
         self.assertIn(("service:web-1", "warning"), [(c["CheckID"], c["Status"]) for c in json.loads(body)])
 
+    async def test_catalog_services_index_moves_with_services_not_checks(self) -> None:
+        server = self.make_server()
+        server.register_service("dc1", "n1", "10.0.0.1", "web", 80)
+        response, _ = await self.get(server, "/v1/catalog/services")
+        index = int(self.header(response, "X-Consul-Index") or 0)
+        server.set_check_status("dc1", "web", "critical")
+        response, _ = await self.get(server, "/v1/catalog/services")
+        self.assertEqual(int(self.header(response, "X-Consul-Index") or 0), index)
+        server.register_service("dc1", "n2", "10.0.0.2", "web", 80)
+        response, _ = await self.get(server, "/v1/catalog/services")
+        self.assertEqual(int(self.header(response, "X-Consul-Index") or 0), server.index)
+
     async def test_health_service_filter(self) -> None:
         server = self.make_server()
         server.register_service("dc1", "n1", "10.0.0.1", "web", 80, service_id="a")

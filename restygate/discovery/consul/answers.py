@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
@@ -22,7 +22,6 @@ __all__ = [
     "parse_health",
     "parse_datacenters",
     "parse_service_names",
-    "parse_check_states",
 ]
 
 log = Logger()
@@ -151,7 +150,7 @@ def answer_text(body: bytes) -> str:
     return body[:300].decode("utf-8", "replace").strip()
 
 
-def _json(body: bytes) -> Any:
+def json_body(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError as e:
@@ -162,7 +161,7 @@ def parse_datacenters(body: bytes) -> Tuple[str, ...]:
     """
     The datacenters in a C{/v1/catalog/datacenters} body, in Consul's order.
     """
-    names = _json(body)
+    names = json_body(body)
     if not isinstance(names, list):
         raise ConsulError("unexpected answer from Consul: not a JSON array")
     return tuple(n for n in names if isinstance(n, str) and n)
@@ -195,7 +194,7 @@ def parse_coordinates(body: bytes) -> Dict[str, Tuple[Coordinate, ...]]:
     The servers' coordinates of each datacenter in a
     C{/v1/coordinate/datacenters} body; unusable entries are left out.
     """
-    areas = _json(body)
+    areas = json_body(body)
     if not isinstance(areas, list):
         raise ConsulError("unexpected answer from Consul: not a JSON array")
     found: Dict[str, Tuple[Coordinate, ...]] = {}
@@ -212,56 +211,9 @@ def parse_service_names(body: bytes) -> Tuple[str, ...]:
     """
     The service names in a C{/v1/catalog/services} body (name -> tags).
     """
-    services = _json(body)
+    services = json_body(body)
     if services is None:
         return ()
     if not isinstance(services, dict):
         raise ConsulError("unexpected answer from Consul: not a JSON object")
     return tuple(sorted(n for n in services if isinstance(n, str) and n))
-
-
-def parse_check_states(body: bytes) -> Dict[str, Tuple[int, int]]:
-    """
-    From a C{/v1/health/state/any} body, per service (by lower-cased name)
-    a fingerprint of everything in its checks that can change its health
-    (which checks, on which nodes, in which status, with which tags) and the highest
-    C{ModifyIndex} among them.  A node-level check (C{serfHealth})
-    counts for every service on its node.  Two answers with the same
-    fingerprint for a service mean its health entries did not change between
-    them; a highest index above a watch's own index means a change it missed.
-    """
-    checks = _json(body)
-    if checks is None:
-        checks = []
-    if not isinstance(checks, list):
-        raise ConsulError("unexpected answer from Consul: not a JSON array")
-    per_service: Dict[str, List[Tuple[str, str, str, Tuple[str, ...], int]]] = {}
-    per_node: Dict[str, List[Tuple[str, str, str, Tuple[str, ...], int]]] = {}
-    nodes_of: Dict[str, Set[str]] = {}
-    for check in checks:
-        if not isinstance(check, dict):
-            continue
-        node = str(check.get("Node") or "")
-        modify = check.get("ModifyIndex")
-        tags = check.get("ServiceTags")
-        item = (
-            node,
-            str(check.get("CheckID") or ""),
-            str(check.get("Status") or ""),
-            # A tag change can change which instances a tag filter keeps.
-            tuple(sorted(str(t) for t in tags)) if isinstance(tags, list) else (),
-            modify if isinstance(modify, int) else 0,
-        )
-        name = check.get("ServiceName")
-        if isinstance(name, str) and name:
-            per_service.setdefault(name.lower(), []).append(item)
-            nodes_of.setdefault(name.lower(), set()).add(node)
-        else:
-            per_node.setdefault(node, []).append(item)
-    states: Dict[str, Tuple[int, int]] = {}
-    for name, items in per_service.items():
-        every = items + [c for n in nodes_of[name] for c in per_node.get(n, ())]
-        # Not the indexes: a check's output moving them, or an index reset,
-        # changes nothing a health entry's routing depends on.
-        states[name] = (hash(tuple(sorted(c[:4] for c in every))), max(c[4] for c in every))
-    return states

@@ -38,12 +38,12 @@ from restygate.discovery.consul.answers import (
     Coordinate,
     HealthAnswer,
     answer_text,
-    parse_check_states,
     parse_coordinates,
     parse_datacenters,
     parse_health,
     parse_service_names,
 )
+from restygate.discovery.consul.checks import parse_check_states
 from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.model import UnknownDatacenter
 from restygate.tls import CABundle, trust_root
@@ -154,12 +154,17 @@ class ConsulClient:
         """
         return self._indexed("/v1/catalog/services", dc, index, wait, urgent, parse_service_names)
 
-    def check_states(self, dc: str, index: int = 0, wait: float = 60.0, urgent: bool = False) -> Deferred[Indexed]:
+    def check_states(
+        self, dc: str, index: int = 0, wait: float = 60.0, urgent: bool = False, filter: str = ""
+    ) -> Deferred[Indexed]:
         """
-        The change feed of C{dc}: a health fingerprint per service name
-        (L{parse_check_states}) from C{/v1/health/state/any}, as L{Indexed}.
+        The checks of C{dc} (L{CheckStates}) from C{/v1/health/state/any},
+        those C{filter} (a Consul C{?filter} expression) keeps, as L{Indexed}.
         """
-        return self._indexed("/v1/health/state/any", dc, index, wait, urgent, parse_check_states)
+        return self._read(
+            "/v1/health/state/any", [("filter", filter)] if filter else [], dc, index, wait, urgent,
+            lambda body, i: Indexed(i, parse_check_states(body)), indexed=True,
+        )
 
     def health_service(
         self,

@@ -1,26 +1,32 @@
 """
-A datacenter's change feed: one blocking query on C{/v1/health/state/any}
-that keeps every service watched without a blocking query of its own fresh.
+A datacenter's change feed: what keeps every service watched without a
+blocking query of its own fresh, on one held connection per datacenter.
 
-Each answer lists every check in the datacenter; per service it gives a
-fingerprint and the highest C{ModifyIndex} (L{parse_check_states}).  A
-service whose fingerprint moved since the last answer, or whose highest
-index is above the index of its watch's last fetch, changed: its watch is
-told to fetch once more (a one-off C{/v1/health/service} query).  So a
-thousand services cost one held connection and, per change, one answer of
-the feed plus one fetch of just the services that changed.
+The feed is a blocking query on C{/v1/health/state/any?filter=Status !=
+"passing"}: it wakes on any check change in the datacenter and its body is
+only what is not passing (small, however many services).  A service whose
+fingerprint of not-passing checks (L{restygate.discovery.consul.checks})
+moved is told to fetch once more (a one-off C{/v1/health/service} query).
+Registrations do not always show there (a new instance with a passing
+check): those move the datacenter's catalog index, which its service-names
+query follows (L{ConsulNames}), and each move brings one full, non-blocking
+C{/v1/health/state/any} answer whose fingerprints of every check find the
+services that changed.  So per health flip: one small feed answer and one
+fetch of just that service; per registration, one full answer more.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from restygate.discovery.consul.checks import NOT_PASSING, CheckStates, fingerprints
 from restygate.discovery.consul.client import ConsulClient, Indexed
 from restygate.discovery.consul.loop import BlockingLoop
+from restygate.discovery.consul.names import ConsulNames
 from restygate.discovery.consul.outage import Outage
 from restygate.discovery.consul.watch import Watcher
 
@@ -35,6 +41,7 @@ class ChangeFeed:
     The change feed of datacenter C{dc}; C{watches()} are the watches it keeps fresh.
 
     @ivar refetches: one-off fetches it asked for, in all.
+    @ivar full_answers: full C{/v1/health/state/any} answers it read.
     """
 
     def __init__(
@@ -46,14 +53,22 @@ class ChangeFeed:
         rng: random.Random,
         wait: float,
         watches: Callable[[], Iterable[Watcher]],
+        names: Optional[ConsulNames] = None,
     ) -> None:
         self.dc = dc
         self._client = client
         self._clock = clock
         self._watches = watches
         self._wait = wait
-        self._states: Optional[Dict[str, Tuple[int, int]]] = None
+        self._names = names
+        # Fingerprints of every check (the last full answer) and of what is not passing.
+        self._full: Optional[Dict[str, Tuple[int, int]]] = None
+        self._not_passing: Dict[str, Tuple[int, int]] = {}
+        self._services_on_node: Dict[str, Set[str]] = {}
+        self._full_asked: Optional[Deferred[None]] = None
+        self._full_again = False
         self.refetches = 0
+        self.full_answers = 0
         # The last answer's time and the watches it sent fetching, for the lag.
         self._cycle_started: Optional[float] = None
         self._cycle: Tuple[Watcher, ...] = ()
@@ -64,9 +79,16 @@ class ChangeFeed:
         )
 
     def start(self) -> None:
+        if self._names is not None:
+            self._names.catalog_listeners[self.dc.lower()] = self.catalog_changed
+        self.catalog_changed()
         self.loop.start()
 
     def stop(self) -> None:
+        if self._names is not None:
+            self._names.catalog_listeners.pop(self.dc.lower(), None)
+        if self._full_asked is not None:
+            self._full_asked.cancel()
         self.loop.stop()
 
     @property
@@ -91,20 +113,50 @@ class ChangeFeed:
         ]
         return max(done, default=0.0) + self._client.last_contact.get(self.dc, 0.0)
 
+    def catalog_changed(self) -> None:
+        """
+        The datacenter's services changed (or the feed starts): read every
+        check once more, at most one such read at a time.
+        """
+        if self._full_asked is not None:
+            self._full_again = True
+            return
+        asked = self._client.check_states(self.dc)
+        self._full_asked = asked.addCallback(self._full_answer).addErrback(lambda _: None)
+        self._full_asked.addCallback(self._full_done)
+
+    def _full_done(self, _: object) -> None:
+        self._full_asked = None
+        if self._full_again and self.running:
+            self._full_again = False
+            self.catalog_changed()
+
+    def _full_answer(self, answer: Indexed) -> None:
+        states: CheckStates = answer.value
+        self.full_answers += 1
+        self._services_on_node = states.services_on_node()
+        full = fingerprints(states, self._services_on_node)
+        before, self._full = self._full, full
+        changed = {
+            w for w in self._watches()
+            if (before is not None and before.get(w.service.lower()) != full.get(w.service.lower()))
+            or (w.snapshot is not None and full.get(w.service.lower(), (0, 0))[1] > w.index)
+        }
+        changed |= self._not_passing_now(states.not_passing())
+        self._refresh(changed)
+
     def _query(self, index: int, urgent: bool) -> Deferred[Indexed]:
-        return self._client.check_states(self.dc, index, self._wait, urgent=urgent)
+        return self._client.check_states(self.dc, index, self._wait, urgent=urgent, filter=NOT_PASSING)
 
     def _answered(self, answer: Indexed) -> None:
-        states: Dict[str, Tuple[int, int]] = answer.value
-        before = self._states
-        changed = []
-        for watcher in self._watches():
-            name = watcher.service.lower()
-            fingerprint, top = states.get(name, (0, 0))
-            moved = before is not None and before.get(name, (0, 0))[0] != fingerprint
-            if moved or (watcher.snapshot is not None and top > watcher.index):
-                changed.append(watcher)
-        self._states = states
+        self._refresh(self._not_passing_now(answer.value))
+
+    def _not_passing_now(self, states: CheckStates) -> Set[Watcher]:
+        now = fingerprints(states, self._services_on_node)
+        before, self._not_passing = self._not_passing, now
+        return {w for w in self._watches() if before.get(w.service.lower()) != now.get(w.service.lower())}
+
+    def _refresh(self, changed: Set[Watcher]) -> None:
         self._cycle_started = self._clock.seconds()
         self._cycle = tuple(changed)
         self.refetches += len(changed)

@@ -17,7 +17,7 @@ Consul's spelling.
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -44,6 +44,7 @@ class _Datacenter:
     def __init__(self, name: str) -> None:
         self.name = name
         self.services: Optional[Dict[str, str]] = None
+        self.index = 0
         self.waiting: List[Deferred[None]] = []
         self.loop: Optional[BlockingLoop] = None
 
@@ -78,6 +79,8 @@ class ConsulNames(Service):
         self._refresher.clock = clock
         self._refresh_interval = refresh
         self.misses = 0
+        # Told when a datacenter's services change (its catalog index moves): its change feed.
+        self.catalog_listeners: Dict[str, Callable[[], None]] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -196,8 +199,12 @@ class ConsulNames(Service):
             return self._client.service_names(dc.name, index, self._wait, urgent=urgent)
 
         def answered(answer: Indexed) -> None:
-            dc.services = {n.lower(): n for n in answer.value}
+            moved = dc.services is not None and answer.index != dc.index
+            dc.services, dc.index = {n.lower(): n for n in answer.value}, answer.index
             self._release(dc, None)
+            listener = self.catalog_listeners.get(dc.name.lower())
+            if moved and listener is not None:
+                listener()
 
         def failed(failure: Failure) -> bool:
             if failure.check(UnknownDatacenter):

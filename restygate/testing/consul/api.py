@@ -220,7 +220,9 @@ class ConsulApi:
         params = self._blocking_params(exchange)
         self._refuse_filter(exchange)
         node_meta = self._node_meta_filters(exchange)
-        return self._dc_query(exchange, params, lambda dc: dc.index, lambda dc: dc.service_tags(node_meta), {})
+        return self._dc_query(
+            exchange, params, lambda dc: max(1, dc.catalog_index), lambda dc: dc.service_tags(node_meta), {}
+        )
 
     def _dc_query(
         self,

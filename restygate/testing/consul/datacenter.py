@@ -26,6 +26,9 @@ class Datacenter:
     def __init__(self, name: str, index: int) -> None:
         self.name = name
         self.index = index
+        # The index of the last change to the services themselves (not their checks): what
+        # /v1/catalog/services reports and blocks on, as Consul's services table index does.
+        self.catalog_index = index
         self.nodes: Dict[str, Node] = {}
         self.services: Dict[str, Dict[str, Service]] = {}  # node -> service ID -> service
         self.checks: Dict[str, Dict[str, Check]] = {}  # node -> check ID -> check
@@ -122,6 +125,7 @@ class Datacenter:
 
     def apply_registration(self, registration: Registration, index: int) -> Optional[Set[str]]:
         changed = False
+        catalog = self.catalog_index
         touched: Set[str] = set()
         node_name = registration.node.name
         old_node = self.nodes.get(node_name)
@@ -132,6 +136,7 @@ class Datacenter:
                 self.services.setdefault(node_name, {})
                 self.checks.setdefault(node_name, {})
                 changed = True
+                catalog = index
                 # Node address or meta changes show up in every health entry of the node.
                 touched |= self.names_on_node(node_name)
         services = self.services.setdefault(node_name, {})
@@ -142,6 +147,7 @@ class Datacenter:
                 created = old.create_index if old is not None else index
                 services[new.service_id] = replace(new, create_index=created, modify_index=index)
                 changed = True
+                catalog = index
                 touched.add(new.name.lower())
                 if old is not None:
                     touched.add(old.name.lower())
@@ -156,13 +162,15 @@ class Datacenter:
             touched |= self._affected_by_check(check)
             if old_check is not None:
                 touched |= self._affected_by_check(old_check)
+        self.catalog_index = catalog
         return touched if changed else None
 
-    def apply_deregistration(self, node: str, service_id: str, check_id: str) -> Optional[Set[str]]:
+    def apply_deregistration(self, node: str, service_id: str, check_id: str, index: int) -> Optional[Set[str]]:
         if node not in self.nodes:
             # Consul answers `true` for a node it does not know: deregistration is idempotent.
             return None
         if not service_id and not check_id:
+            self.catalog_index = index
             touched = self.names_on_node(node)
             del self.nodes[node]
             self.services.pop(node, None)
@@ -175,6 +183,7 @@ class Datacenter:
             gone = self.services.get(node, {}).pop(service_id, None)
             if gone is not None:
                 changed = True
+                self.catalog_index = index
                 touched.add(gone.name.lower())
                 for key in [k for k, c in checks.items() if c.service_id == service_id]:
                     del checks[key]
@@ -207,7 +216,7 @@ class Datacenter:
         return touched if changed else None
 
     def lower_indexes(self, to: int) -> None:
-        self.index = to
+        self.index = self.catalog_index = to
         self.service_index = {name: to for name in self.service_index}
 
         def clamp(entity: Any) -> Any:

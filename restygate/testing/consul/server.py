@@ -207,7 +207,7 @@ class ConsulServer:
         if not node:
             raise ConsulError(500, "Must provide node")
         dc = str_field(body, "Datacenter", "") or self.datacenter
-        self._commit(dc, lambda d, index: d.apply_deregistration(node, service_id, check_id))
+        self._commit(dc, lambda d, index: d.apply_deregistration(node, service_id, check_id, index))
 
     def register_service(
         self,
