@@ -259,6 +259,10 @@ class Watcher:
                     return None
         self.last_error = describe(failure)
         delay = backoff_for(failure, self._backoff)
+        # Ask afresh after a failure (the snapshot keeps serving meanwhile): an
+        # agent back from a snapshot restore has a lower index, and a blocking
+        # query on the old one would sit out its whole wait before showing it.
+        self._index = 0
         # One line per outage (Outage), not one per watch per retry.
         self._outage.failed(self._name, self.last_error, getattr(failure.value, "status", None), self.refresh)
         log.debug(
