@@ -12,8 +12,11 @@ import json
 import random
 from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.trial.unittest import TestCase
 
+from restygate.testing.consul import ConsulServer
 from tests.support.harness import GatewayRig, captured_log, eventually
 
 ADMIN = "tcp:0:interface=127.0.0.1"
@@ -170,3 +173,37 @@ class VisibilityTests(TestCase):
         began = [line for line in lines if "Consul queries failing" in line]
         ended = [line for line in lines if "Consul answers again" in line]
         self.assertEqual((len(began), len(ended)), (1, 1), lines)
+
+
+class EtiquetteTests(TestCase):
+    async def test_reads_are_stale_by_default_and_consistent_when_asked(self) -> None:
+        rig = GatewayRig(self, admin=ADMIN)
+        rig.register(rig.backend())
+        rig.consul.agent.last_contact_ms = 40
+        self.assertEqual((await rig.get("/dc1/web/"))[0].code, 200)
+        reads = rig.consul.requests_for("/v1/health/") + rig.consul.requests_for("/v1/catalog/services")
+        self.assertTrue(reads)
+        self.assertTrue(all(q.arg("stale") is not None and q.arg("consistent") is None for q in reads))
+        other = GatewayRig(self, consul_consistency="consistent")
+        other.register(other.backend())
+        self.assertEqual((await other.get("/dc1/web/"))[0].code, 200)
+        self.assertTrue(all(q.arg("consistent") is not None for q in other.consul.requests_for("/v1/health/")))
+
+    async def test_the_agents_connection_cap_is_recognised(self) -> None:
+        """
+        An agent capped below restygate's own budget (a misconfiguration)
+        answers 429: recognised and logged as the connection limit, once per
+        outage, and the requests that needed those answers get a 503, never
+        a hang.
+        """
+        lines = captured_log(self)
+        consul = ConsulServer(reactor, jitter=False, max_conns_per_client=2)
+        rig = GatewayRig(self, consul=consul, consul_max_connections=16, discovery_timeout=2)
+        for n in range(8):
+            rig.register(rig.backend(f"b{n}"), service=f"svc{n}")
+        answers = await gatherResults([ensureDeferred(rig.get(f"/dc1/svc{n}/")) for n in range(8)])
+        self.assertTrue(set(r[0].code for r in answers) <= {200, 503}, [r[0].code for r in answers])
+        self.assertGreater(consul.connections.refused, 0)
+        limited = [line for line in lines if "connection limit reached: the agent refuses more" in line]
+        began = [line for line in lines if line.startswith("Consul queries failing")]
+        self.assertEqual((len(limited), len(began)), (1, 1), lines)
