@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -198,6 +199,12 @@ class WorkersTests(DaemonTestCase):
             expected = [b"PYPY_GC_NURSERY=" + PYPY_NURSERY.encode()] if sys.implementation.name == "pypy" else []
             self.assertEqual(nursery, expected)
         self.assertServes(10)
+        # With the default access log, the workers write their lines to the
+        # daemon's log (its stdout) themselves, whole, not through the daemon.
+        request_line = '"GET /dc1/demo/hello.txt HTTP/1.1" 200'
+        self.waitFor(lambda: self.logText().count(request_line) == 10, "ten access-log lines")
+        lines = [line for line in self.logText().splitlines() if request_line in line]
+        self.assertTrue(all(re.match(r"\S+ \[worker [01] access\] 127\.0\.0\.1 - - \[", line) for line in lines), lines)
         for worker in self.status()["workers"]:
             self.assertTrue(worker["up"])
             self.assertEqual(worker["status"]["services"][0]["service"], "demo")

@@ -119,5 +119,10 @@ def makeService(options: Options) -> IService:
         return load(options, os.environ)
 
     if config.workers > 1:
-        return make_workers(config, options.argv, reload)
+        pool = make_workers(config, options.argv, reload)
+        # twistd's own options: -n with the log on stdout (systemd, Docker).
+        twistd = getattr(options, "parent", None)
+        if twistd is not None and twistd.get("nodaemon") and twistd.get("logfile") in (None, "-"):
+            pool.log_fd = sys.stdout.fileno()
+        return pool
     return make_gateway(config, load=reload)

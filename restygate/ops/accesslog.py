@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import re
+import select
 import signal
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -27,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
+from twisted.logger import Logger, formatTime
 from twisted.web.http import datetimeToLogString
 
 from restygate.config import Config
@@ -118,9 +120,25 @@ class AccessLog(Service):
         self._pending: List[str] = []
         self._flush_call: Optional[IDelayedCall] = None
         self._usr1 = SignalHook(signal.SIGUSR1, self.reopen, reactor)
+        self._fd: Optional[int] = None
+        self._system = ""
+
+    def write_to(self, fd: int, system: str) -> None:
+        """
+        With the default destination (the daemon's own log), write lines
+        straight to C{fd}, where that log goes, as its own lines under
+        C{system}: for a worker, instead of sending each line through the
+        daemon to be logged again.
+        """
+        self._fd, self._system = fd, system
 
     def __call__(self, c: Completed) -> None:
         line = self._format(c)
+        if self._fd is not None and self._path is None:
+            self._pending.append(f"{_daemon_log_time(int(c.started + c.duration))} [{self._system}] {line}")
+            if self._flush_call is None:
+                self._flush_call = self._reactor.callLater(0, self._flush)
+            return
         if self._file is None:
             access.info("{line}", line=line)
             return
@@ -188,6 +206,9 @@ class AccessLog(Service):
     def _flush(self) -> None:
         self._flush_call = None
         lines, self._pending = self._pending, []
+        if self._fd is not None and self._path is None:
+            _write_whole_lines(self._fd, lines)
+            return
         if self._file is None or not lines:
             return
         # One write() of whole lines to a file opened with O_APPEND: lines
@@ -218,3 +239,36 @@ def _open(path: str) -> io.FileIO:
     # Append mode: with logrotate's copytruncate, writes go to the new end.
     # Unbuffered: _flush writes each turn's lines itself, in one call.
     return io.FileIO(path, "a")
+
+
+@lru_cache(maxsize=4)
+def _daemon_log_time(second: int) -> str:
+    # How twistd's text log stamps its own lines.
+    return formatTime(second)
+
+
+def _write_whole_lines(fd: int, lines: List[str]) -> None:
+    """
+    Write C{lines} to C{fd} in writes of whole lines no larger than
+    PIPE_BUF, which a pipe (or journald's stream) takes whole: lines of
+    several processes sharing it never interleave.
+    """
+    chunk: List[bytes] = []
+    size = 0
+    for text in lines:
+        data = (text + "\n").encode("utf-8")
+        if chunk and size + len(data) > select.PIPE_BUF:
+            _write(fd, b"".join(chunk), len(chunk))
+            chunk, size = [], 0
+        chunk.append(data)
+        size += len(data)
+    if chunk:
+        _write(fd, b"".join(chunk), len(chunk))
+
+
+def _write(fd: int, data: bytes, count: int) -> None:
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        log.error("lost {n} access log line(s): cannot write to the daemon's log: {error}",
+                  n=count, error=e.strerror)

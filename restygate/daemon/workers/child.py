@@ -205,6 +205,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.e
     parser.add_argument("--index", type=int, required=True, help="this worker's number, from 0")
     parser.add_argument("--control-fd", type=int, required=True, help="pipe to tell the parent we are up")
     parser.add_argument("--listen-fds", required=True, help="inherited listening sockets, one per listener, comma-separated")
+    parser.add_argument("--log-fd", type=int, help="where the daemon's log goes, for access-log lines")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="-- and the restygate options")
     args = parser.parse_args(argv)
     # Until the gateway handles them, these would end the process (their
@@ -239,6 +240,9 @@ def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.e
         endpoints=[adopted_endpoint(reactor, d, fd) for d, fd in zip(config.listen, fds)],
         discovery=remote,
     )
+    if args.log_fd is not None:
+        # Straight to the daemon's log, a line per write, not through the daemon.
+        gateway.access_log.write_to(args.log_fd, f"worker {args.index} access")
 
     stopping: List[str] = []
 

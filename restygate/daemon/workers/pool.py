@@ -209,15 +209,10 @@ class WorkerPool(MultiService):
     @ivar workers: the worker in each slot, or L{None} while it is being
         restarted.
     @ivar restarts: how many times each slot's worker was started again.
+    @ivar log_fd: where the daemon's log goes (its stdout), for workers' access-log lines.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        argv: Sequence[str],
-        reactor: Any,
-        load: Callable[[], Config],
-    ) -> None:
+    def __init__(self, config: Config, argv: Sequence[str], reactor: Any, load: Callable[[], Config]) -> None:
         super().__init__()
         self.config = config
         self.clock = reactor
@@ -243,6 +238,7 @@ class WorkerPool(MultiService):
         self.reloader.setServiceParent(self)
         self.admin_listener: Optional[Listener] = None
         self.hub: Optional[DiscoveryHub] = None
+        self.log_fd: Optional[int] = None
 
     def reconfigure(self, config: Config) -> None:
         """
@@ -294,9 +290,12 @@ class WorkerPool(MultiService):
         child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r", _CONTROL_FD: "r"}
         for offset, fd in enumerate(fds):
             child_fds[_FIRST_LISTEN_FD + offset] = fd
-        listen_fds = ",".join(str(_FIRST_LISTEN_FD + offset) for offset in range(len(fds)))
+        listen_fds, args_log = ",".join(str(_FIRST_LISTEN_FD + offset) for offset in range(len(fds))), []
+        if self.log_fd is not None:  # the worker writes its access-log lines there itself
+            child_fds[_FIRST_LISTEN_FD + len(fds)] = self.log_fd
+            args_log = ["--log-fd", str(_FIRST_LISTEN_FD + len(fds))]
         args = [
-            sys.executable, "-m", "restygate.daemon.workers.child", "--index", str(index),
+            sys.executable, "-m", "restygate.daemon.workers.child", "--index", str(index), *args_log,
             "--control-fd", str(_CONTROL_FD), "--listen-fds", listen_fds, "--", *self._argv,
         ]
         worker = WorkerProcess(
@@ -379,11 +378,7 @@ class WorkerPool(MultiService):
 def make_workers(
     config: Config, argv: Sequence[str], load: Callable[[], Config], reactor: Any = None
 ) -> WorkerPool:
-    """
-    The parent of a multi-worker gateway for C{config}, started by twistd
-    with the restygate options C{argv}, with its admin site when
-    C{config.admin} asks for one.
-    """
+    """The parent of a multi-worker gateway for C{config} (restygate options C{argv}), with its admin site."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
