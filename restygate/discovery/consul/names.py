@@ -186,7 +186,9 @@ class ConsulNames(Service):
 
     def _listing_failed(self, failure: Failure) -> Failure:
         self._listing = None
-        self._outage.failed("datacenter list", describe(failure), getattr(failure.value, "status", None))
+        self._outage.failed(
+            "datacenter list", describe(failure), getattr(failure.value, "status", None), self._refresh
+        )
         return failure
 
     # -- each datacenter's service names ------------------------------------------------------
