@@ -20,12 +20,11 @@ import treq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IResponse
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
@@ -38,6 +37,7 @@ from restygate.testing.consul import (
     parse_go_bool,
     parse_go_duration,
 )
+from tests.support.consulwire import ConsulWireCase
 
 STUB = "http://consul.test"
 
@@ -183,23 +183,11 @@ class StateTests(unittest.TestCase):
         self.assertIn("500 Must provide address", stderr.getvalue())
 
 
-class WireTests(unittest.TestCase):
+class WireTests(ConsulWireCase):
     """Consul's wire behaviour, over real loopback HTTP."""
 
     def setUp(self) -> None:
         self.server = self.make_server()
-
-    def make_server(self, **kwargs: Any) -> ConsulServer:
-        server = ConsulServer(reactor, jitter=False, **kwargs)
-        port = server.listen(reactor)
-        self.addCleanup(port.stopListening)
-        self.addCleanup(server.disconnect_all)
-        return server
-
-    def pool(self) -> HTTPConnectionPool:
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        return pool
 
     @defer.inlineCallbacks
     def call(

@@ -9,7 +9,7 @@ behaviour is in test_consul_server.py.)
 from __future__ import annotations
 
 import json
-from typing import Any, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import treq
 from twisted.internet import defer, reactor
@@ -17,13 +17,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IResponse
 
 from restygate.testing.consul import ConsulServer
 from restygate.testing.consul.bexpr import compile_filter
 from restygate.testing.consul.connlimit import TOO_MANY_RESPONSE
 from restygate.testing.consul.model import ConsulError
+from tests.support.consulwire import ConsulWireCase
 from tests.support.harness import eventually
 
 
@@ -74,19 +74,7 @@ class FilterTests(unittest.TestCase):
             self.assertTrue(caught.exception.message.startswith("Failed to create boolean expression evaluator"))
 
 
-class ScaleWireTests(unittest.TestCase):
-    def make_server(self, **kwargs: Any) -> ConsulServer:
-        server = ConsulServer(reactor, jitter=False, **kwargs)
-        port = server.listen(reactor)
-        self.addCleanup(port.stopListening)
-        self.addCleanup(server.disconnect_all)
-        return server
-
-    def pool(self) -> HTTPConnectionPool:
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        return pool
-
+class ScaleWireTests(ConsulWireCase):
     async def get(self, server: ConsulServer, path: str) -> Tuple[IResponse, bytes]:
         response = await treq.get(server.url + path, pool=self.pool(), persistent=False)
         return response, await treq.content(response)

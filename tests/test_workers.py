@@ -12,13 +12,13 @@ import re
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.daemon.workers.admin import merge_expositions
 from restygate.daemon.workers.pool import PYPY_NURSERY, worker_environment
-from tests.support.installed import TWISTD_TIMEOUT, DaemonTestCase, log_tail
+from tests.support.installed import DaemonTestCase, log_tail
 
 
 def _stat(pid: int) -> List[bytes]:
@@ -148,16 +148,6 @@ class WorkersTests(DaemonTestCase):
     def logText(self) -> str:
         with open(self.log, encoding="utf-8", errors="replace") as f:
             return f.read()
-
-    def admin(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.admin_port}{path}"
-
-    def waitFor(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + TWISTD_TIMEOUT
-        while not condition():
-            if time.monotonic() > deadline:
-                self.fail(f"timed out waiting for {what}:\n{log_tail(self.log)}")
-            time.sleep(0.05)
 
     def status(self) -> Dict[str, Any]:
         code, body = self.get(self.admin("/status?format=json"))

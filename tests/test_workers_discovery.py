@@ -12,9 +12,9 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
-from tests.support.installed import TWISTD_TIMEOUT, DaemonTestCase, free_ports, installed, log_tail
+from tests.support.installed import DaemonTestCase, free_ports, installed, log_tail
 
 
 class OneDiscoveryPerHostTests(DaemonTestCase):
@@ -55,16 +55,6 @@ class OneDiscoveryPerHostTests(DaemonTestCase):
         self.waitForPort(self.port, daemon, self.log)
         self.waitForPort(self.admin_port, daemon, self.log)
         self.waitFor(lambda: self.get(self.admin("/healthz"))[1].startswith(b"ok (2/2"), "both workers to be up")
-
-    def admin(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.admin_port}{path}"
-
-    def waitFor(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + TWISTD_TIMEOUT
-        while not condition():
-            if time.monotonic() > deadline:
-                self.fail(f"timed out waiting for {what}:\n{log_tail(self.log)}")
-            time.sleep(0.05)
 
     def consul_requests(self) -> Dict[str, Any]:
         code, body = self.get(f"http://127.0.0.1:{self.consul_port}/_test/stats")

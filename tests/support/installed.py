@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 if sys.version_info >= (3, 11):
     pass
@@ -274,6 +274,20 @@ class DaemonTestCase(TestCase):
     Runs real processes (the installed daemon, backends) for a test, and
     talks to them over loopback.
     """
+
+    # Set by a test that starts a daemon: its log, and its admin port.
+    log: str
+    admin_port: Optional[int]
+
+    def admin(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    def waitFor(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + TWISTD_TIMEOUT
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail(f"timed out waiting for {what}:\n{log_tail(self.log)}")
+            time.sleep(0.05)
 
     def start_backend(self, base: str, command: Sequence[str]) -> int:
         """
