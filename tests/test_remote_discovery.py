@@ -64,3 +64,9 @@ class RemoteDiscoveryTests(SynchronousTestCase):
         self.assertEqual(self.sent, [b"want 1 dc1 web\n", b"want 2 dc1 web\n"])
         self.clock.advance(6.5)
         self.failureResultOf(again, DiscoveryUnavailable)
+
+    def test_ready_when_the_daemon_says_so(self) -> None:
+        self.assertFalse(self.remote.answered())
+        self.assertTrue(self.remote.received(b"ready"))
+        self.assertTrue(self.remote.answered())
+        self.assertFalse(self.remote.received(b"ping"))

@@ -67,6 +67,8 @@ class OneDiscoveryPerHostTests(DaemonTestCase):
         self.assertEqual(answers, [(200, self.body)] * count, log_tail(self.log))
 
     def test_consul_is_asked_once_for_the_host(self) -> None:
+        # Ready before any request: the daemon's discovery has Consul's answer.
+        self.waitFor(lambda: self.get(self.admin("/readyz"))[0] == 200, "the gateway to be ready")
         self.serves(20)
         # Both workers served (each request on a new connection, spread by the kernel).
         status = json.loads(self.get(self.admin("/status?format=json"))[1])

@@ -13,8 +13,9 @@ One message a line, over the pipes the daemon already has to each worker
    daemon's watches are not stopped as idle);
  - daemon to worker: C{snap <json>} (a versioned snapshot, sent to every
    worker on each change and the whole view to a worker that starts),
-   C{drop <json>} (a pair no longer watched) and C{answer <id> <json>} (the
-   outcome of a C{want}: a snapshot or an error kind).
+   C{drop <json>} (a pair no longer watched), C{answer <id> <json>} (the
+   outcome of a C{want}: a snapshot or an error kind) and C{ready} (Consul
+   answers the daemon: the worker's discovery is ready).
 """
 
 from __future__ import annotations

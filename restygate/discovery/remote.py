@@ -56,6 +56,8 @@ class RemoteDiscovery(Service):
         self._asked: Dict[int, _Key] = {}
         self._next_id = 0
         self._used: Set[_Key] = set()
+        # The daemon's discovery has had Consul's answer (readiness).
+        self._ready = False
         self._reporter = LoopingCall(self._report)
         self._reporter.clock = clock
         self._report_interval = report_interval
@@ -120,7 +122,7 @@ class RemoteDiscovery(Service):
         return held is not None and (held[1].dc, held[1].service) == (dc, service) and bool(held[1].instances)
 
     def answered(self) -> bool:
-        return bool(self._view)
+        return self._ready or bool(self._view)
 
     # -- the channel --------------------------------------------------------------------------
 
@@ -129,7 +131,9 @@ class RemoteDiscovery(Service):
         Take one line from the daemon; whether it was a discovery message.
         """
         verb, _, rest = line.decode("utf-8", "replace").partition(" ")
-        if verb == "snap":
+        if verb == "ready":
+            self._ready = True
+        elif verb == "snap":
             self._take(*decode_snapshot(rest))
         elif verb == "drop":
             dc, service = json.loads(rest)

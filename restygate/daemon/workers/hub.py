@@ -59,6 +59,9 @@ class DiscoveryHub(Service):
         self._version = 0
         self._view: Dict[Tuple[str, str], Tuple[int, Snapshot]] = {}
         discovery.listeners.append(self._changed)
+        if discovery.names is not None:
+            discovery.names.listed_listeners.append(self._listed)
+        self._ready = False
         self.sent = 0
 
     def startService(self) -> None:
@@ -93,10 +96,19 @@ class DiscoveryHub(Service):
             worker.send(line)
             self.sent += 1
 
+    def _listed(self) -> None:
+        # Consul answers: every worker's discovery is ready (its /readyz).
+        if not self._ready:
+            self._ready = True
+            for worker in self._workers():
+                worker.send(b"ready\n")
+
     def worker_up(self, worker: Worker) -> None:
         """
-        A worker started: the whole current view, at once.
+        A worker started: whether discovery is ready, and the whole current view, at once.
         """
+        if self._ready:
+            worker.send(b"ready\n")
         for version, snapshot in self._view.values():
             worker.send(f"snap {encode_snapshot(version, snapshot)}\n".encode("utf-8"))
 

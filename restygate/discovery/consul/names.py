@@ -81,6 +81,8 @@ class ConsulNames(Service):
         self.misses = 0
         # Told when a datacenter's services change (its catalog index moves): its change feed.
         self.catalog_listeners: Dict[str, Callable[[], None]] = {}
+        # Told each time Consul lists its datacenters: Consul answers.
+        self.listed_listeners: List[Callable[[], None]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -97,6 +99,13 @@ class ConsulNames(Service):
                 dc.loop.stop()
             self._release(dc, DiscoveryUnavailable("discovery stopped"))
         return succeed(None)
+
+    @property
+    def listed(self) -> bool:
+        """
+        Whether Consul has listed its datacenters yet (it answers).
+        """
+        return self._listed
 
     @property
     def datacenters(self) -> List[str]:
@@ -171,6 +180,8 @@ class ConsulNames(Service):
     def _listed_now(self, names: Tuple[str, ...]) -> None:
         self._listing = None
         self._listed = True
+        for listener in self.listed_listeners:
+            listener()
         self._outage.succeeded("datacenter list")
         fresh = {n.lower(): n for n in names}
         for key, name in fresh.items():
