@@ -20,7 +20,7 @@ receives anything while idle.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import httptools
 from OpenSSL import SSL
