@@ -6,6 +6,7 @@ whole channel runs end to end in test_workers_discovery).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import List
 
 from twisted.internet.task import Clock
@@ -70,3 +71,28 @@ class RemoteDiscoveryTests(SynchronousTestCase):
         self.assertTrue(self.remote.received(b"ready"))
         self.assertTrue(self.remote.answered())
         self.assertFalse(self.remote.received(b"ping"))
+
+
+class InstanceIdentityTests(SynchronousTestCase):
+    """
+    An instance is a key in several per-request tables; its hash is worked
+    out once, and must agree with equality.
+    """
+
+    def test_equal_instances_hash_alike(self) -> None:
+        a = Instance("10.0.0.1", 80, tags=("https",), meta=(("v", "2"),), id="a", node="n")
+        b = Instance("10.0.0.1", 80, tags=("https",), meta=(("v", "2"),), id="a", node="n")
+        self.assertEqual((a, hash(a)), (b, hash(b)))
+        self.assertEqual({a: 1}[b], 1)
+
+    def test_every_field_tells_instances_apart(self) -> None:
+        a = Instance("10.0.0.1", 80, tags=("https",), meta=(("v", "2"),), id="a", node="n")
+        changes = [
+            {"address": "10.0.0.2"}, {"port": 81}, {"tags": ()}, {"meta": ()},
+            {"id": "b"}, {"node": "m"}, {"weight": 2}, {"warning_weight": 0},
+        ]
+        table = {a: "a"}
+        for change in changes:
+            other = replace(a, **change)
+            self.assertNotEqual(other, a, change)
+            self.assertNotIn(other, table, change)

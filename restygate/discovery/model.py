@@ -47,10 +47,22 @@ class Instance:
     warning_weight: int = 1
     # Precomputed once so the data path does not format strings per request.
     netloc: str = field(init=False, compare=False, repr=False)
+    # An instance keys the pool's endpoints, the outliers' table and the
+    # balancers' indexes, several lookups per request: a frozen dataclass
+    # would hash every field (tags and meta included) each time.
+    _hash: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         host = f"[{self.address}]" if ":" in self.address else self.address
         object.__setattr__(self, "netloc", f"{host}:{self.port}")
+        object.__setattr__(
+            self,
+            "_hash",
+            hash((self.address, self.port, self.tags, self.meta, self.id, self.node, self.weight, self.warning_weight)),
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
