@@ -1,10 +1,12 @@
 """
 A chain of Consul blocking queries on one endpoint (a datacenter's service
-names, its change feed), following Consul's client rules: an index that goes
-backwards resets to 0, an index below 1 counts as 1, answers that come back
-too fast are paced (token bucket), errors back off with jitter -- harder
-after a 429 from the agent's connection cap -- and every failure and
-recovery is reported to the one L{Outage}.
+names, its change feed, one watched service), following Consul's client
+rules: an index that goes backwards resets to 0, an index below 1 counts as
+1, answers that come back too fast are paced (token bucket), errors back off
+with jitter -- harder after a 429 from the agent's connection cap -- and
+every failure and recovery is reported to the one L{Outage}.  A loop that
+is not C{blocking} asks once, then again only when told to (L{refresh}) or
+to retry a failure: a watch kept fresh by its datacenter's change feed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class BlockingLoop:
     C{on_answer}; the first query is urgent.  C{on_error} sees each failure
     and may return C{False} to end the loop (a datacenter that is gone).
     Answers drive at most C{pace} queries a second (after a burst of 3).
+
+    @ivar blocking: when false, an answer is not followed by another query
+        and every query asks afresh (index 0); it can change while running.
     """
 
     def __init__(
@@ -70,8 +75,12 @@ class BlockingLoop:
         rng: random.Random,
         on_error: Optional[Callable[[Failure], bool]] = None,
         pace: float = 2.0,
+        blocking: bool = True,
     ) -> None:
         self.name = name
+        self.blocking = blocking
+        # A refresh asked while a one-off query was in flight: ask once more after it.
+        self._again = False
         self._query = query
         self._on_answer = on_answer
         self._on_error = on_error
@@ -105,6 +114,13 @@ class BlockingLoop:
             self._inflight.cancel()
         self._outage.forget(self.name)
 
+    @property
+    def asking(self) -> bool:
+        """
+        Whether a query is in flight.
+        """
+        return self._inflight is not None
+
     def retry_now(self) -> None:
         """
         Ask now instead of when the backoff says (Consul answers again).
@@ -113,15 +129,33 @@ class BlockingLoop:
             self._next.cancel()
             self._ask()
 
+    def refresh(self) -> None:
+        """
+        Ask again now -- or, when not blocking, as soon as the query in
+        flight is answered (it may have been answered before the change);
+        a retry or paced query already scheduled is brought forward.
+        """
+        if not self.running:
+            return
+        if self._inflight is not None:
+            self._again = self._again or not self.blocking
+            return
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._ask()
+
     def _ask(self) -> None:
         self._next = None
         if not self.running:
             return
-        self._inflight = d = self._query(self.index, self.answers == 0)
+        self._inflight = d = self._query(self.index if self.blocking else 0, self.answers == 0)
         d.addCallbacks(self._answered, self._failed).addErrback(self._crashed).addCallback(self._schedule)
 
     def _schedule(self, delay: Optional[float]) -> None:
         self._inflight = None
+        if self._again and self.running:
+            self._again = False
+            delay = 0.0
         if delay is not None and self.running:
             self._next = self._clock.callLater(delay, self._ask)
 
@@ -140,7 +174,8 @@ class BlockingLoop:
         self.last_success = now
         self.last_error = None
         self._on_answer(answer)
-        return self._bucket.delay(now)
+        delay = self._bucket.delay(now)
+        return delay if self.blocking else None
 
     def _failed(self, failure: Failure) -> Optional[float]:
         if not self.running:

@@ -1,14 +1,14 @@
 """
-Keeps one (datacenter, service) fresh with a chain of Consul blocking queries.
+Keeps one (datacenter, service) fresh: a L{BlockingLoop} on its
+C{/v1/health/service} query, turned into routing snapshots.
 
-Each answer schedules the next query, so an idle gateway sends Consul about
-one request per watched service per wait period, and a health change reaches
-routing as soon as Consul answers.  The loop follows Consul's client rules:
-an index that goes backwards (a snapshot restore) resets the watch, an index
-below 1 is treated as 1, answers that come back too fast are rate-limited so
-a broken cluster degrades to polling instead of a hot loop, and errors back
-off exponentially with jitter.  Through all of it the last good snapshot
-keeps serving.
+A dedicated watch holds a chain of blocking queries, so an idle gateway sends
+Consul about one request per watched service per wait period and a health
+change reaches routing as soon as Consul answers; a watch kept fresh by its
+datacenter's change feed (not C{blocking}) fetches once, then once per
+L{Watcher.refresh}.  The loop follows Consul's client rules (index resets,
+pacing, backoff with jitter); through all of it the last good snapshot keeps
+serving, and a datacenter Consul no longer knows is served on for a grace.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import random
 from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from restygate.discovery.consul.answers import HealthAnswer
-from restygate.discovery.consul.loop import backoff_for, describe
+from restygate.discovery.consul.client import Indexed
+from restygate.discovery.consul.loop import BlockingLoop, describe
 from restygate.discovery.consul.outage import Outage
-from restygate.pacing import Backoff, TokenBucket
 from restygate.discovery.model import DiscoveryUnavailable, Snapshot, UnknownDatacenter
 
 __all__ = ["Watcher", "HealthSource"]
@@ -44,9 +44,10 @@ class HealthSource(Protocol):
 
 class Watcher:
     """
-    The blocking-query loop for one (dc, service), or, when C{blocking} is
-    false, its one-off fetches: a first one, then one per L{refresh} (the
-    change feed of its datacenter calls it when the service changed).
+    The watch of one (dc, service): blocking queries of its own, or, when
+    C{blocking} is false, one-off fetches: a first one, then one per
+    L{refresh} (the change feed of its datacenter calls it when the service
+    changed).
 
     @ivar snapshot: the last good answer, or L{None} before the first.
     """
@@ -67,13 +68,8 @@ class Watcher:
         outage: Optional[Outage] = None,
     ) -> None:
         self.datacenter_grace = datacenter_grace
-        self.blocking = blocking
         # Told each time the snapshot is replaced (the daemon sends it on to its workers).
         self._on_change = on_change
-        self._outage = outage or Outage(clock)
-        self.refreshes = 0
-        # A refresh asked while a fetch was in flight: fetch once more after it.
-        self._again = False
         # When Consul first said it has no path to this datacenter, after it
         # had answered for it: the datacenter is served on until the grace.
         self._gone_since: Optional[float] = None
@@ -82,51 +78,46 @@ class Watcher:
         self.tags = tags
         self.snapshot: Optional[Snapshot] = None
         self.last_used = clock.seconds()
-        self.last_success: Optional[float] = None
-        self.last_error: Optional[str] = None
         self._source = source
         self._clock = clock
         self._wait = wait
-        self._index = 0
-        self._rng = rng or random.Random()
-        self._bucket = TokenBucket(rate=2.0, burst=3.0)
-        self._backoff = Backoff(base=0.5, cap=30.0, rng=self._rng)
         self._on_unknown_datacenter = on_unknown_datacenter
         self._waiters: List[Deferred[Snapshot]] = []
-        self._inflight: Optional[Deferred[HealthAnswer]] = None
-        self._next: Optional[IDelayedCall] = None
-        self._running = False
+        self.loop = BlockingLoop(
+            f"{dc}/{service}", self._ask, self._answered, clock, outage or Outage(clock),
+            rng or random.Random(), self._failed, blocking=blocking,
+        )
+
+    @property
+    def blocking(self) -> bool:
+        return self.loop.blocking
 
     @property
     def index(self) -> int:
-        return self._index
+        return self.loop.index
 
     @property
     def running(self) -> bool:
-        return self._running
+        return self.loop.running
 
     @property
     def errors(self) -> int:
-        return self._backoff.failures
-
-    def start(self) -> None:
-        if not self._running:
-            self._running = True
-            self._query()
-
-    def stop(self) -> None:
-        self._running = False
-        if self._next is not None and self._next.active():
-            self._next.cancel()
-        self._next = None
-        if self._inflight is not None:
-            self._inflight.cancel()
-        self._outage.forget(self._name)
-        self._fail_waiters(DiscoveryUnavailable(f"stopped watching {self.dc}/{self.service}"))
+        return self.loop.errors
 
     @property
-    def _name(self) -> str:
-        return f"{self.dc}/{self.service}"
+    def last_success(self) -> Optional[float]:
+        return self.loop.last_success
+
+    @property
+    def last_error(self) -> Optional[str]:
+        return self.loop.last_error
+
+    def start(self) -> None:
+        self.loop.start()
+
+    def stop(self) -> None:
+        self.loop.stop()
+        self._fail_waiters(DiscoveryUnavailable(f"stopped watching {self.dc}/{self.service}"))
 
     def refresh(self) -> None:
         """
@@ -135,15 +126,7 @@ class Watcher:
         answered before the change); a retry already scheduled is brought
         forward.
         """
-        if not self._running:
-            return
-        if self._inflight is not None:
-            self._again = not self.blocking
-            return
-        if self._next is not None and self._next.active():
-            self._next.cancel()
-        self.refreshes += 1
-        self._query()
+        self.loop.refresh()
 
     def first_snapshot(self, timeout: float) -> Deferred[Snapshot]:
         """
@@ -152,7 +135,7 @@ class Watcher:
         """
         if self.snapshot is not None:
             return succeed(self.snapshot)
-        if not self._running:
+        if not self.running:
             return fail(DiscoveryUnavailable(f"not watching {self.dc}/{self.service}"))
         d: Deferred[Snapshot] = Deferred(lambda d: self._waiters.remove(d))
         self._waiters.append(d)
@@ -167,47 +150,15 @@ class Watcher:
             )
         return failure
 
-    def _query(self) -> None:
-        self._next = None
-        if not self._running:
-            return
+    def _ask(self, index: int, urgent: bool) -> Deferred[Indexed]:
         # The first fetch may have a client waiting: it goes ahead of the
         # background queries.
-        self._inflight = d = self._source.health_service(
-            self.dc, self.service, self.tags, self._index if self.blocking else 0, self._wait,
-            urgent=self.snapshot is None,
-        )
-        handled: Deferred[Optional[float]] = d.addCallbacks(self._answered, self._failed)
-        # A bug in the handlers above must not end the loop for good.
-        handled.addErrback(self._crashed).addCallback(self._schedule)
+        d = self._source.health_service(self.dc, self.service, self.tags, index, self._wait, urgent=urgent)
+        return d.addCallback(lambda answer: Indexed(answer.index, answer))
 
-    def _schedule(self, delay: Optional[float]) -> None:
-        self._inflight = None
-        if self._again and self._running:
-            self._again = False
-            self.refreshes += 1
-            delay = 0.0
-        if delay is not None and self._running:
-            self._next = self._clock.callLater(delay, self._query)
-
-    def _answered(self, answer: HealthAnswer) -> Optional[float]:
-        now = self._clock.seconds()
-        # An index below 1 is an agent bug; read it as 1 before comparing, so
-        # that it neither counts as going backwards nor makes a hot loop.
-        index = max(answer.index, 1)
-        if index < self._index:
-            log.info(
-                "Consul index for {dc}/{service} went backwards ({old} -> {new}); resetting the watch",
-                dc=self.dc, service=self.service, old=self._index, new=answer.index,
-            )
-            self._index = 0
-        else:
-            self._index = index
-        self._outage.succeeded(self._name)
-        self._backoff.reset()
+    def _answered(self, indexed: Indexed) -> None:
+        answer: HealthAnswer = indexed.value
         self._gone_since = None
-        self.last_success = now
-        self.last_error = None
         current = self.snapshot
         # Spurious wake-ups (index moved, members did not) keep the snapshot
         # object, so nothing downstream sees churn.
@@ -219,7 +170,7 @@ class Watcher:
             or snapshot.warning != answer.warning
         ):
             self.snapshot = snapshot = Snapshot(
-                self.dc, self.service, answer.instances, self._index, answer.registered, answer.warning
+                self.dc, self.service, answer.instances, self.loop.index, answer.registered, answer.warning
             )
             if current is not None:
                 log.info(
@@ -231,12 +182,12 @@ class Watcher:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(snapshot)
-        delay = self._bucket.delay(now)
-        return delay if self.blocking else None
 
-    def _failed(self, failure: Failure) -> Optional[float]:
-        if not self._running:
-            return None
+    def _failed(self, failure: Failure) -> bool:
+        """
+        Whether to go on after C{failure}: not once a datacenter Consul no
+        longer knows is past its grace (or was never served).
+        """
         if failure.check(UnknownDatacenter):
             now = self._clock.seconds()
             if self.snapshot is not None:
@@ -254,31 +205,18 @@ class Watcher:
                     self.snapshot = None
                 self._fail_waiters(UnknownDatacenter(self.dc))
                 if self._on_unknown_datacenter is not None:
-                    self._running = False
                     self._on_unknown_datacenter(self)
-                    return None
-        self.last_error = describe(failure)
-        delay = backoff_for(failure, self._backoff)
-        # Ask afresh after a failure (the snapshot keeps serving meanwhile): an
-        # agent back from a snapshot restore has a lower index, and a blocking
-        # query on the old one would sit out its whole wait before showing it.
-        self._index = 0
-        # One line per outage (Outage), not one per watch per retry.
-        self._outage.failed(self._name, self.last_error, getattr(failure.value, "status", None), self.refresh)
+                    return False
+        error = describe(failure)
         log.debug(
-            "Consul query for {dc}/{service} failed ({error}); {serving}, retrying in {delay:.1f}s",
-            dc=self.dc, service=self.service, error=self.last_error, delay=delay,
+            "Consul query for {dc}/{service} failed ({error}); {serving}",
+            dc=self.dc, service=self.service, error=error,
             serving="serving the last known instances" if self.snapshot else "no instances known yet",
         )
-        self._fail_waiters(DiscoveryUnavailable(f"discovery failed for {self.dc}/{self.service}: {self.last_error}"))
-        return delay
-
-    def _crashed(self, failure: Failure) -> float:
-        log.failure("watcher for {dc}/{service} crashed", failure, dc=self.dc, service=self.service)
-        return self._backoff.next()
+        self._fail_waiters(DiscoveryUnavailable(f"discovery failed for {self.dc}/{self.service}: {error}"))
+        return True
 
     def _fail_waiters(self, error: Exception) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(error)
-
