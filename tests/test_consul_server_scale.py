@@ -137,6 +137,50 @@ class ScaleWireTests(ConsulWireCase):
         _, body = await self.get(server, "/v1/health/service/web?filter=Service.Port%3D%3D80")
         self.assertEqual([e["Service"]["ID"] for e in json.loads(body)], ["a"])
 
+    async def test_answers_follow_every_kind_of_catalog_change(self) -> None:
+        # The server looks instances and checks up by name and reuses renderings: every change below must
+        # still show in the next answers exactly as a scan of the catalog would show it.
+        server = self.make_server()
+        server.register_service("dc1", "n1", "10.0.0.1", "web", 80, service_id="w1")
+        server.register_service("dc1", "n2", "10.0.0.2", "web", 81, service_id="w2")
+
+        async def health(name: str) -> List[Tuple[str, str, List[Tuple[str, str]]]]:
+            _, body = await self.get(server, f"/v1/health/service/{name}")
+            return [
+                (e["Node"]["Node"], e["Service"]["ID"], [(c["CheckID"], c["Status"]) for c in e["Checks"]])
+                for e in json.loads(body)
+            ]
+
+        async def not_passing() -> List[Tuple[str, str, str]]:
+            _, body = await self.get(server, "/v1/health/state/any?filter=Status%20!%3D%20%22passing%22")
+            return [(c["Node"], c["CheckID"], c["ServiceName"]) for c in json.loads(body)]
+
+        passing = [("service:w1", "passing"), ("serfHealth", "passing")]
+        self.assertEqual(await health("web"), [("n1", "w1", passing), ("n2", "w2", [("service:w2", "passing"),
+                                                                                   ("serfHealth", "passing")])])
+        self.assertEqual(await not_passing(), [])
+        server.set_check_status("dc1", "w2", "critical")
+        self.assertEqual(await not_passing(), [("n2", "service:w2", "web")])
+        self.assertEqual((await health("web"))[1][2][0], ("service:w2", "critical"))
+        # A second check on an instance, then the instance renamed under the same ID, then removed.
+        server.register({"Datacenter": "dc1", "Node": "n1", "SkipNodeUpdate": True,
+                         "Check": {"CheckID": "extra", "ServiceID": "w1", "Status": "warning"}})
+        self.assertEqual((await health("web"))[0][2], [("service:w1", "passing"), ("extra", "warning"),
+                                                       ("serfHealth", "passing")])
+        self.assertEqual(await not_passing(), [("n1", "extra", "web"), ("n2", "service:w2", "web")])
+        server.register_service("dc1", "n1", "10.0.0.1", "api", 80, service_id="w1")
+        self.assertEqual([e[1] for e in await health("web")], ["w2"])
+        self.assertEqual([e[1] for e in await health("api")], ["w1"])
+        self.assertEqual(await not_passing(), [("n1", "extra", "api"), ("n2", "service:w2", "web")])
+        server.deregister({"Datacenter": "dc1", "Node": "n2", "ServiceID": "w2"})
+        self.assertEqual(await health("web"), [])
+        self.assertEqual(await not_passing(), [("n1", "extra", "api")])
+        # A node-level check failing shows in every entry of its node; the node going takes everything.
+        server.set_check_status("dc1", "serfHealth", "critical", node="n1")
+        self.assertEqual((await health("api"))[0][2][-1], ("serfHealth", "critical"))
+        server.deregister({"Datacenter": "dc1", "Node": "n1"})
+        self.assertEqual((await health("api"), await not_passing()), ([], []))
+
     async def test_names_match_case_insensitively_in_the_registered_spelling(self) -> None:
         server = self.make_server()
         server.register_service("dc1", "n1", "10.0.0.1", "NgInX", 80)

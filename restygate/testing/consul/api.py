@@ -57,6 +57,10 @@ class ConsulApi:
         self._datacenters = datacenters
         self._register = register
         self._deregister = deregister
+        # ?filter text -> each rendered check it was asked about (kept, so its id stays its own) and the
+        # verdict: the datacenter reuses a check's rendering until the check changes, and a change feed
+        # asks the same filter of every check of its datacenter on each answer.
+        self._verdicts: Dict[str, Dict[int, Tuple[JSON, bool]]] = {}
         self._routes: Dict[str, Tuple[Tuple[str, ...], _Handler]] = {
             "/v1/catalog/datacenters": (("GET",), self._catalog_datacenters),
             "/v1/coordinate/datacenters": (("GET",), self._coordinate_datacenters),
@@ -206,7 +210,7 @@ class ConsulApi:
         state = exchange.seen.path[len("/v1/health/state/") :]
         if state not in ("any",) + HEALTH_STATUSES:
             raise ConsulError(400, "Bad check state")
-        keep = self._filter(exchange, CHECK_FIELDS)
+        keep = self._remembered(exchange.query.get("filter"), self._filter(exchange, CHECK_FIELDS))
         node_meta = self._node_meta_filters(exchange)
         return self._dc_query(
             exchange,
@@ -215,6 +219,24 @@ class ConsulApi:
             lambda dc: [c for c in dc.checks_in_state(state, node_meta) if keep(c)],
             [],
         )
+
+    def _remembered(self, raw: str, keep: Callable[[JSON], bool]) -> Callable[[JSON], bool]:
+        """``keep``, remembering its verdict on each rendered check (bounded: forgotten past a size)."""
+        if len(self._verdicts) > 64:
+            self._verdicts.clear()
+        verdicts = self._verdicts.setdefault(raw, {})
+        if len(verdicts) > 200_000:
+            verdicts.clear()
+
+        def remembered(check: JSON) -> bool:
+            held = verdicts.get(id(check))
+            if held is not None and held[0] is check:
+                return held[1]
+            verdict = keep(check)
+            verdicts[id(check)] = (check, verdict)
+            return verdict
+
+        return remembered
 
     def _catalog_services(self, exchange: Exchange) -> Outcome:
         params = self._blocking_params(exchange)

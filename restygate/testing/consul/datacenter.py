@@ -1,7 +1,10 @@
 """One datacenter's catalog in the test server: nodes, services, checks and per-service indexes.
 
 Queries render what Consul's endpoints answer; mutations return the lower-cased names of the services
-whose health view changed, so the server can wake exactly the blocking queries that must wake.
+whose health view changed, so the server can wake exactly the blocking queries that must wake.  The
+read paths look instances and checks up by name (a `_Layout` rebuilt after a node, service or check is
+added or removed, not after a status change) and reuse each check's rendering until the check or its
+service is replaced, so a benchmark with thousands of services measures its client, not this server.
 """
 
 from __future__ import annotations
@@ -13,6 +16,27 @@ from .model import JSON, Check, ConsulError, Node, Registration, Service, new_co
 
 # changed at all (then no index is spent and nobody is woken).
 Mutation = Callable[["Datacenter", int], Optional[Set[str]]]
+
+
+class _Layout:
+    """Where things are: each service name's instances, each instance's (and node's) checks, the check order."""
+
+    def __init__(self, dc: "Datacenter") -> None:
+        # Lower-cased name -> (node, service ID) in node, then ID order, as /v1/health/service lists them.
+        self.by_name: Dict[str, List[Tuple[str, str]]] = {}
+        for node_name in sorted(dc.services):
+            services = dc.services[node_name]
+            for service_id in sorted(services):
+                self.by_name.setdefault(services[service_id].name.lower(), []).append((node_name, service_id))
+        # (node, service ID or "" for the node's own) -> check IDs, in the node's registration order.
+        self.check_ids: Dict[Tuple[str, str], List[str]] = {}
+        for node_name, checks in dc.checks.items():
+            for check in checks.values():
+                self.check_ids.setdefault((node_name, check.service_id), []).append(check.check_id)
+        # /v1/health/state's order: node by node, check ID by check ID.
+        self.ordered: List[Tuple[str, str]] = [
+            (node_name, check_id) for node_name in sorted(dc.checks) for check_id in sorted(dc.checks[node_name])
+        ]
 
 
 def node_meta_matches(node: Node, filters: Sequence[Tuple[str, str]]) -> bool:
@@ -38,6 +62,27 @@ class Datacenter:
         # Its servers' WAN network coordinates (/v1/coordinate/datacenters), by server node name: a new
         # server's, as Consul's lib/coordinate starts one, until a test places it (set_coordinates).
         self.coordinates: Dict[str, Dict[str, JSON]] = {f"{name}-server": new_coordinate()}
+        self._layout: Optional[_Layout] = None
+        # (node, check ID) -> the check and service last rendered, and their rendering.
+        self._rendered: Dict[Tuple[str, str], Tuple[Check, Optional[Service], JSON]] = {}
+
+    def _where(self) -> _Layout:
+        if self._layout is None:
+            self._layout = _Layout(self)
+        return self._layout
+
+    def _moved(self) -> None:
+        """A node, service or check was added or removed (or renamed): look things up afresh."""
+        self._layout = None
+        self._rendered.clear()
+
+    def _render(self, node: str, check: Check, service: Optional[Service]) -> JSON:
+        held = self._rendered.get((node, check.check_id))
+        if held is not None and held[0] is check and held[1] is service:
+            return held[2]
+        rendered = check.to_json(service)
+        self._rendered[(node, check.check_id)] = (check, service, rendered)
+        return rendered
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -59,47 +104,40 @@ class Datacenter:
         wanted = service.lower()
         wanted_tags = [t.lower() for t in tags]
         entries: List[JSON] = []
-        for node_name in sorted(self.nodes):
+        layout = self._where()
+        for node_name, service_id in layout.by_name.get(wanted, ()):
             node = self.nodes[node_name]
             if not node_meta_matches(node, node_meta):
                 continue
+            instance = self.services[node_name][service_id]
+            own_tags = {t.lower() for t in instance.tags}
+            if any(t not in own_tags for t in wanted_tags):
+                continue
             checks = self.checks.get(node_name, {})
-            node_checks = [c for c in checks.values() if c.service_id == ""]
-            services = self.services.get(node_name, {})
-            for service_id in sorted(services):
-                instance = services[service_id]
-                if instance.name.lower() != wanted:
-                    continue
-                own_tags = {t.lower() for t in instance.tags}
-                if any(t not in own_tags for t in wanted_tags):
-                    continue
-                own_checks = [c for c in checks.values() if c.service_id == service_id]
-                all_checks = own_checks + node_checks
-                # ?passing drops an instance when *any* check is not passing, node-level ones included.
-                if passing_only and any(c.status != "passing" for c in all_checks):
-                    continue
-                entries.append(
-                    {
-                        "Node": node.to_json(self.name),
-                        "Service": instance.to_json(),
-                        "Checks": [c.to_json(instance) for c in own_checks]
-                        + [c.to_json(None) for c in node_checks],
-                    }
-                )
+            own_checks = [checks[c] for c in layout.check_ids.get((node_name, service_id), ())]
+            node_checks = [checks[c] for c in layout.check_ids.get((node_name, ""), ())]
+            # ?passing drops an instance when *any* check is not passing, node-level ones included.
+            if passing_only and any(c.status != "passing" for c in own_checks + node_checks):
+                continue
+            entries.append(
+                {
+                    "Node": node.to_json(self.name),
+                    "Service": instance.to_json(),
+                    "Checks": [c.to_json(instance) for c in own_checks] + [c.to_json(None) for c in node_checks],
+                }
+            )
         return entries
 
     def checks_in_state(self, state: str, node_meta: Sequence[Tuple[str, str]]) -> List[JSON]:
         """``/v1/health/state/<state>``: every check (``any``) or those in ``state``, node by node."""
         found: List[JSON] = []
-        for node_name in sorted(self.checks):
-            if not node_meta_matches(self.nodes[node_name], node_meta):
+        for node_name, check_id in self._where().ordered:
+            if node_meta and not node_meta_matches(self.nodes[node_name], node_meta):
                 continue
-            services = self.services.get(node_name, {})
-            checks = self.checks[node_name]
-            for check_id in sorted(checks):
-                check = checks[check_id]
-                if state == "any" or check.status == state:
-                    found.append(check.to_json(services.get(check.service_id) if check.service_id else None))
+            check = self.checks[node_name][check_id]
+            if state == "any" or check.status == state:
+                service = self.services.get(node_name, {}).get(check.service_id) if check.service_id else None
+                found.append(self._render(node_name, check, service))
         return found
 
     def service_tags(self, node_meta: Sequence[Tuple[str, str]]) -> Dict[str, List[str]]:
@@ -137,6 +175,8 @@ class Datacenter:
                 self.checks.setdefault(node_name, {})
                 changed = True
                 catalog = index
+                if old_node is None:
+                    self._moved()
                 # Node address or meta changes show up in every health entry of the node.
                 touched |= self.names_on_node(node_name)
         services = self.services.setdefault(node_name, {})
@@ -147,6 +187,8 @@ class Datacenter:
                 created = old.create_index if old is not None else index
                 services[new.service_id] = replace(new, create_index=created, modify_index=index)
                 changed = True
+                if old is None or old.name != new.name:
+                    self._moved()
                 catalog = index
                 touched.add(new.name.lower())
                 if old is not None:
@@ -159,6 +201,8 @@ class Datacenter:
             created = old_check.create_index if old_check is not None else index
             checks[check.check_id] = replace(check, create_index=created, modify_index=index)
             changed = True
+            if old_check is None or old_check.service_id != check.service_id:
+                self._moved()
             touched |= self._affected_by_check(check)
             if old_check is not None:
                 touched |= self._affected_by_check(old_check)
@@ -169,6 +213,7 @@ class Datacenter:
         if node not in self.nodes:
             # Consul answers `true` for a node it does not know: deregistration is idempotent.
             return None
+        self._moved()
         if not service_id and not check_id:
             self.catalog_index = index
             touched = self.names_on_node(node)
