@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.discovery.consul.gate import ConsulGate
+from restygate.discovery.consul.gate import AGED, ConsulGate
 
 
 class GateTests(SynchronousTestCase):
@@ -21,14 +21,14 @@ class GateTests(SynchronousTestCase):
         self.started: List[str] = []
         self.pending: List[Deferred[str]] = []
 
-    def request(self, gate: ConsulGate, name: str, urgent: bool = False) -> Deferred[str]:
+    def request(self, gate: ConsulGate, name: str, urgent: bool = False, prompt: bool = False) -> Deferred[str]:
         def start() -> Deferred[str]:
             self.started.append(name)
             d: Deferred[str] = Deferred()
             self.pending.append(d)
             return d
 
-        return gate.run(start, urgent)
+        return gate.run(start, urgent, prompt)
 
     def test_limit_and_urgent_first(self) -> None:
         gate = ConsulGate(self.clock, limit=2, rate=1000.0)
@@ -70,3 +70,19 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(gate.in_flight, 0)
         self.clock.advance(1)
         self.assertEqual(self.started, ["a"])
+
+
+    def test_prompt_goes_ahead_of_background_unless_that_waited_too_long(self) -> None:
+        gate = ConsulGate(self.clock, limit=100, rate=2.0)
+        for name in ["b0", "b1"]:
+            self.request(gate, name)
+        for name in ["p0", "p1", "p2"]:
+            self.request(gate, name, prompt=True)
+        self.assertEqual((self.started, gate.queued), (["b0"], (0, 4)))
+        # Prompt ones share the rate and go first, until a background one has waited AGED.
+        self.clock.advance(0.5)
+        self.assertEqual(self.started, ["b0", "p0"])
+        self.clock.advance(AGED - 0.5)
+        self.assertEqual(self.started, ["b0", "p0", "b1"])
+        self.clock.pump([0.5, 0.5])
+        self.assertEqual(self.started, ["b0", "p0", "b1", "p1", "p2"])

@@ -27,6 +27,7 @@ class Query:
     index: int
     wait: float
     urgent: bool = False
+    prompt: bool = False
     cancelled: bool = False
     deferred: Deferred[HealthAnswer] = field(init=False)
 
@@ -53,9 +54,10 @@ class ScriptedSource:
         self.queries: List[Query] = []
 
     def health_service(
-        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float, urgent: bool = False
+        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float, urgent: bool = False,
+        prompt: bool = False,
     ) -> Deferred[HealthAnswer]:
-        query = Query(dc, service, tuple(tags), index, wait, urgent)
+        query = Query(dc, service, tuple(tags), index, wait, urgent, prompt)
         self.queries.append(query)
         return query.deferred
 

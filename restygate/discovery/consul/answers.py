@@ -22,6 +22,7 @@ __all__ = [
     "parse_health",
     "parse_datacenters",
     "parse_service_names",
+    "severity",
 ]
 
 log = Logger()
@@ -99,6 +100,13 @@ def _weight(value: Any, minimum: int) -> int:
 _SEVERITY: Dict[Any, int] = {"passing": 0, "warning": 1}
 
 
+def severity(status: Any) -> int:
+    """
+    A check status as 0 (passing), 1 (warning) or 2 (critical, or anything else).
+    """
+    return _SEVERITY.get(status, 2)
+
+
 def _health(entry: Any) -> int:
     """
     0 when every check of the entry passes, 1 when the worst is warning, 2
@@ -107,7 +115,7 @@ def _health(entry: Any) -> int:
     checks = _mapping(entry).get("Checks")
     if not isinstance(checks, list):
         return 2
-    return max((_SEVERITY.get(_mapping(c).get("Status"), 2) for c in checks), default=0)
+    return max((severity(_mapping(c).get("Status")) for c in checks), default=0)
 
 
 def parse_health(body: bytes) -> Tuple[Tuple[Instance, ...], Tuple[Instance, ...], Tuple[Instance, ...]]:

@@ -5,7 +5,9 @@ fingerprint per service of everything that can change its health entries:
 which checks, on which nodes, in which status, with which tags.  Two answers
 with the same fingerprint for a service mean its health did not change
 between them; indexes are left out, so a check's output or an index reset
-changes nothing.
+changes nothing.  What is not passing also tells which instances must stop
+serving before their service is fetched again (L{screen}), and whether such
+a fetch can add anything (L{only_worse}).
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Set, Tuple
 
-from restygate.discovery.consul.answers import ConsulError, json_body
+from restygate.discovery.consul.answers import ConsulError, HealthAnswer, json_body, severity
+from restygate.discovery.model import Instance
 
-__all__ = ["CheckStates", "parse_check_states", "fingerprints", "NOT_PASSING"]
+__all__ = ["CheckStates", "parse_check_states", "fingerprints", "NOT_PASSING", "screen", "only_worse"]
 
 #: The feed's ?filter: only what is not passing (small), waking on any check change.
 NOT_PASSING = 'Status != "passing"'
 
-# node, check id, status, service tags, ModifyIndex
-Item = Tuple[str, str, str, Tuple[str, ...], int]
+# node, check id, status, service tags, ModifyIndex, service ID
+Item = Tuple[str, str, str, Tuple[str, ...], int, str]
 
 
 @dataclass
@@ -63,6 +66,7 @@ def _item(check: Mapping[str, Any]) -> Item:
         # A tag change can change which instances a tag filter keeps.
         tuple(sorted(str(t) for t in tags)) if isinstance(tags, list) else (),
         modify if isinstance(modify, int) else 0,
+        str(check.get("ServiceID") or ""),
     )
 
 
@@ -102,3 +106,54 @@ def fingerprints(states: CheckStates, services_on_node: Mapping[str, Iterable[st
         name: (hash(tuple(sorted(i[:4] for i in items))), max(i[4] for i in items))
         for name, items in every.items()
     }
+
+
+def _worst(states: CheckStates, service: str) -> Tuple[Dict[Tuple[str, str], int], Dict[str, int]]:
+    """
+    The worst severity per (node, service ID) of C{service}'s own checks,
+    and per node of the nodes' own checks, in C{states}.
+    """
+    own: Dict[Tuple[str, str], int] = {}
+    for item in states.per_service.get(service.lower(), ()):
+        key = (item[0], item[5])
+        own[key] = max(own.get(key, 0), severity(item[2]))
+    nodes = {node: max(severity(i[2]) for i in items) for node, items in states.per_node.items() if items}
+    return own, nodes
+
+
+def screen(answer: HealthAnswer, not_passing: CheckStates, service: str) -> HealthAnswer:
+    """
+    C{answer} (a C{/v1/health/service} answer for C{service}) without the
+    instances C{not_passing} (what a C{Status != "passing"} read holds) says
+    are not passing: those at warning move to the warning ones, critical
+    ones leave both.  It only ever takes instances away: an instance whose
+    checks pass again is added by a fetch, which knows it is still there.
+    """
+    own, nodes = _worst(not_passing, service)
+    if not own and not nodes:
+        return answer
+
+    def worst(i: Instance) -> int:
+        return max(own.get((i.node, i.id), 0), nodes.get(i.node, 0))
+
+    passing = tuple(i for i in answer.instances if worst(i) == 0)
+    warned = {i for i in answer.warning if worst(i) < 2} | {i for i in answer.instances if worst(i) == 1}
+    order = answer.registered or answer.instances + answer.warning
+    warning = tuple(i for i in order if i in warned)
+    if passing == answer.instances and warning == answer.warning:
+        return answer
+    return HealthAnswer(answer.index, passing, answer.registered, warning)
+
+
+def only_worse(before: CheckStates, now: CheckStates, service: str) -> bool:
+    """
+    Whether C{service}'s health moved only the way L{screen} can follow from
+    what is not passing: every check not passing before is still at least as
+    bad now.  (Otherwise an instance may pass again, and only a fetch can say
+    whether it is still registered.)
+    """
+    own_before, nodes_before = _worst(before, service)
+    own_now, nodes_now = _worst(now, service)
+    return all(own_now.get(k, -1) >= v for k, v in own_before.items()) and all(
+        nodes_now.get(k, -1) >= v for k, v in nodes_before.items()
+    )

@@ -155,7 +155,8 @@ class ConsulClient:
         return self._indexed("/v1/catalog/services", dc, index, wait, urgent, parse_service_names)
 
     def check_states(
-        self, dc: str, index: int = 0, wait: float = 60.0, urgent: bool = False, filter: str = ""
+        self, dc: str, index: int = 0, wait: float = 60.0, urgent: bool = False, filter: str = "",
+        prompt: bool = False,
     ) -> Deferred[Indexed]:
         """
         The checks of C{dc} (L{CheckStates}) from C{/v1/health/state/any},
@@ -163,7 +164,7 @@ class ConsulClient:
         """
         return self._read(
             "/v1/health/state/any", [("filter", filter)] if filter else [], dc, index, wait, urgent,
-            lambda body, i: Indexed(i, parse_check_states(body)), indexed=True,
+            lambda body, i: Indexed(i, parse_check_states(body)), indexed=True, prompt=prompt,
         )
 
     def health_service(
@@ -174,10 +175,12 @@ class ConsulClient:
         index: int = 0,
         wait: float = 60.0,
         urgent: bool = False,
+        prompt: bool = False,
     ) -> Deferred[HealthAnswer]:
         """
         Passing instances of C{service} in C{dc}; a blocking query when
-        C{index} > 0.
+        C{index} > 0.  C{urgent}: a client waits for it; C{prompt}: a change
+        Consul recorded asks for it (L{ConsulGate}'s queues).
 
         @raise UnknownDatacenter: Consul has no path to C{dc}.
         @raise ConsulError: any other failure, with the status when there was one.
@@ -189,7 +192,7 @@ class ConsulClient:
             passing, warning, registered = parse_health(body)
             return HealthAnswer(index, passing, registered, warning)
 
-        return self._read(path, params, dc, index, wait, urgent, parse, indexed=True)
+        return self._read(path, params, dc, index, wait, urgent, parse, indexed=True, prompt=prompt)
 
     def _indexed(
         self, path: str, dc: str, index: int, wait: float, urgent: bool, parse: Callable[[bytes], Any]
@@ -206,6 +209,7 @@ class ConsulClient:
         urgent: bool,
         parse: Callable[..., T],
         indexed: bool = False,
+        prompt: bool = False,
     ) -> Deferred[T]:
         query = list(params)
         if dc:
@@ -226,7 +230,7 @@ class ConsulClient:
             d.addTimeout(timeout, self._clock)
             return d
 
-        return self.gate.run(start, urgent)
+        return self.gate.run(start, urgent, prompt)
 
     async def _get(
         self, url: str, params: List[Tuple[str, str]], dc: str, parse: Callable[..., T], indexed: bool

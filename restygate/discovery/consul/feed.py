@@ -6,13 +6,19 @@ The feed is a blocking query on C{/v1/health/state/any?filter=Status !=
 "passing"}: it wakes on any check change in the datacenter and its body is
 only what is not passing (small, however many services).  A service whose
 fingerprint of not-passing checks (L{restygate.discovery.consul.checks})
-moved is told to fetch once more (a one-off C{/v1/health/service} query).
+moved stops serving the instances now not passing at once (from the checks
+the answer names: the watches' answers go through L{ChangeFeed.screen});
+when some check of it is no longer as bad as before (an instance may pass
+again: only Consul knows whether it is still registered) it is also told
+to fetch once more (a one-off C{/v1/health/service} query, ahead of the
+gate's mere re-issues).
 Registrations do not always show there (a new instance with a passing
 check): those move the datacenter's catalog index, which its service-names
 query follows (L{ConsulNames}), and each move brings one full, non-blocking
 C{/v1/health/state/any} answer whose fingerprints of every check find the
-services that changed.  So per health flip: one small feed answer and one
-fetch of just that service; per registration, one full answer more.
+services that changed.  So per health flip: one small feed answer, and a
+fetch of just that service when it gets better; per registration, one full
+answer more.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Callable, Dict, Iterable, Optional, Set, Tuple
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from restygate.discovery.consul.checks import NOT_PASSING, CheckStates, fingerprints
+from restygate.discovery.consul.answers import HealthAnswer
+from restygate.discovery.consul.checks import NOT_PASSING, CheckStates, fingerprints, only_worse, screen
 from restygate.discovery.consul.client import ConsulClient, Indexed
 from restygate.discovery.consul.loop import BlockingLoop
 from restygate.discovery.consul.names import ConsulNames
@@ -64,6 +71,8 @@ class ChangeFeed:
         # Fingerprints of every check (the last full answer) and of what is not passing.
         self._full: Optional[Dict[str, Tuple[int, int]]] = None
         self._not_passing: Dict[str, Tuple[int, int]] = {}
+        # What is not passing, as the last feed answer (or a full answer at least as new) said.
+        self._bad = CheckStates()
         self._services_on_node: Dict[str, Set[str]] = {}
         self._full_asked: Optional[Deferred[None]] = None
         self._full_again = False
@@ -121,7 +130,7 @@ class ChangeFeed:
         if self._full_asked is not None:
             self._full_again = True
             return
-        asked = self._client.check_states(self.dc)
+        asked = self._client.check_states(self.dc, prompt=True)
         self._full_asked = asked.addCallback(self._full_answer).addErrback(lambda _: None)
         self._full_asked.addCallback(self._full_done)
 
@@ -142,23 +151,49 @@ class ChangeFeed:
             if (before is not None and before.get(w.service.lower()) != full.get(w.service.lower()))
             or (w.snapshot is not None and full.get(w.service.lower(), (0, 0))[1] > w.index)
         }
-        changed |= self._not_passing_now(states.not_passing())
+        # A read started before the feed's last answer may be older than it:
+        # what is not passing then comes from the feed alone.
+        if answer.index >= self.loop.index:
+            changed |= self._not_passing_now(states.not_passing())
         self._refresh(changed)
 
     def _query(self, index: int, urgent: bool) -> Deferred[Indexed]:
-        return self._client.check_states(self.dc, index, self._wait, urgent=urgent, filter=NOT_PASSING)
+        # Prompt: at most FEED_PACE a second, and every change waits for it.
+        return self._client.check_states(
+            self.dc, index, self._wait, urgent=urgent, filter=NOT_PASSING, prompt=True
+        )
 
     def _answered(self, answer: Indexed) -> None:
         self._refresh(self._not_passing_now(answer.value))
 
+    def screen(self, service: str, answer: HealthAnswer) -> HealthAnswer:
+        """
+        C{answer} for C{service} without what this feed last saw not passing.
+        """
+        return screen(answer, self._bad, service)
+
     def _not_passing_now(self, states: CheckStates) -> Set[Watcher]:
+        """
+        Take C{states} as what is not passing now: the watches it changes
+        stop serving what no longer passes at once; those that may have
+        got better are returned, to fetch.
+        """
         now = fingerprints(states, self._services_on_node)
         before, self._not_passing = self._not_passing, now
-        return {w for w in self._watches() if before.get(w.service.lower()) != now.get(w.service.lower())}
+        bad_before, self._bad = self._bad, states
+        fetch = set()
+        for watcher in self._watches():
+            if watcher.screen is None:
+                watcher.screen = lambda answer, service=watcher.service: self.screen(service, answer)
+            if before.get(watcher.service.lower()) != now.get(watcher.service.lower()):
+                watcher.rescreen()
+                if not only_worse(bad_before, states, watcher.service):
+                    fetch.add(watcher)
+        return fetch
 
     def _refresh(self, changed: Set[Watcher]) -> None:
         self._cycle_started = self._clock.seconds()
         self._cycle = tuple(changed)
         self.refetches += len(changed)
         for watcher in changed:
-            watcher.refresh()
+            watcher.refresh(changed=True)

@@ -5,9 +5,13 @@ that, whatever the number of watched services; first fetches a client request
 waits for go ahead of everything else; background queries (re-issued
 blocking queries, refreshes, retries, re-fetches after an index reset) are
 also paced to C{consul-max-rps}, so a herd becomes a queue, not a burst.
+Prompt ones (a change feed's re-issued query, the fetch of a service whose
+change it saw) share that pace but go ahead of the other background ones,
+which are not starved: one that has waited L{AGED} seconds goes first.
 
 Urgent requests are bounded by the names Consul knows (a made-up name never
-gets this far), so putting them first cannot be abused to starve the rest.
+gets this far), so putting them first cannot be abused to starve the rest;
+prompt ones by the changes Consul records.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-__all__ = ["ConsulGate"]
+__all__ = ["ConsulGate", "AGED"]
 
 T = TypeVar("T")
+
+#: Seconds a background request waits at most before it goes ahead of prompt ones.
+AGED = 1.0
 
 _Start = Callable[[], "Deferred[Any]"]
 
@@ -29,8 +36,9 @@ _Start = Callable[[], "Deferred[Any]"]
 class _Ticket:
     """One request waiting for its turn; cancelled before its turn, it never starts."""
 
-    def __init__(self, start: _Start, result: Deferred[Any]) -> None:
+    def __init__(self, start: _Start, result: Deferred[Any], queued: float) -> None:
         self.start = start
+        self.queued = queued
         self.result = result
         self.running: Optional[Deferred[Any]] = None
         self.cancelled = False
@@ -38,7 +46,8 @@ class _Ticket:
 
 class ConsulGate:
     """
-    A concurrency limit with two queues and a rate for the background one.
+    A concurrency limit with three queues (urgent, prompt, background) and a
+    rate for the last two.
 
     @ivar limit: requests in flight at most (C{consul-max-connections}).
     @ivar rate: background requests started per second at most (C{consul-max-rps}).
@@ -53,6 +62,7 @@ class ConsulGate:
         # Background requests started, for the metrics.
         self.background_started = 0
         self._urgent: Deque[_Ticket] = deque()
+        self._prompt: Deque[_Ticket] = deque()
         self._background: Deque[_Ticket] = deque()
         # When the next background request may start, by the rate.
         self._next_background = 0.0
@@ -64,17 +74,17 @@ class ConsulGate:
 
     @property
     def queued(self) -> Tuple[int, int]:
-        """(urgent, background) requests waiting for their turn."""
-        return len(self._urgent), len(self._background)
+        """(urgent, paced) requests waiting for their turn (paced: prompt and background)."""
+        return len(self._urgent), len(self._prompt) + len(self._background)
 
-    def run(self, start: Callable[[], Deferred[T]], urgent: bool = False) -> Deferred[T]:
+    def run(self, start: Callable[[], Deferred[T]], urgent: bool = False, prompt: bool = False) -> Deferred[T]:
         """
         C{start()} once its turn comes; its result.  Cancelling the result
         before the turn drops the request, after it cancels the request.
         """
         result: Deferred[T] = Deferred(lambda d: self._cancel(ticket))
-        ticket = _Ticket(start, result)
-        (self._urgent if urgent else self._background).append(ticket)
+        ticket = _Ticket(start, result, self._clock.seconds())
+        (self._urgent if urgent else self._prompt if prompt else self._background).append(ticket)
         self._pump()
         return result
 
@@ -95,9 +105,10 @@ class ConsulGate:
             ticket = self._urgent.popleft()
             if not ticket.cancelled:
                 return ticket
-        while self._background and self._background[0].cancelled:
-            self._background.popleft()
-        if not self._background:
+        for queue in (self._prompt, self._background):
+            while queue and queue[0].cancelled:
+                queue.popleft()
+        if not self._prompt and not self._background:
             self.close()
             return None
         now = self._clock.seconds()
@@ -107,7 +118,8 @@ class ConsulGate:
             return None
         self._next_background = max(now, self._next_background) + 1.0 / self.rate
         self.background_started += 1
-        return self._background.popleft()
+        aged = bool(self._background) and now - self._background[0].queued >= AGED
+        return (self._prompt if self._prompt and not aged else self._background).popleft()
 
     def close(self) -> None:
         """

@@ -38,7 +38,8 @@ class HealthSource(Protocol):
     """
 
     def health_service(
-        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float, urgent: bool = False
+        self, dc: str, service: str, tags: Sequence[str], index: int, wait: float, urgent: bool = False,
+        prompt: bool = False,
     ) -> Deferred[HealthAnswer]: ...
 
 
@@ -49,7 +50,9 @@ class Watcher:
     L{refresh} (the change feed of its datacenter calls it when the service
     changed).
 
-    @ivar snapshot: the last good answer, or L{None} before the first.
+    @ivar snapshot: the last good answer (through C{screen}), or L{None} before the first.
+    @ivar screen: what a fed watch's answers go through before they serve:
+        its change feed drops the instances it has since seen not passing.
     """
 
     def __init__(
@@ -70,6 +73,11 @@ class Watcher:
         self.datacenter_grace = datacenter_grace
         # Told each time the snapshot is replaced (the daemon sends it on to its workers).
         self._on_change = on_change
+        # The next fetch is for a change Consul recorded (the gate's prompt queue).
+        self._prompt = False
+        self.screen: Optional[Callable[[HealthAnswer], HealthAnswer]] = None
+        # The last answer as Consul gave it, before the screen.
+        self._answer: Optional[HealthAnswer] = None
         # When Consul first said it has no path to this datacenter, after it
         # had answered for it: the datacenter is served on until the grace.
         self._gone_since: Optional[float] = None
@@ -119,13 +127,15 @@ class Watcher:
         self.loop.stop()
         self._fail_waiters(DiscoveryUnavailable(f"stopped watching {self.dc}/{self.service}"))
 
-    def refresh(self) -> None:
+    def refresh(self, changed: bool = False) -> None:
         """
         Fetch again now (a one-off fetch of a watch that is not blocking),
         or as soon as the query in flight is answered (it may have been
         answered before the change); a retry already scheduled is brought
-        forward.
+        forward.  C{changed}: Consul recorded a change of the service (the
+        fetch goes ahead of mere re-issues and retries).
         """
+        self._prompt = self._prompt or changed
         self.loop.refresh()
 
     def first_snapshot(self, timeout: float) -> Deferred[Snapshot]:
@@ -153,35 +163,52 @@ class Watcher:
     def _ask(self, index: int, urgent: bool) -> Deferred[Indexed]:
         # The first fetch may have a client waiting: it goes ahead of the
         # background queries.
-        d = self._source.health_service(self.dc, self.service, self.tags, index, self._wait, urgent=urgent)
+        prompt, self._prompt = self._prompt, False
+        d = self._source.health_service(
+            self.dc, self.service, self.tags, index, self._wait, urgent=urgent, prompt=prompt
+        )
         return d.addCallback(lambda answer: Indexed(answer.index, answer))
 
     def _answered(self, indexed: Indexed) -> None:
         answer: HealthAnswer = indexed.value
         self._gone_since = None
-        current = self.snapshot
-        # Spurious wake-ups (index moved, members did not) keep the snapshot
-        # object, so nothing downstream sees churn.
-        snapshot = current
-        if (
-            snapshot is None
-            or snapshot.instances != answer.instances
-            or snapshot.registered != answer.registered
-            or snapshot.warning != answer.warning
-        ):
-            self.snapshot = snapshot = Snapshot(
-                self.dc, self.service, answer.instances, self.loop.index, answer.registered, answer.warning
-            )
-            if current is not None:
-                log.info(
-                    "{dc}/{service}: {count} passing instance(s)",
-                    dc=self.dc, service=self.service, count=len(answer.instances),
-                )
-            if self._on_change is not None:
-                self._on_change(self)
+        self._answer = answer
+        snapshot = self._install(answer)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(snapshot)
+
+    def rescreen(self) -> None:
+        """
+        Put the last answer through C{screen} again (what the feed knows moved).
+        """
+        if self._answer is not None and self.snapshot is not None:
+            self._install(self._answer)
+
+    def _install(self, answer: HealthAnswer) -> Snapshot:
+        if self.screen is not None:
+            answer = self.screen(answer)
+        current = self.snapshot
+        # Spurious wake-ups (index moved, members did not) keep the snapshot
+        # object, so nothing downstream sees churn.
+        if (
+            current is not None
+            and current.instances == answer.instances
+            and current.registered == answer.registered
+            and current.warning == answer.warning
+        ):
+            return current
+        self.snapshot = snapshot = Snapshot(
+            self.dc, self.service, answer.instances, self.loop.index, answer.registered, answer.warning
+        )
+        if current is not None:
+            log.info(
+                "{dc}/{service}: {count} passing instance(s)",
+                dc=self.dc, service=self.service, count=len(answer.instances),
+            )
+        if self._on_change is not None:
+            self._on_change(self)
+        return snapshot
 
     def _failed(self, failure: Failure) -> bool:
         """
