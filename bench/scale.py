@@ -24,8 +24,11 @@ with `--workers 2` against it.  Then, in order:
     a request through restygate gets 503 (and 200 once they pass again);
     Consul requests/s meanwhile (the flips themselves not counted);
  E. --junk requests for made-up services and --junk / 10 for made-up
-    datacenters mixed with real traffic: new watches, series and Consul
-    health queries they caused; real traffic's p99 before and during;
+    datacenters mixed with real traffic, 2 s after the flips: new watches and
+    series, the Consul queries naming a made-up service or datacenter
+    (counted by URL, so other queries meanwhile are told apart), datacenter
+    listings (refreshed on a miss, at most once per 5 s); real traffic's p99
+    before and during;
  D. the Consul test server killed for --outage seconds and started again
     (fresh state, so its index is reset): requests through restygate that
     failed meanwhile, peak Consul queries/s after it is back, seconds until
@@ -164,14 +167,14 @@ class Rig:
         return json.loads(body) if status == 200 else {}
 
     def metric(self, name: str) -> Optional[float]:
-        _, body = get(self.admin, "/metrics", fresh=True)
+        _, body = get(self.admin, "/metrics", fresh=True, timeout=60.0)
         match = re.search(rb"^" + re.escape(name.encode()) + rb" ([0-9.e+\-]+|NaN)$", body, re.M)
         return float(match.group(1)) if match else None
 
-    def series(self) -> set:
-        """The (dc, service) label pairs /metrics has series for."""
-        _, body = get(self.admin, "/metrics", fresh=True)
-        return set(re.findall(rb'dc="([^"]*)",service="([^"]*)"', body))
+    def series(self) -> Optional[set]:
+        """The (dc, service) label pairs /metrics has series for; None when it did not answer."""
+        status, body = get(self.admin, "/metrics", fresh=True, timeout=60.0)
+        return set(re.findall(rb'dc="([^"]*)",service="([^"]*)"', body)) if status == 200 else None
 
     def worker_pids(self) -> List[int]:
         _, body = get(self.admin, "/status?format=json", fresh=True)
@@ -300,27 +303,53 @@ def phase_e(rig: Rig, out: Dict[str, Any]) -> None:
     args = rig.args
     real = [f"/{dc}/{s}/" for dc, s in random.choices(rig.pairs, k=2000)]
     base = [r[2] * 1000 for r in run_requests(rig, real, 20)]
+    # Let the flip phase's last fetches finish, so what follows is this phase's own.
+    time.sleep(2.0)
     watches = rig.metric("restygate_consul_watches")
     series = rig.series()
+    # Reading the merged /metrics keeps the daemon busy a while (every worker's series): let it end.
+    time.sleep(2.0)
     before = rig.stats()
-    junk = [f"/{random.choice(rig.dcs)}/x{random.getrandbits(40):x}/" for _ in range(args.junk)]
+    junk_services = [f"x{random.getrandbits(40):x}" for _ in range(args.junk)]
+    junk = [f"/{random.choice(rig.dcs)}/{name}/" for name in junk_services]
     junk += [f"/dc-x{random.getrandbits(40):x}/{random.choice(rig.services)}/" for _ in range(args.junk // 10)]
     mixed = [(p, True) for p in real] + [(p, False) for p in junk]
     random.shuffle(mixed)
+    start = time.monotonic()
     results = run_requests(rig, [p for p, _ in mixed], 20)
+    seconds = time.monotonic() - start
     real_ms = [r[2] * 1000 for r, (_, is_real) in zip(results, mixed) if is_real]
     after = rig.stats()
-    health = lambda s: sum(v for k, v in s.get("requests", {}).items() if "/v1/health/" in k)  # noqa: E731
+
+    def delta(match: Any) -> int:
+        return sum(v - before["requests"].get(k, 0) for k, v in after["requests"].items() if match(k))
+
+    made_up = {f"GET /v1/health/service/{name}" for name in junk_services}
+    statuses: Dict[int, int] = {}
+    for r, (_, is_real) in zip(results, mixed):
+        if not is_real:
+            statuses[r[1]] = statuses.get(r[1], 0) + 1
     out["E"] = {
-        "junk_requests": len(junk), "junk_answered_404": sum(1 for r, (_, is_real) in zip(results, mixed)
-                                                            if not is_real and r[1] == 404),
-        "new_watches": (rig.metric("restygate_consul_watches") or 0) - (watches or 0),
-        "new_series_names": len(rig.series() - series),
-        "consul_health_queries_meanwhile": health(after) - health(before),
-        "consul_datacenter_listings_meanwhile": after["requests"].get("GET /v1/catalog/datacenters", 0)
-        - before["requests"].get("GET /v1/catalog/datacenters", 0),
-        "real_p99_ms_before": round(pct(base, 0.99), 1), "real_p99_ms_during": round(pct(real_ms, 0.99), 1),
+        "junk_requests": len(junk), "junk_statuses": statuses, "seconds": round(seconds, 1),
     }
+    watches_after, series_after = rig.metric("restygate_consul_watches"), rig.series()
+    # None: /metrics did not answer (then nothing is claimed).
+    out["E"].update({
+        "new_watches": None if watches is None or watches_after is None else watches_after - watches,
+        "new_series_names": None if series is None or series_after is None else len(series_after - series),
+    })
+    out["E"].update({
+        # Counted by URL: queries naming a made-up service, or a made-up datacenter (?dc=).
+        "consul_queries_for_made_up_services": delta(lambda k: k in made_up),
+        "consul_queries_for_made_up_datacenters": after.get("unknown_datacenter_requests", 0)
+        - before.get("unknown_datacenter_requests", 0),
+        # The datacenter list is refreshed on a miss at most once per 5 s (and every 60 s anyway).
+        "consul_datacenter_listings_meanwhile": delta(lambda k: k == "GET /v1/catalog/datacenters"),
+        "datacenter_listings_allowed": 1 + int(seconds // 5) + int(seconds // 60),
+        # Everything else restygate asked meanwhile (real traffic's watches: wait expiries, first fetches).
+        "other_consul_health_queries_meanwhile": delta(lambda k: "/v1/health/" in k and k not in made_up),
+        "real_p99_ms_before": round(pct(base, 0.99), 1), "real_p99_ms_during": round(pct(real_ms, 0.99), 1),
+    })
     say(f"E: {out['E']}")
 
 

@@ -181,6 +181,13 @@ class ScaleWireTests(ConsulWireCase):
         server.deregister({"Datacenter": "dc1", "Node": "n1"})
         self.assertEqual((await health("api"), await not_passing()), ([], []))
 
+    async def test_stats_count_requests_for_datacenters_it_does_not_have(self) -> None:
+        server = self.make_server()
+        response, _ = await self.get(server, "/v1/health/service/web?dc=made-up")
+        await self.get(server, "/v1/health/service/web?dc=dc1")
+        _, body = await self.get(server, "/_test/stats")
+        self.assertEqual((response.code, json.loads(body)["unknown_datacenter_requests"]), (500, 1))
+
     async def test_names_match_case_insensitively_in_the_registered_spelling(self) -> None:
         server = self.make_server()
         server.register_service("dc1", "n1", "10.0.0.1", "NgInX", 80)

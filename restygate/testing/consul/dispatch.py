@@ -63,6 +63,8 @@ class Dispatcher:
         self.requests_seen: List[SeenRequest] = []
         #: "METHOD /path" -> how many such requests arrived; also served as JSON at GET /_test/stats.
         self.request_counts: Dict[str, int] = {}
+        #: API requests naming (``?dc=``) a datacenter the server does not have: what made-up names cost.
+        self.unknown_datacenter_requests = 0
         self._record_limit = record_limit
         self._open: Set[Exchange] = set()
         self._waiters: Set[Waiter] = set()
@@ -145,6 +147,9 @@ class Dispatcher:
     def _record(self, seen: SeenRequest) -> None:
         key = f"{seen.method} {seen.path}"
         self.request_counts[key] = self.request_counts.get(key, 0) + 1
+        dc = next((value for name, value in seen.args if name == "dc"), "")
+        if dc and not self._known_datacenter(dc):
+            self.unknown_datacenter_requests += 1
         limit = self._record_limit
         if limit is None or limit > 0:
             self.requests_seen.append(seen)

@@ -131,6 +131,7 @@ class ConsulServer:
             "connections": self.connections.total,
             "peak_connections": self.connections.peak,
             "refused_connections": self.connections.refused,
+            "unknown_datacenter_requests": self._dispatcher.unknown_datacenter_requests,
         }
 
     @property
