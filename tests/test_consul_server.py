@@ -647,6 +647,7 @@ class BlockingTests(unittest.TestCase):
                 "connections": 0,
                 "peak_connections": 0,
                 "refused_connections": 0,
+                "unknown_datacenter_requests": 0,
             },
         )
 
