@@ -5,6 +5,7 @@ admin listener's C{/metrics} scraped and parsed as Prometheus text.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +13,7 @@ from prometheus_client.samples import Sample
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from restygate.ops.metrics import error_kind
+from restygate.ops.series import RequestSeries, ServiceSeries
 from restygate.proxy.failure import Failure
 from restygate.proxy.observe import Completed
 from tests.support.backends import closed_port
@@ -251,3 +253,30 @@ class ErrorKindTests(SynchronousTestCase):
         ]
         for status, error, failure, kind in cases:
             self.assertEqual(error_kind(_completed(status, error, failure)), kind, (status, error, failure))
+
+
+class ServiceSeriesTests(SynchronousTestCase):
+    def test_text_reads_as_prometheus_histograms_and_counters(self) -> None:
+        """
+        The light per-service series write text Prometheus reads: a value
+        on a bucket's bound counts in that bucket, buckets are cumulative,
+        +Inf and _count are every observation, labels are escaped.
+        """
+        series = ServiceSeries("dc1", 'we"b')
+        for status, duration in [(200, 0.001), (200, 0.0011), (503, 100.0)]:
+            completed = dataclasses.replace(_completed(status, None, None), duration=duration)
+            series.count(completed, "connect" if status == 503 else None)
+        text = "\n".join(RequestSeries().exposition([series])) + "\n"
+        scrape = Scrape(text)
+        web = {"dc": "dc1", "service": 'we"b'}
+        self.assertEqual(
+            [scrape.value("restygate_request_duration_seconds_bucket", le=le, **web)
+             for le in ("0.001", "0.0025", "60.0", "+Inf")],
+            [1.0, 2.0, 2.0, 3.0],
+        )
+        self.assertEqual(scrape.value("restygate_request_duration_seconds_count", **web), 3.0)
+        self.assertAlmostEqual(scrape.value("restygate_request_duration_seconds_sum", **web) or 0.0, 100.0021)
+        self.assertEqual(scrape.value("restygate_requests_total", code="2xx", **web), 2.0)
+        self.assertEqual(scrape.value("restygate_requests_total", code="5xx", **web), 1.0)
+        self.assertEqual(scrape.value("restygate_upstream_errors_total", kind="connect", **web), 1.0)
+        self.assertEqual(scrape.value("restygate_upstream_retries_total", **web), 0.0)
