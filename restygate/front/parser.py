@@ -1,7 +1,9 @@
 """
 The parser seam of the front: HTTP/1.1 requests parsed by llhttp (through
 C{httptools}, strict: no leniency flag is ever set) into a few events for a
-L{RequestSink}, with restygate's own limits on top.
+L{RequestSink}, with restygate's own limits on top.  Under PyPy, where every
+call between llhttp and Python is slow, by L{restygate.h1request}'s parser in
+Python instead, which has httptools' interface and llhttp's rules.
 
 Everything the front refuses for its framing is decided here and raised as
 one L{ParseError} carrying the status to answer: bad syntax and the
@@ -19,6 +21,8 @@ from typing import List, Optional, Protocol, Tuple
 
 import httptools
 
+from restygate.h1parse import PURE_PYTHON
+from restygate.h1request import HttpRequestParser
 __all__ = ["ParseError", "RequestParser", "RequestSink", "MAX_LINE", "MAX_HEADERS_SIZE", "MAX_HEADERS"]
 
 HeaderList = List[Tuple[bytes, bytes]]
@@ -65,7 +69,7 @@ class RequestParser:
 
     def __init__(self, sink: RequestSink) -> None:
         self._sink = sink
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = HttpRequestParser(self) if PURE_PYTHON else httptools.HttpRequestParser(self)
         self._target: List[bytes] = []
         self._target_size = 0
         self._headers: HeaderList = []

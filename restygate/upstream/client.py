@@ -1,6 +1,7 @@
 """
 The HTTP/1.1 client protocol restygate speaks to instances: one request at a
-time on a keep-alive connection, the response parsed by llhttp (C{httptools})
+time on a keep-alive connection, the response parsed by llhttp (C{httptools};
+under PyPy L{restygate.h1parse}'s parser in Python, with the same interface)
 and handed, as it arrives, to a L{ResponseHandler}.
 
 It owns the bytes both ways, so the proxy sees what the upstream really
@@ -31,6 +32,7 @@ from twisted.python.failure import Failure as TwistedFailure
 from zope.interface import implementer
 
 from restygate._compat import send_now
+from restygate.h1parse import PURE_PYTHON, HttpResponseParser
 from restygate.upstream.handler import BodySource, HeaderList, ResponseHandler
 from restygate.proxy.failure import Failed, Failure
 from restygate.tls import openssl_reason
@@ -94,7 +96,7 @@ class UpstreamConnection(Protocol):
         if self._parser is None:
             # One parser for the connection's responses in turn; a HEAD
             # answer stops it mid-way, so the next request gets a new one.
-            self._parser = httptools.HttpResponseParser(self)
+            self._parser = HttpResponseParser(self) if PURE_PYTHON else httptools.HttpResponseParser(self)
         self._head = method == b"HEAD"
         self._received = False
         self.reusable = False
