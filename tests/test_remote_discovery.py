@@ -56,6 +56,18 @@ class RemoteDiscoveryTests(SynchronousTestCase):
         self.remote.received(b"answer 2 " + encode_error(UnknownService("dc1", "ghost")).encode())
         self.assertEqual(self.failureResultOf(unknown, UnknownService).value.service, "ghost")
 
+    def test_an_answer_naming_the_version_just_pushed(self) -> None:
+        # The daemon pushes a new snapshot to every worker, then answers the asking one with its version.
+        first = self.remote.lookup("dc1", "web")
+        self.push(4, Snapshot("dc1", "Web", (B,), 11))
+        self.assertEqual(self.successResultOf(first).instances, (B,))
+        self.remote.received(b'answer 1 {"version":4}')
+        self.assertEqual(self.successResultOf(self.remote.lookup("dc1", "web")).index, 11)
+        # One whose snapshot never came (dropped meanwhile) fails rather than waits.
+        missing = self.remote.lookup("dc1", "api")
+        self.remote.received(b'answer 2 {"version":5}')
+        self.failureResultOf(missing, DiscoveryUnavailable)
+
     def test_a_daemon_that_never_answers(self) -> None:
         d = self.remote.lookup("dc1", "web")
         self.clock.advance(6.5)

@@ -14,7 +14,8 @@ One message a line, over the pipes the daemon already has to each worker
  - daemon to worker: C{snap <json>} (a versioned snapshot, sent to every
    worker on each change and the whole view to a worker that starts),
    C{drop <json>} (a pair no longer watched), C{answer <id> <json>} (the
-   outcome of a C{want}: a snapshot or an error kind) and C{ready} (Consul
+   outcome of a C{want}: a snapshot, or only its version when the snapshot
+   went to every worker as C{snap} just before, or an error kind) and C{ready} (Consul
    answers the daemon: the worker's discovery is ready).
 """
 

@@ -159,6 +159,12 @@ class RemoteDiscovery(Service):
             return
         if "snapshot" in data:
             self._release(key, self._take(*decode_snapshot(json.dumps(data["snapshot"]))))
+        elif "version" in data:
+            # The snapshot came as a `snap` line just before (it answered the waiters already).
+            held = self._view.get(key)
+            self._release(key, held[1] if held is not None else DiscoveryUnavailable(
+                f"the daemon's view of {key[0]}/{key[1]} did not arrive"
+            ))
         else:
             self._release(key, decode_error(data))
 

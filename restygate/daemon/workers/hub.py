@@ -133,8 +133,12 @@ class DiscoveryHub(Service):
 
     def _found(self, snapshot: Snapshot, worker: Worker, number: str) -> None:
         held = self._view.get((snapshot.dc.lower(), snapshot.service.lower()))
-        version = held[0] if held is not None and held[1] is snapshot else 0
-        worker.send(f'answer {number} {{"snapshot":{encode_snapshot(version, snapshot)}}}\n'.encode("utf-8"))
+        if held is not None and held[1] is snapshot:
+            # Every worker has it already (a `snap` line, sent before this
+            # answer on the same pipe): the version says which.
+            worker.send(f'answer {number} {{"version":{held[0]}}}\n'.encode("utf-8"))
+            return
+        worker.send(f'answer {number} {{"snapshot":{encode_snapshot(0, snapshot)}}}\n'.encode("utf-8"))
 
     def _failed(self, failure: Failure, worker: Worker, number: str) -> Any:
         error = failure.value if failure.value is not None else Exception("discovery failed")
