@@ -90,6 +90,16 @@ class WatchCapTests(TestCase):
         self.assertEqual((await rig.get("/dc1/s1/"))[0].code, 200)
         self.assertIn("s1", [s for _, s in _discovery(rig).watchers])
 
+    async def test_a_dedicated_watch_dropped_frees_its_place(self) -> None:
+        # consul-max-connections = 4: one dedicated watch; the others fed, until the dedicated one goes.
+        rig = GatewayRig(self, max_watched_services=2, consul_max_connections=4)
+        for name in ["s0", "s1", "s2", "s3"]:
+            rig.register(rig.backend(name), service=name)
+        for name in ["s0", "s1", "s2", "s3"]:
+            self.assertEqual((await rig.get(f"/dc1/{name}/"))[0].code, 200, name)
+        # s0 (dedicated) was dropped when s2 came: s3, the next new one, holds the blocking query.
+        self.assertEqual({s: w.blocking for (_, s), w in _discovery(rig).watchers.items()}, {"s2": False, "s3": True})
+
 
 class ConnectionBudgetTests(TestCase):
     async def test_many_services_on_a_few_connections_stay_fresh(self) -> None:

@@ -13,10 +13,10 @@ C{dedicated} watches hold a blocking query each, every later one is kept
 fresh by its datacenter's L{ChangeFeed} and one-off fetches.
 
 When a reload changes what a watch asks Consul (its service's tags, the
-wait), each such watched
-pair gets a successor watcher on its next request, and the old one keeps
-serving until the successor's first answer: no request fails or waits
-because of a reload, and pairs nobody asks for are not re-queried at all.
+wait), each such watched pair gets a successor watcher on its next request,
+and the old one keeps serving until the successor's first answer: no request
+fails or waits because of a reload, and pairs nobody asks for are not
+re-queried at all.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ class ConsulDiscovery(Service):
         self._outdated: Set[Watcher] = set()
         self._successors: Dict[_Key, Watcher] = {}
         self._unknown_dcs: Dict[str, float] = {}
-        self.evicted = 0
+        # The dedicated budget was found used up: counted again only once a watch goes.
+        self._used_up, self.evicted = False, 0
         self._evicted_unlogged = 0
         self._evictions_logged = -EVICTION_LOG_INTERVAL
         self._sweeper = LoopingCall(self._sweep_safely)
@@ -126,9 +127,7 @@ class ConsulDiscovery(Service):
         return {(w.dc, w.service): w for w in self._watchers.values()}
 
     def fed(self, dc: str) -> List[Watcher]:
-        """
-        The watches of C{dc} kept fresh by its change feed.
-        """
+        """The watches of C{dc} kept fresh by its change feed."""
         key = dc.lower()
         return [w for k, w in self._watchers.items() if k[0] == key and not w.blocking]
 
@@ -141,10 +140,8 @@ class ConsulDiscovery(Service):
                     watcher.dc, watcher.service,
                     instances=snapshot.instances if snapshot is not None else (),
                     synced=snapshot is not None,
-                    index=watcher.index,
-                    last_success=watcher.last_success,
-                    last_error=watcher.last_error,
-                    errors=watcher.errors,
+                    index=watcher.index, last_success=watcher.last_success,
+                    last_error=watcher.last_error, errors=watcher.errors,
                 )
             )
         return found
@@ -162,8 +159,7 @@ class ConsulDiscovery(Service):
             connections=gate.in_flight if gate is not None else 0,
             max_connections=gate.limit if gate is not None else 0,
             peak_connections=gate.peak if gate is not None else 0,
-            watches=len(self._watchers),
-            max_watches=self.max_watched,
+            watches=len(self._watchers), max_watches=self.max_watched,
             dedicated=sum(1 for w in self._watchers.values() if w.blocking),
             evicted=self.evicted,
             name_misses=self.names.misses if self.names is not None else 0,
@@ -284,7 +280,9 @@ class ConsulDiscovery(Service):
         )
 
     def _watch(self, dc: str, service: str) -> Watcher:
-        blocking = self._make_feed is None or sum(1 for w in self._watchers.values() if w.blocking) < self.dedicated
+        blocking = self._make_feed is None or (
+            not self._used_up and sum(1 for w in self._watchers.values() if w.blocking) < self.dedicated)
+        self._used_up = not blocking
         # Each watch's wait a little different: watches started together
         # never come back together.
         wait = self._wait * (1 - self._rng.random() / 16)
@@ -326,6 +324,7 @@ class ConsulDiscovery(Service):
         del self._successors[key]
         self._outdated.discard(outdated)
         self._watchers[key] = successor
+        self._used_up = False
         outdated.stop()
         self._tell(successor.dc, successor.service, successor.snapshot)
         log.info(
@@ -343,6 +342,7 @@ class ConsulDiscovery(Service):
         key = (watcher.dc.lower(), watcher.service.lower())
         if self._watchers.get(key) is watcher:
             del self._watchers[key]
+            self._used_up = False
             self._tell(watcher.dc, watcher.service, None)
             # A pair nobody watches needs no successor either.
             successor = self._successors.pop(key, None)
