@@ -86,3 +86,22 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(self.started, ["b0", "p0", "b1"])
         self.clock.pump([0.5, 0.5])
         self.assertEqual(self.started, ["b0", "p0", "b1", "p1", "p2"])
+
+    def test_a_tenth_of_a_seconds_worth_may_start_at_once(self) -> None:
+        gate = ConsulGate(self.clock, limit=100, rate=100.0)
+        for n in range(30):
+            self.request(gate, f"b{n}")
+        # Ten at once (the bucket is full), then one per 1/100 s: never more than the rate allows.
+        self.assertEqual(len(self.started), 10)
+        self.clock.pump([0.01] * 9)
+        self.assertEqual(len(self.started), 19)
+        self.clock.pump([0.0101])
+        self.assertEqual(len(self.started), 20)
+        self.clock.pump([0.5])
+        self.clock.pump([0.01] * 10)
+        self.assertEqual(len(self.started), 30)
+        # Idle, the bucket fills again, to ten at most.
+        self.clock.advance(5)
+        for n in range(12):
+            self.request(gate, f"c{n}")
+        self.assertEqual(len(self.started), 40)

@@ -4,7 +4,8 @@ C{consul-max-connections} in flight at once, so never more connections than
 that, whatever the number of watched services; first fetches a client request
 waits for go ahead of everything else; background queries (re-issued
 blocking queries, refreshes, retries, re-fetches after an index reset) are
-also paced to C{consul-max-rps}, so a herd becomes a queue, not a burst.
+also paced to C{consul-max-rps} (a token bucket holding a tenth of a
+second's worth), so a herd becomes a queue, not a burst.
 Prompt ones (a change feed's re-issued query, the fetch of a service whose
 change it saw) share that pace but go ahead of the other background ones,
 which are not starved: one that has waited L{AGED} seconds goes first.
@@ -29,6 +30,10 @@ T = TypeVar("T")
 
 #: Seconds a background request waits at most before it goes ahead of prompt ones.
 AGED = 1.0
+#: Paced requests may start this many seconds' worth of the rate at once
+#: (at least one): queries that come in bunches do not queue behind each
+#: other while the average stays within the rate.
+BURST_SECONDS = 0.1
 
 _Start = Callable[[], "Deferred[Any]"]
 
@@ -64,9 +69,14 @@ class ConsulGate:
         self._urgent: Deque[_Ticket] = deque()
         self._prompt: Deque[_Ticket] = deque()
         self._background: Deque[_Ticket] = deque()
-        # When the next background request may start, by the rate.
-        self._next_background = 0.0
+        # Paced requests that may start now (a token bucket), as of when.
+        self._tokens = self._burst
+        self._filled = clock.seconds()
         self._timer: Optional[IDelayedCall] = None
+
+    @property
+    def _burst(self) -> float:
+        return max(1.0, self.rate * BURST_SECONDS)
 
     def reconfigure(self, limit: int, rate: float) -> None:
         self.limit, self.rate = limit, rate
@@ -112,11 +122,14 @@ class ConsulGate:
             self.close()
             return None
         now = self._clock.seconds()
-        if now < self._next_background:
+        self._tokens = min(self._burst, self._tokens + (now - self._filled) * self.rate)
+        self._filled = now
+        # (A hair below a whole token is rounding, not a reason to wait.)
+        if self._tokens < 1 - 1e-9:
             if self._timer is None or not self._timer.active():
-                self._timer = self._clock.callLater(self._next_background - now, self._pump)
+                self._timer = self._clock.callLater((1 - self._tokens) / self.rate, self._pump)
             return None
-        self._next_background = max(now, self._next_background) + 1.0 / self.rate
+        self._tokens -= 1
         self.background_started += 1
         aged = bool(self._background) and now - self._background[0].queued >= AGED
         return (self._prompt if self._prompt and not aged else self._background).popleft()
