@@ -40,7 +40,7 @@ from restygate.discovery.consul.watch import Watcher
 __all__ = ["ChangeFeed", "FEED_PACE"]
 
 #: Change feed answers per second per datacenter, at most.
-FEED_PACE = 10.0
+FEED_PACE = 25.0
 
 
 class ChangeFeed:
