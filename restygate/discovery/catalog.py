@@ -148,6 +148,10 @@ class StaticCatalog(Service):
             self._checker.stop()
         return succeed(None)
 
+    def current(self, dc: str, service: str) -> Optional[Snapshot]:
+        services = self._catalog.get(dc)
+        return services.get(service) if services is not None else None
+
     def lookup(self, dc: str, service: str) -> Deferred[Snapshot]:
         services = self._catalog.get(dc)
         if services is None:

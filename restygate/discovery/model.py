@@ -12,7 +12,7 @@ surprised halfway.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -134,4 +134,12 @@ class IDiscovery(Interface):
         first answer when the pair was not known yet.
 
         Fails with L{UnknownDatacenter} or L{DiscoveryUnavailable}.
+        """
+
+    def current(dc: str, service: str) -> Optional[Snapshot]:
+        """
+        What L{lookup} would answer at once, without a L{Deferred}: the
+        snapshot of C{service} in C{dc} when one is held and may be served
+        now (the usual case, on every request), else L{None} -- then
+        L{lookup} waits for it, or says why there is none.
         """

@@ -14,7 +14,7 @@ daemon keeps those watches.
 from __future__ import annotations
 
 import json
-from typing import Callable, Dict, List, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Set, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError, succeed
@@ -79,12 +79,19 @@ class RemoteDiscovery(Service):
 
     # -- IDiscovery ---------------------------------------------------------------------------
 
-    def lookup(self, dc: str, service: str) -> Deferred[Snapshot]:
+    def current(self, dc: str, service: str) -> Optional[Snapshot]:
         key = (dc.lower(), service.lower())
         held = self._view.get(key)
+        if held is None:
+            return None
+        self._used.add(key)
+        return held[1]
+
+    def lookup(self, dc: str, service: str) -> Deferred[Snapshot]:
+        held = self.current(dc, service)
         if held is not None:
-            self._used.add(key)
-            return succeed(held[1])
+            return succeed(held)
+        key = (dc.lower(), service.lower())
         waiter: Deferred[Snapshot] = Deferred(lambda d: self._give_up(key, d))
         first = key not in self._waiting
         self._waiting.setdefault(key, []).append(waiter)

@@ -102,8 +102,7 @@ class ClientRequest:
         if body is not None and not body.complete:
             # The rest of the upload could not be told from a next request.
             keep = False
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), *[b"%s: %s\r\n" % pair for pair in headers]]
         self._no_body = self.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
         self._length = length
         if status == 101:
@@ -141,9 +140,16 @@ class ClientRequest:
             else:
                 self._out.append(b"0\r\n\r\n")
         self.flush()
+        self._done()
+        self.connection.request_done(self)
+
+    def _done(self) -> None:
         self.finished = True
         self.source = None
-        self.connection.request_done(self)
+        # The exchange is done with this request too: letting go of it here
+        # frees both as soon as they are dropped, instead of leaving a
+        # cycle per request for the garbage collector.
+        self.events = None
 
     def flush(self) -> None:
         """Send what the response has so far."""
@@ -154,8 +160,7 @@ class ClientRequest:
 
     def abort(self) -> None:
         self.flush()
-        self.finished = True
-        self.source = None
+        self._done()
         self.connection.cut(delimited=self._chunked or self._length is not None)
 
     def set_source(self, source: Optional[Pausable]) -> None:

@@ -25,7 +25,7 @@ from restygate.proxy.downstream import Downstream, HeaderList
 from restygate.proxy.parts import EngineParts
 from restygate.proxy.failure import Failed, Failure, discovery_failure
 from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
-from restygate.proxy.failover import Found, find
+from restygate.proxy.failover import Found, find, find_now
 from restygate.proxy.observe import completed_record
 from restygate.proxy.policy import Policy
 from restygate.proxy.rewrite import rewriter_for
@@ -85,10 +85,18 @@ class Exchange:
         except RouteError as e:
             self._fail(Failure.CLIENT_PROTOCOL if e.status == 400 else None, e.message, status=e.status)
             return
-        self.policy = self.engine.policies.policy(route.dc, route.service)
-        self._pending = d = find(self.engine, route, self.policy)
-        d.addCallbacks(self._forward, self._discovery_failed)
-        d.addErrback(self._crashed)
+        self.policy = policy = self.engine.policies.policy(route.dc, route.service)
+        found = find_now(self.engine, route, policy)
+        if found is None:
+            self._pending = d = find(self.engine, route, policy)
+            d.addCallbacks(self._forward, self._discovery_failed)
+            d.addErrback(self._crashed)
+            return
+        # What the Deferred chain would do with an exception from it.
+        try:
+            self._forward(found)
+        except Exception:
+            self._crashed(TwistedFailure())
 
     def _discovery_failed(self, failure: TwistedFailure) -> None:
         self._pending = None
@@ -232,22 +240,33 @@ class Exchange:
 
     def response_started(self, status: int, reason: bytes, headers: HeaderList, length: Optional[int]) -> None:
         engine = self.engine
-        self._stop_timer()
         route, instance = self.route, self.instance
         if route is not None and instance is not None:
             engine.outliers.succeeded(route.dc, route.service, instance)
         if self.upstream_sent is not None:
             self.upstream_latency = engine.clock.seconds() - self.upstream_sent
         if self.done:
+            self._stop_timer()
             return
         self._response_started = True
         request = self.request
-        rewrite = rewriter_for(self.policy.config, route, instance, request.secure, header(request.headers, b"host"))
         served = (b"X-Restygate-Datacenter", (self.snapshot.dc if self.snapshot else "").encode("ascii"))
-        request.respond(status, reason, [*response_headers(headers, rewrite=rewrite), served], length)
+        request.respond(status, reason, [*response_headers(headers, rewrite=self._rewrite), served], length)
         request.set_source(self._connection)
         self._progress = False
-        self._timer = engine.clock.callLater(engine.config.body_idle_timeout, self._timed_out)
+        # The response timeout's timer becomes the body's: moving a timer
+        # costs less than cancelling one and making another, per request.
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(engine.config.body_idle_timeout)
+        else:
+            self._timer = engine.clock.callLater(engine.config.body_idle_timeout, self._timed_out)
+
+    def _rewrite(self, name: bytes, value: bytes) -> bytes:
+        # Made only for a response that names a place: most name none.
+        host = header(self.request.headers, b"host")
+        rewriter = rewriter_for(self.policy.config, self.route, self.instance, self.request.secure, host)
+        return value if rewriter is None else rewriter(name, value)
 
     def response_body(self, data: bytes) -> None:
         self._progress = True

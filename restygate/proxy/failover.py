@@ -27,7 +27,7 @@ from restygate.proxy.routing import Route
 from restygate.upstream.choice import Choice
 from restygate.upstream.outliers import Outliers
 
-__all__ = ["Found", "Nearest", "FailoverParts", "find"]
+__all__ = ["Found", "Nearest", "FailoverParts", "find", "find_now"]
 
 
 class Nearest(Protocol):
@@ -60,10 +60,25 @@ class Found:
 
 
 def _usable(parts: FailoverParts, snapshot: Snapshot, choice: Optional[Choice]) -> bool:
-    if choice is None:
-        return False
-    ejected = parts.outliers.is_ejected
-    return not all(ejected(snapshot.dc, snapshot.service, i) for i in choice.instances)
+    return choice is not None and not parts.outliers.all_ejected(snapshot.dc, snapshot.service, choice.instances)
+
+
+def _here(parts: FailoverParts, route: Route, policy: Policy, snapshot: Snapshot) -> Optional[Found]:
+    choice = parts.policies.choice(policy, snapshot)
+    if choice is None or not _usable(parts, snapshot, choice):
+        return None
+    return Found(route, policy, snapshot, choice)
+
+
+def find_now(parts: FailoverParts, route: Route, policy: Policy) -> Optional[Found]:
+    """
+    Where C{route} is served, when that is known without waiting: its own
+    datacenter's snapshot is held and has an instance to use.  The usual
+    case, on every request, so it costs no L{Deferred}; L{None} sends the
+    request the long way (L{find}), which waits, fails over or says why not.
+    """
+    snapshot = parts.discovery.current(route.dc, route.service)
+    return None if snapshot is None else _here(parts, route, policy, snapshot)
 
 
 def find(parts: FailoverParts, route: Route, policy: Policy) -> Deferred[Found]:
@@ -81,13 +96,8 @@ def find(parts: FailoverParts, route: Route, policy: Policy) -> Deferred[Found]:
 def _here_or_elsewhere(
     snapshot: Snapshot, parts: FailoverParts, route: Route, policy: Policy
 ) -> Union[Found, Deferred[Found]]:
-    # The common case stays synchronous: a snapshot already known, with an
-    # instance to use, costs no coroutine.
-    choice = parts.policies.choice(policy, snapshot)
-    if _usable(parts, snapshot, choice):
-        assert choice is not None
-        return Found(route, policy, snapshot, choice)
-    return Deferred.fromCoroutine(_elsewhere(parts, route, policy))
+    # A snapshot with an instance to use costs no coroutine.
+    return _here(parts, route, policy, snapshot) or Deferred.fromCoroutine(_elsewhere(parts, route, policy))
 
 
 async def _elsewhere(parts: FailoverParts, route: Route, policy: Policy) -> Found:

@@ -57,12 +57,24 @@ def headers_named(headers: HeaderList, name: bytes) -> List[bytes]:
     return [value for key, value in headers if key.lower() == name]
 
 
+def _tokens(value: bytes) -> Set[bytes]:
+    return {t.strip().lower() for t in value.split(b",")}
+
+
 def _connection_tokens(headers: HeaderList) -> FrozenSet[bytes]:
     tokens: Set[bytes] = set()
     for key, value in headers:
         if key.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
+            tokens |= _tokens(value)
     return frozenset(tokens)
+
+
+def _without_named(out: HeaderList, lowered: List[bytes], named: Set[bytes]) -> HeaderList:
+    """C{out} without the fields C{Connection} named (beyond the fixed hop-by-hop set)."""
+    named = named - HOP_BY_HOP
+    if not named:
+        return out
+    return [pair for pair, name in zip(out, lowered) if name not in named]
 
 
 def wants_upgrade(headers: HeaderList) -> Optional[bytes]:
@@ -92,10 +104,11 @@ def forward_headers(
     that is not such a proxy; from anyone else they are replaced.
     """
     drop = _NOT_FORWARDED_WITH_BODY if has_body else _NOT_FORWARDED
-    named = _connection_tokens(headers)
-    if named:
-        drop = drop | named
+    # One pass, each name lowercased once; the fields the client's
+    # Connection names (it may come last) are taken out after it.
+    named: Set[bytes] = set()
     out: HeaderList = []
+    kept: List[bytes] = []
     chain: List[bytes] = []
     protos: List[bytes] = []
     forwarded: List[bytes] = []
@@ -111,8 +124,13 @@ def forward_headers(
                 forwarded.append(pair[1])
         elif lowered == b"host" and host is None:
             host = pair[1]
+        elif lowered == b"connection":
+            named |= _tokens(pair[1])
         if lowered not in drop:
             out.append(pair)
+            kept.append(lowered)
+    if named:
+        out = _without_named(out, kept, named)
     proto = b"https" if secure else b"http"
     ours = b"for=%s;proto=%s" % (_node(client_ip), proto)
     if host is not None:
@@ -158,16 +176,21 @@ def response_headers(
     header that names a place (C{Location}, C{Content-Location},
     C{Set-Cookie}) to rewrite.
     """
-    named = _connection_tokens(headers)
-    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
-    out = []
+    named: Set[bytes] = set()
+    out: HeaderList = []
+    kept: List[bytes] = []
     for name, value in headers:
         lowered = name.lower()
-        if lowered in drop:
+        if lowered in HOP_BY_HOP:
+            if lowered == b"connection":
+                named |= _tokens(value)
             continue
         if rewrite is not None and lowered in _PLACES:
             value = rewrite(lowered, value)
         out.append((name, value))
+        kept.append(lowered)
+    if named:
+        out = _without_named(out, kept, named)
     if upgrade:
         protocols = header(headers, b"upgrade")
         out.append((b"Connection", b"upgrade"))

@@ -86,11 +86,20 @@ class Outcome(Protocol):
     def upstream(self) -> Optional[str]: ...
 
 
-def _first(headers: List[Tuple[bytes, bytes]], name: bytes) -> str:
+_LOGGED = {b"host": 0, b"referer": 1, b"user-agent": 2}
+
+
+def _logged(headers: List[Tuple[bytes, bytes]]) -> List[Optional[bytes]]:
+    """The first C{Host}, C{Referer} and C{User-Agent} values, in one pass."""
+    found: List[Optional[bytes]] = [None, None, None]
     for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return ""
+        where = _LOGGED.get(key.lower())
+        if where is not None and found[where] is None:
+            found[where] = value
+    return found
+
+
+_new_record = object.__new__
 
 
 def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
@@ -99,17 +108,21 @@ def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
     # Consul's spelling once discovery answered, so case variants share a series.
     names = (outcome.snapshot.dc, outcome.snapshot.service) if outcome.snapshot is not None else None
     names = names or ((route.dc, route.service) if route else None)
-    headers = request.headers
-    return Completed(
+    host, referer, user_agent = _logged(request.headers)
+    # Filled in one go: a frozen dataclass's __init__ sets each of its
+    # fields through object.__setattr__, a few microseconds a request.  The
+    # record is as immutable to its readers either way.
+    record: Completed = _new_record(Completed)
+    record.__dict__.update(
         started=outcome.started,
         duration=now - outcome.started,
         client=request.client_ip,
         method=request.method.decode("latin-1"),
         uri=request.target.decode("latin-1"),
         proto=request.version.decode("latin-1"),
-        host=_first(headers, b"host"),
-        referer=_first(headers, b"referer"),
-        user_agent=_first(headers, b"user-agent"),
+        host=host.decode("latin-1") if host is not None else "",
+        referer=referer.decode("latin-1") if referer is not None else "",
+        user_agent=user_agent.decode("latin-1") if user_agent is not None else "",
         status=request.status,
         bytes_sent=request.bytes_sent,
         dc=names[0] if names else None,
@@ -123,3 +136,4 @@ def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
         bytes_received=outcome.tunnel_bytes_up,
         failed_over=outcome.failed_over,
     )
+    return record

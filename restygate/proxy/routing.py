@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import List, Optional, Pattern, Tuple
+from typing import Dict, List, Optional, Pattern, Tuple
 
 __all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "valid_host", "host_route"]
 
@@ -62,13 +62,25 @@ class Route:
         return f"/{self.dc}/{self.service}" if self.stripped is None else self.stripped
 
 
+# Names already checked, as every request names its datacenter and service
+# again; bounded, since clients choose what they name.
+_CHECKED: Dict[bytes, str] = {}
+_CHECKED_KEPT = 1024
+
+
 def _name(kind: str, raw: bytes) -> str:
+    name = _CHECKED.get(raw)
+    if name is not None:
+        return name
     if not _NAME.fullmatch(raw) or b".." in raw:
         raise RouteError(
             400,
             f"invalid {kind} name: use letters, digits, '-', '_' and '.' only",
         )
-    return raw.decode("ascii")
+    if len(_CHECKED) >= _CHECKED_KEPT:
+        _CHECKED.clear()
+    name = _CHECKED[raw] = raw.decode("ascii")
+    return name
 
 
 def parse_target(uri: bytes) -> Route:

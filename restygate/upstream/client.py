@@ -100,17 +100,16 @@ class UpstreamConnection(Protocol):
         self._head = method == b"HEAD"
         self._received = False
         self.reusable = False
-        lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
-        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
         self._body = body
         self._body_sent = body is None
+        framing = b""
         if body is not None:
             length = body.length
             self._chunked = length is None
-            lines.append(b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length)
-        lines.append(b"\r\n")
+            framing = b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length
         transport: Any = self.transport
-        send_now(transport, b"".join(lines))
+        send_now(transport, b"%s %s HTTP/1.1\r\n%s%s\r\n" % (
+            method, target, b"".join([b"%s: %s\r\n" % pair for pair in headers]), framing))
         if body is not None:
             transport.registerProducer(self, True)
             body.start(self)

@@ -177,6 +177,13 @@ class Outliers:
     def ejections(self) -> int:
         return self.ejections_total
 
+    def all_ejected(self, dc: str, service: str, instances: Tuple[Instance, ...]) -> bool:
+        """Whether every one of C{instances} is ejected right now."""
+        ejected = self._ejected.get((dc, service))
+        if not ejected:
+            return False
+        return all(self.is_ejected(dc, service, i) for i in instances)
+
     def is_ejected(self, dc: str, service: str, instance: Instance) -> bool:
         ejected = self._ejected.get((dc, service))
         if not ejected:

@@ -2,8 +2,14 @@
 The C{twistd restygate} plugin.  Deliberately thin: it names the module that
 holds the options and the service maker, which is imported only when the
 plugin is used, so C{twistd --help} stays fast and cannot fail on it.
+
+It also names restygate's reactor, C{twistd --reactor=restygate}: Twisted's
+epoll reactor without the log context around each read
+(L{restygate._compat.lean_reactor}), which worker processes install
+themselves; a single-process gateway gets it by asking.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 restygate = ServiceMaker(
@@ -11,4 +17,10 @@ restygate = ServiceMaker(
     "restygate.daemon.tap",
     "HTTP gateway routing /<datacenter>/<service>/<path> to Consul's passing instances",
     "restygate",
+)
+
+restygate_reactor = Reactor(
+    "restygate",
+    "restygate._compat",
+    "epoll(4) reactor dispatching plain reads without the per-event log context (restygate's data path)",
 )

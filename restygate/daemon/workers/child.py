@@ -43,7 +43,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
-from restygate._compat import adopt_listening_socket, server_tls_context
+from restygate._compat import adopt_listening_socket, install as install_lean_reactor, server_tls_context
 from restygate.config import Config
 from restygate.daemon.assembly import make_gateway
 from restygate.daemon.load import load
@@ -216,6 +216,10 @@ def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.e
     if options_argv[:1] == ["--"]:
         options_argv = options_argv[1:]
 
+    # A worker is all data path: the reactor that skips the per-read log
+    # context (restygate._compat.lean_reactor), unless one is in already.
+    if "twisted.internet.reactor" not in sys.modules:
+        install_lean_reactor()
     from twisted.internet import reactor as installed
 
     reactor: Any = installed

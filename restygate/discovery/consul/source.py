@@ -231,6 +231,16 @@ class ConsulDiscovery(Service):
         self._outdated.clear()
         return succeed(None)
 
+    def current(self, dc: str, service: str) -> Optional[Snapshot]:
+        key, now = (dc.lower(), service.lower()), self._clock.seconds()
+        watcher = self._watchers.get(key)
+        if watcher is None or watcher.snapshot is None or watcher in self._outdated or watcher.too_stale(
+                self.max_stale, now):
+            return None
+        self._watchers.move_to_end(key)
+        watcher.last_used = now
+        return watcher.snapshot
+
     def lookup(self, dc: str, service: str) -> Deferred[Snapshot]:
         key = (dc.lower(), service.lower())
         watcher = self._watchers.get(key)
@@ -262,22 +272,12 @@ class ConsulDiscovery(Service):
         watcher.last_used = now
         snapshot = watcher.snapshot
         if snapshot is not None:
-            if self._too_stale(watcher, now):
+            if watcher.too_stale(self.max_stale, now):
                 return fail(DiscoveryUnavailable(
                     f"Consul unreachable and the view of {watcher.dc}/{watcher.service} is older than max-stale"
                 ))
             return succeed(snapshot)
         return watcher.first_snapshot(self._discovery_timeout)
-
-    def _too_stale(self, watcher: Watcher, now: float) -> bool:
-        # Stale only counts while Consul is failing: a quiet service whose
-        # blocking query simply has not returned is fresh.
-        return (
-            self.max_stale is not None
-            and watcher.errors > 0
-            and watcher.last_success is not None
-            and now - watcher.last_success > self.max_stale
-        )
 
     def _watch(self, dc: str, service: str) -> Watcher:
         blocking = self._make_feed is None or (

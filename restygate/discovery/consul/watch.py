@@ -120,6 +120,13 @@ class Watcher:
     def last_error(self) -> Optional[str]:
         return self.loop.last_error
 
+    def too_stale(self, max_stale: Optional[float], now: float) -> bool:
+        """Whether its snapshot is too old to serve (C{max-stale}) while Consul fails."""
+        # Stale only counts while Consul is failing: a quiet service whose
+        # blocking query simply has not returned is fresh.
+        last = self.last_success
+        return max_stale is not None and self.errors > 0 and last is not None and now - last > max_stale
+
     def start(self) -> None:
         self.loop.start()
 
