@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.discovery.consul.answers import ConsulError
+from restygate.discovery.consul.checks import CheckStates, screen
 from restygate.discovery.consul.outage import Outage
 from restygate.discovery.consul.watch import Watcher
 from restygate.discovery.model import Instance
@@ -18,6 +19,7 @@ from tests.support.scripted import ScriptedSource
 
 A = Instance("10.0.0.1", 80, id="a")
 B = Instance("10.0.0.2", 80, id="b")
+NB = Instance("10.0.0.2", 80, id="b", node="n2")
 
 
 class FedWatchTests(SynchronousTestCase):
@@ -69,3 +71,28 @@ class FedWatchTests(SynchronousTestCase):
         self.assertEqual(len(self.source.pending()), 1)
         self.source.pending()[0].answer(4, B)
         self.assertEqual((web.errors, api.errors, self.outage.failing), (0, 0, set()))
+
+    def test_answers_go_through_the_screen_and_a_change_fetches_promptly(self) -> None:
+        # What the change feed last saw not passing: instance b's own check.
+        bad = CheckStates({"web": [("n2", "service:b", "critical", (), 9, "b")]})
+        watcher = self.watch("web")
+        watcher.screen = lambda answer: screen(answer, bad, "web")
+        # An answer from before the feed's (b still passing in it) cannot bring b back.
+        self.source.last.answer(5, A, NB)
+        self.assertEqual(watcher.snapshot.instances if watcher.snapshot else None, (A,))
+        # The feed saw b pass again (or go: it cannot tell): not served until a fetch says it is there,
+        # which goes ahead of mere re-issues.
+        bad = CheckStates()
+        watcher.rescreen()
+        self.assertEqual(watcher.snapshot.instances if watcher.snapshot else None, (A,))
+        watcher.refresh(changed=True)
+        self.assertTrue(self.source.last.prompt)
+        self.source.last.answer(10, A, NB)
+        self.assertEqual(watcher.snapshot.instances if watcher.snapshot else None, (A, NB))
+        # b fails again: the feed's view applies to the answer held, without a fetch.
+        bad = CheckStates({"web": [("n2", "service:b", "warning", (), 11, "b")]})
+        queries = len(self.source.queries)
+        watcher.rescreen()
+        self.assertEqual((watcher.snapshot.instances, watcher.snapshot.warning) if watcher.snapshot else None,
+                         ((A,), (NB,)))
+        self.assertEqual(len(self.source.queries), queries)

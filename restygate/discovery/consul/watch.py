@@ -187,10 +187,17 @@ class Watcher:
 
     def rescreen(self) -> None:
         """
-        Put the last answer through C{screen} again (what the feed knows moved).
+        Put the last answer through C{screen} again (what the feed knows
+        moved).  This only takes instances away: one the snapshot lacks
+        comes back with the fetch that says it is still registered.
         """
-        if self._answer is not None and self.snapshot is not None:
-            self._install(self._answer)
+        held, current = self._answer, self.snapshot
+        if held is not None and current is not None:
+            serving = set(current.instances)
+            self._install(HealthAnswer(
+                held.index, tuple(i for i in held.instances if i in serving), held.registered,
+                tuple(i for i in held.warning if i in serving or i in current.warning),
+            ))
 
     def _install(self, answer: HealthAnswer) -> Snapshot:
         if self.screen is not None:
