@@ -70,10 +70,12 @@ class OneDiscoveryPerHostTests(DaemonTestCase):
         # Ready before any request: the daemon's discovery has Consul's answer.
         self.waitFor(lambda: self.get(self.admin("/readyz"))[0] == 200, "the gateway to be ready")
         self.serves(20)
-        # Both workers served (each request on a new connection, spread by the kernel).
+        # Each worker that served (the kernel spreads the connections) holds
+        # the snapshot; one that did not was never sent it.
         status = json.loads(self.get(self.admin("/status?format=json"))[1])
-        views = [w["status"]["services"] for w in status["workers"]]
-        self.assertEqual([[s["service"] for s in v] for v in views], [["Web"], ["Web"]])
+        views = [[s["service"] for s in w["status"]["services"]] for w in status["workers"]]
+        self.assertIn(["Web"], views)
+        self.assertTrue(all(v in ([], ["Web"]) for v in views), views)
         # One first fetch and one blocking query from the daemon, not one each per worker.
         self.waitFor(lambda: self.consul_requests().get("GET /v1/health/service/Web", 0) >= 2, "the blocking query")
         self.assertEqual(self.consul_requests().get("GET /v1/health/service/Web"), 2)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 from restygate.discovery.model import (
@@ -41,9 +42,25 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def _instance(fields: Dict[str, Any]) -> Instance:
-    known = {f.name for f in dataclasses.fields(Instance) if f.init}
-    return Instance(**{k: _tuples(v) for k, v in fields.items() if k in known})
+_INSTANCE_FIELDS = frozenset(f.name for f in dataclasses.fields(Instance) if f.init)
+
+
+def _instance(fields: Dict[str, Any], seen: Dict[Tuple[Any, ...], Instance]) -> Instance:
+    """
+    The instance C{fields} describe: the one already made when an earlier
+    list of the same snapshot had it (its passing instances are also among
+    the registered ones), so a worker holds one object per instance.
+    """
+    values = {k: _tuples(v) for k, v in fields.items() if k in _INSTANCE_FIELDS}
+    key = tuple(sorted(values.items()))
+    instance = seen.get(key)
+    if instance is None:
+        # Addresses and node names repeat across every service on a node.
+        for name in ("address", "node"):
+            if isinstance(values.get(name), str):
+                values[name] = sys.intern(values[name])
+        instance = seen[key] = Instance(**values)
+    return instance
 
 
 def _fields(instance: Instance) -> Dict[str, Any]:
@@ -68,8 +85,9 @@ def decode_snapshot(text: str) -> Tuple[int, Snapshot]:
     """
     data = json.loads(text)
     known = {f.name for f in dataclasses.fields(Snapshot)}
+    seen: Dict[Tuple[Any, ...], Instance] = {}
     fields: Dict[str, Any] = {
-        k: tuple(_instance(i) for i in v) if isinstance(v, list) else v for k, v in data.items() if k in known
+        k: tuple(_instance(i, seen) for i in v) if isinstance(v, list) else v for k, v in data.items() if k in known
     }
     return data["version"], Snapshot(**fields)
 

@@ -4,19 +4,22 @@ with workers, the daemon runs Consul discovery once for the whole host and
 hands every worker the snapshots it routes with, so Consul load, agent
 connections and discovery memory do not grow with the worker count.
 
-Each snapshot the daemon's discovery replaces goes to every worker that is
-up, numbered (versioned) so a worker never takes an older one for a newer;
-a worker that starts or restarts gets the whole current view at once.  A
-worker's lookup for a pair it has no snapshot of comes here as C{want} and is
-answered by the daemon's discovery, which starts the watch if Consul knows
-the name; what workers served from their views comes back as C{used}, so
-the daemon's watches are not stopped as idle.
+A worker holds only the snapshots it asked for: its lookup for a pair it
+has no snapshot of comes here as C{want} and is answered by the daemon's
+discovery, which starts the watch if Consul knows the name; from then on
+each snapshot of that pair the daemon's discovery replaces goes to that
+worker, numbered (versioned) so a worker never takes an older one for a
+newer.  What a worker slot asked for outlives its process: a worker that
+restarts gets, at once, the current snapshots of every pair its slot had.
+What workers served from their views comes back as C{used}, so the daemon's
+watches are not stopped as idle; a pair no longer watched is dropped from
+every worker that held it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
@@ -36,11 +39,16 @@ __all__ = ["DiscoveryHub", "make_hub"]
 
 log = Logger()
 
+_Key = Tuple[str, str]
+
 
 class Worker(Protocol):
     """
-    What the hub needs of a worker process: a way to send it a line.
+    What the hub needs of a worker process: its slot, and a way to send it a line.
     """
+
+    @property
+    def index(self) -> int: ...
 
     def send(self, line: bytes) -> None: ...
 
@@ -57,7 +65,10 @@ class DiscoveryHub(Service):
         self._client = client
         self._workers = workers
         self._version = 0
-        self._view: Dict[Tuple[str, str], Tuple[int, Snapshot]] = {}
+        self._view: Dict[_Key, Tuple[int, Snapshot]] = {}
+        # The pairs each worker slot asked for (want), by slot: a subset of
+        # the view, so bounded by the pairs watched.
+        self._wanted: Dict[int, Set[_Key]] = {}
         discovery.listeners.append(self._changed)
         if discovery.names is not None:
             discovery.names.listed_listeners.append(self._listed)
@@ -93,8 +104,13 @@ class DiscoveryHub(Service):
             self._view[key] = (self._version, snapshot)
             line = f"snap {encode_snapshot(self._version, snapshot)}\n".encode("utf-8")
         for worker in self._workers():
-            worker.send(line)
-            self.sent += 1
+            wanted = self._wanted.get(worker.index)
+            if wanted is not None and key in wanted:
+                worker.send(line)
+                self.sent += 1
+        if snapshot is None:
+            for wanted in self._wanted.values():
+                wanted.discard(key)
 
     def _listed(self) -> None:
         # Consul answers: every worker's discovery is ready (its /readyz).
@@ -105,12 +121,15 @@ class DiscoveryHub(Service):
 
     def worker_up(self, worker: Worker) -> None:
         """
-        A worker started: whether discovery is ready, and the whole current view, at once.
+        A worker started: whether discovery is ready, and the current
+        snapshots of what its slot asked for, at once.
         """
         if self._ready:
             worker.send(b"ready\n")
-        for version, snapshot in self._view.values():
-            worker.send(f"snap {encode_snapshot(version, snapshot)}\n".encode("utf-8"))
+        for key in sorted(self._wanted.get(worker.index, ())):
+            held = self._view.get(key)
+            if held is not None:
+                worker.send(f"snap {encode_snapshot(*held)}\n".encode("utf-8"))
 
     def from_worker(self, worker: Worker, line: bytes) -> None:
         """
@@ -119,9 +138,15 @@ class DiscoveryHub(Service):
         fields = line.decode("utf-8", "replace").split()
         if fields[:1] == ["want"] and len(fields) == 4 and fields[1].isdigit():
             number, dc, service = fields[1:]
+            # The worker gets this pair's snapshots from now on (they are
+            # sent it from the first one on), unless the lookup fails: only
+            # names Consul knows stay, and a pair no longer watched leaves.
+            key = (dc.lower(), service.lower())
+            self._wanted.setdefault(worker.index, set()).add(key)
             answer = self.discovery.lookup(dc, service)
             answer.addCallbacks(
-                self._found, self._failed, callbackArgs=(worker, number), errbackArgs=(worker, number)
+                self._found, self._failed, callbackArgs=(worker, number, self._version),
+                errbackArgs=(worker, number, key),
             )
         elif fields[:1] == ["used"]:
             for name in fields[1:]:
@@ -131,16 +156,19 @@ class DiscoveryHub(Service):
         else:
             log.warn("unexpected line from a worker on the discovery channel: {line!r:.100}", line=line)
 
-    def _found(self, snapshot: Snapshot, worker: Worker, number: str) -> None:
-        held = self._view.get((snapshot.dc.lower(), snapshot.service.lower()))
-        if held is not None and held[1] is snapshot:
-            # Every worker has it already (a `snap` line, sent before this
+    def _found(self, snapshot: Snapshot, worker: Worker, number: str, asked_at: int) -> None:
+        key = (snapshot.dc.lower(), snapshot.service.lower())
+        held = self._view.get(key)
+        if held is not None and held[1] is snapshot and held[0] > asked_at:
+            # Sent to this worker after it asked (a `snap` line, before this
             # answer on the same pipe): the version says which.
             worker.send(f'answer {number} {{"version":{held[0]}}}\n'.encode("utf-8"))
             return
-        worker.send(f'answer {number} {{"snapshot":{encode_snapshot(0, snapshot)}}}\n'.encode("utf-8"))
+        version = held[0] if held is not None and held[1] is snapshot else 0
+        worker.send(f'answer {number} {{"snapshot":{encode_snapshot(version, snapshot)}}}\n'.encode("utf-8"))
 
-    def _failed(self, failure: Failure, worker: Worker, number: str) -> Any:
+    def _failed(self, failure: Failure, worker: Worker, number: str, key: _Key) -> Any:
+        self._wanted.get(worker.index, set()).discard(key)
         error = failure.value if failure.value is not None else Exception("discovery failed")
         worker.send(f"answer {number} {encode_error(error)}\n".encode("utf-8"))
 
