@@ -30,9 +30,12 @@ with `--workers 2` against it.  Then, in order:
     listings (refreshed on a miss, at most once per 5 s); real traffic's p99
     before and during;
  D. the Consul test server killed for --outage seconds and started again
-    (fresh state, so its index is reset): requests through restygate that
-    failed meanwhile, peak Consul queries/s after it is back, seconds until
-    restygate reports no failing query, and a sweep of every route 5 s later.
+    (fresh state, so its index is reset; every service's third instance
+    gone meanwhile): requests through restygate that failed meanwhile, peak
+    Consul queries/s after it is back, seconds until every pair the workers
+    hold routes with Consul's new view (two instances, read from each
+    worker's /status), seconds until restygate reports no failing query, and
+    a sweep of every route after.
 
 Results go to stdout and bench/results/scale-<time>.json.
 """
@@ -175,6 +178,18 @@ class Rig:
         """The (dc, service) label pairs /metrics has series for; None when it did not answer."""
         status, body = get(self.admin, "/metrics", fresh=True, timeout=60.0)
         return set(re.findall(rb'dc="([^"]*)",service="([^"]*)"', body)) if status == 200 else None
+
+    def held_instances(self) -> Dict[Pair, int]:
+        """Every (dc, service) some worker's view holds, with the most instances any worker routes it to."""
+        held: Dict[Pair, int] = {}
+        for index in range(2):
+            status, body = get(self.admin, f"/status?worker={index}&format=json", fresh=True, timeout=30.0)
+            if status != 200:
+                return {}
+            for entry in json.loads(body)["services"]:
+                pair = (entry["dc"], entry["service"])
+                held[pair] = max(held.get(pair, 0), len(entry["instances"]))
+        return held
 
     def worker_pids(self) -> List[int]:
         _, body = get(self.admin, "/status?format=json", fresh=True)
@@ -372,17 +387,28 @@ def phase_d(rig: Rig, out: Dict[str, Any]) -> None:
     thread.start()
     rig.consul.send_signal(signal.SIGKILL)
     rig.consul.wait()
+    # Consul comes back without every service's third instance (deregistered
+    # meanwhile): routing with Consul's view again is then visible, in each
+    # worker's view, as two instances for every pair it holds.
+    with open(rig.register, "w") as f:
+        json.dump([rig.registration(dc, s, k) for dc, s in rig.pairs for k in range(2)], f)
     time.sleep(args.outage)
     back = time.monotonic()
     rig.start_consul()
     rates: List[float] = []
     recovered: Optional[float] = None
+    synced: Optional[float] = None
+    held: Dict[Pair, int] = {}
     last, last_t = consul_total(rig.stats()), time.monotonic()
-    while time.monotonic() - back < 20:
-        time.sleep(1.0)
+    while time.monotonic() - back < 30 and (recovered is None or synced is None or time.monotonic() - back < 20):
+        time.sleep(0.5)
         now_total, now = consul_total(rig.stats()), time.monotonic()
         rates.append((now_total - last) / (now - last_t))
         last, last_t = now_total, now
+        if synced is None:
+            held = rig.held_instances()
+            if held and all(n == 2 for n in held.values()):
+                synced = time.monotonic() - back
         if recovered is None and rig.metric("restygate_consul_failing_queries") == 0:
             recovered = time.monotonic() - back
     stop.set()
@@ -391,6 +417,9 @@ def phase_d(rig: Rig, out: Dict[str, Any]) -> None:
     out["D"] = {
         "outage_seconds": args.outage, "probe_requests": served[0], "probe_failures": len(failed),
         "peak_consul_queries_per_second_after": round(max(rates), 1),
+        "seconds_until_every_held_pair_has_consuls_view": None if synced is None else round(synced, 1),
+        "pairs_held_by_workers": len(held),
+        "pairs_still_old_at_the_end": sum(1 for n in held.values() if n != 2),
         "seconds_until_no_failing_query": None if recovered is None else round(recovered, 1),
         "routes_200_after": sum(1 for r in results if r[1] == 200), "routes": len(results),
     }
