@@ -80,3 +80,28 @@ class SnapshotsAskedForTests(TestCase):
         workers[0] = restarted = _Worker(0)
         hub.worker_up(restarted)
         self.assertEqual(restarted.snapshots(), ["web"])
+
+    async def test_workers_report_how_often_they_served_a_pair(self) -> None:
+        """
+        A worker's C{used} report counts its requests on the daemon's watch,
+        which the ranking of dedicated queries reads; a count past reason
+        is capped.
+        """
+        consul = ConsulServer(reactor, jitter=False)
+        port = consul.listen(reactor)
+        self.addCleanup(port.stopListening)
+        self.addCleanup(consul.disconnect_all)
+        consul.register_service("dc1", "n1", "127.0.0.1", "web", 8000, service_id="web")
+        config = load({"consul": consul.address, "consul-wait": 30, "admin": "none"}, {})
+        worker = _Worker(0)
+        hub = make_hub(config, reactor, lambda: [worker])
+        hub.startService()
+        self.addCleanup(hub.stopService)
+        hub.from_worker(worker, b"want 1 dc1 web")
+        await eventually(lambda: any(line.startswith("answer ") for line in worker.lines))
+        watch = hub.discovery.watchers[("dc1", "web")]
+        before = watch.hits
+        hub.from_worker(worker, b"used dc1/web/7 dc1/WEB/5")
+        self.assertEqual(watch.hits - before, 12)
+        hub.from_worker(worker, b"used dc1/web/99999999999")
+        self.assertEqual(watch.hits - before, 12 + 1_000_000)

@@ -40,7 +40,7 @@ class RemoteDiscoveryTests(SynchronousTestCase):
         self.assertTrue(self.remote.has_instances("dc1", "Web"))
         self.assertFalse(self.remote.has_instances("dc1", "WEB"))
         self.clock.advance(30)
-        self.assertEqual(self.sent, [b"used dc1/Web\n"])
+        self.assertEqual(self.sent, [b"used dc1/Web/1\n"])
         self.assertTrue(self.remote.received(b'drop ["dc1", "Web"]'))
         self.assertEqual(self.remote.watched(), [])
 

@@ -9,8 +9,9 @@ One message a line, over the pipes the daemon already has to each worker
 
  - worker to daemon: C{want <id> <dc> <service>} (a lookup the worker has no
    snapshot for; names are route segments, never whitespace) and
-   C{used <dc>/<service> ...} (what it served from its view lately, so the
-   daemon's watches are not stopped as idle);
+   C{used <dc>/<service>/<count> ...} (what it served from its view lately
+   and how often: the daemon's watches are not stopped as idle, and the
+   busiest get dedicated queries);
  - daemon to worker: C{snap <json>} (a versioned snapshot, sent to every
    worker on each change and the whole view to a worker that starts),
    C{drop <json>} (a pair no longer watched), C{answer <id> <json>} (the

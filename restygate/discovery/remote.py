@@ -7,14 +7,15 @@ Every snapshot the daemon holds reaches every worker as it changes, and a
 worker that starts gets the whole view at once, so nearly every lookup is
 answered from memory.  A lookup for a pair the view lacks asks the daemon
 (C{want}); concurrent lookups for it share the question.  What the worker
-served from its view is reported back now and then (C{used}), so the
-daemon keeps those watches.
+served from its view is reported back every few seconds with how often
+(C{used}), so the daemon keeps those watches and gives its dedicated
+blocking queries to the busiest services.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError, succeed
@@ -46,7 +47,7 @@ class RemoteDiscovery(Service):
     """
 
     def __init__(
-        self, send: Callable[[bytes], None], clock: IReactorTime, timeout: float, report_interval: float = 30.0
+        self, send: Callable[[bytes], None], clock: IReactorTime, timeout: float, report_interval: float = 5.0
     ) -> None:
         self._send = send
         self._clock = clock
@@ -55,7 +56,8 @@ class RemoteDiscovery(Service):
         self._waiting: Dict[_Key, List[Deferred[Snapshot]]] = {}
         self._asked: Dict[int, _Key] = {}
         self._next_id = 0
-        self._used: Set[_Key] = set()
+        # Lookups served from the view since the last report, by pair.
+        self._used: Dict[_Key, int] = {}
         # The daemon's discovery has had Consul's answer (readiness).
         self._ready = False
         self._reporter = LoopingCall(self._report)
@@ -84,7 +86,7 @@ class RemoteDiscovery(Service):
         held = self._view.get(key)
         if held is None:
             return None
-        self._used.add(key)
+        self._used[key] = self._used.get(key, 0) + 1
         return held[1]
 
     def lookup(self, dc: str, service: str) -> Deferred[Snapshot]:
@@ -183,10 +185,11 @@ class RemoteDiscovery(Service):
                 waiter.errback(Failure(outcome))
 
     def _report(self) -> None:
-        used, self._used = sorted(self._used), set()
+        used, self._used = sorted(self._used.items()), {}
         for start in range(0, len(used), _USED_PER_LINE):
+            # dc/service/count: neither name holds a slash (they are path segments).
             names = " ".join(
-                f"{self._view[k][1].dc}/{self._view[k][1].service}" for k in used[start:start + _USED_PER_LINE]
+                f"{self._view[k][1].dc}/{self._view[k][1].service}/{n}" for k, n in used[start:start + _USED_PER_LINE]
                 if k in self._view
             )
             if names:

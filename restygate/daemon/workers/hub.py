@@ -40,6 +40,9 @@ __all__ = ["DiscoveryHub", "make_hub"]
 log = Logger()
 
 _Key = Tuple[str, str]
+# A worker's count of requests for one pair in one report, at most (the count
+# only ranks watches; a bogus huge one must not pin a place for hours).
+_MAX_HITS = 1_000_000
 
 
 class Worker(Protocol):
@@ -150,9 +153,13 @@ class DiscoveryHub(Service):
             )
         elif fields[:1] == ["used"]:
             for name in fields[1:]:
-                dc, _, service = name.partition("/")
-                # Marks the watch as used (and keeps it among the most recent).
-                self.discovery.lookup(dc, service).addErrback(lambda _: None)
+                dc, _, rest = name.partition("/")
+                service, _, count = rest.partition("/")
+                hits = min(int(count), _MAX_HITS) if count.isdigit() else 1
+                # Counts the requests and keeps the watch among the most
+                # recent; one dropped meanwhile is started again.
+                if not self.discovery.requested(dc, service, hits):
+                    self.discovery.lookup(dc, service).addErrback(lambda _: None)
         else:
             log.warn("unexpected line from a worker on the discovery channel: {line!r:.100}", line=line)
 

@@ -12,7 +12,7 @@ to retry a failure: a watch kept fresh by its datacenter's change feed.
 from __future__ import annotations
 
 import random
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -149,7 +149,41 @@ class BlockingLoop:
         if not self.running:
             return
         self._inflight = d = self._query(self.index if self.blocking else 0, self.answers == 0)
-        d.addCallbacks(self._answered, self._failed).addErrback(self._crashed).addCallback(self._schedule)
+        d.addBoth(self._settle, d)
+
+    def _settle(self, result: Union[Indexed, Failure], asked: Deferred[Indexed]) -> None:
+        if asked is not self._inflight:
+            # Dropped by unblock(): its outcome is nobody's.
+            return None
+        try:
+            delay = self._failed(result) if isinstance(result, Failure) else self._answered(result)
+        except Exception:
+            # A bug in the handlers must not end the loop for good.
+            delay = self._crashed(Failure())
+        self._schedule(delay)
+        return None
+
+    def block(self) -> None:
+        """
+        Hold a blocking query from now on (after the one-off query in
+        flight, if any, or at once), starting from the last index: a change
+        since the last answer returns at once.
+        """
+        self.blocking = True
+        if self.running and self._inflight is None and (self._next is None or not self._next.active()):
+            self._ask()
+
+    def unblock(self) -> None:
+        """
+        Ask only when told to from now on: the blocking query held is
+        dropped and one one-off query asks now, so nothing that changed
+        before the hand-over is missed.
+        """
+        self.blocking = False
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.cancel()
+        self.refresh()
 
     def _schedule(self, delay: Optional[float]) -> None:
         self._inflight = None

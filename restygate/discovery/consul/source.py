@@ -8,9 +8,10 @@ datacenter or service fails at once and starts nothing.  Names are matched
 case-insensitively, so C{/dc1/web} and C{/dc1/WEB} share one watch in
 Consul's spelling.  At most C{max-watched-services} watches exist; past
 that the least recently used one is dropped (and started again when asked
-for).  Connections to the agent are bounded (L{ConsulGate}): the first
-C{dedicated} watches hold a blocking query each, every later one is kept
-fresh by its datacenter's L{ChangeFeed} and one-off fetches.
+for).  Connections to the agent are bounded (L{ConsulGate}): up to
+C{dedicated} watches, the busiest (L{Ranking}), hold a blocking query each,
+every other one is kept fresh by its datacenter's L{ChangeFeed} and one-off
+fetches.
 
 When a reload changes what a watch asks Consul (its service's tags, the
 wait), each such watched pair gets a successor watcher on its next request,
@@ -34,20 +35,21 @@ from zope.interface import implementer
 
 from restygate.config import Config
 from restygate.config.services import Overrides, service_tags
+from restygate.discovery.consul import shown
 from restygate.discovery.consul.feed import ChangeFeed
 from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.names import ConsulNames
 from restygate.discovery.consul.outage import Outage
+from restygate.discovery.consul.ranking import Ranking
 from restygate.discovery.consul.watch import HealthSource, Watcher
 from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
-from restygate.ops.views import ConsulLoad, FeedState, IConsulLoadView, IDiscoveryView, Watched
+from restygate.ops.views import ConsulLoad, IConsulLoadView, IDiscoveryView, Watched
 
 __all__ = ["ConsulDiscovery"]
 
 log = Logger()
 
-# How long "Consul has no path to this datacenter" is believed without asking
-# again; short, so a datacenter that joins the federation is served promptly.
+# How long "no path to this datacenter" is believed: short, so one that joins is served promptly.
 UNKNOWN_DC_TTL = 5.0
 # Watches dropped past max-watched-services are logged at most this often.
 EVICTION_LOG_INTERVAL = 60.0
@@ -121,6 +123,7 @@ class ConsulDiscovery(Service):
         self._evictions_logged = -EVICTION_LOG_INTERVAL
         self._sweeper = LoopingCall(self._sweep_safely)
         self._sweeper.clock = clock
+        self.ranking = Ranking(clock, dedicated, self._watchers.values, self._feed_for) if feed else None
 
     @property
     def watchers(self) -> Dict[_Key, Watcher]:
@@ -132,19 +135,7 @@ class ConsulDiscovery(Service):
         return [w for k, w in self._watchers.items() if k[0] == key and not w.blocking]
 
     def watched(self) -> List[Watched]:
-        found = []
-        for watcher in sorted(self._watchers.values(), key=lambda w: (w.dc, w.service)):
-            snapshot = watcher.snapshot
-            found.append(
-                Watched(
-                    watcher.dc, watcher.service,
-                    instances=snapshot.instances if snapshot is not None else (),
-                    synced=snapshot is not None,
-                    index=watcher.index, last_success=watcher.last_success,
-                    last_error=watcher.last_error, errors=watcher.errors,
-                )
-            )
-        return found
+        return shown.watched(self._watchers.values())
 
     def has_instances(self, dc: str, service: str) -> bool:
         # Only Consul's spelling: a series per case variant would be unbounded.
@@ -154,21 +145,8 @@ class ConsulDiscovery(Service):
         return watcher.snapshot is not None and bool(watcher.snapshot.instances)
 
     def consul_load(self) -> ConsulLoad:
-        gate = self._gate
-        return ConsulLoad(
-            connections=gate.in_flight if gate is not None else 0,
-            max_connections=gate.limit if gate is not None else 0,
-            peak_connections=gate.peak if gate is not None else 0,
-            watches=len(self._watchers), max_watches=self.max_watched,
-            dedicated=sum(1 for w in self._watchers.values() if w.blocking),
-            evicted=self.evicted,
-            name_misses=self.names.misses if self.names is not None else 0,
-            feeds=tuple(
-                FeedState(dc, feed.lag(), self._last_contact.get(feed.dc, 0.0), feed.refetches)
-                for dc, feed in sorted(self.feeds.items())
-            ),
-            failing=len(self.outage.failing),
-        )
+        return shown.load(self._gate, self._watchers.values(), self.max_watched, self.evicted, self.names,
+                          self.feeds, self._last_contact, self.outage)
 
     def answered(self) -> bool:
         return any(w.last_success is not None for w in self._watchers.values())
@@ -178,6 +156,8 @@ class ConsulDiscovery(Service):
         if self.names is not None:
             self.names.startService()
         self._sweeper.start(self._sweep_interval(), now=False)
+        if self.ranking is not None:
+            self.ranking.start()
 
     def _sweep_interval(self) -> float:
         return min(60.0, self._idle_timeout / 4)
@@ -214,11 +194,12 @@ class ConsulDiscovery(Service):
 
     def _tags_of(self, dc: str, service: str) -> Tuple[str, ...]:
         return service_tags(self._tags, self._table, dc, service)
-
     def stopService(self) -> Deferred[None]:
         super().stopService()
         if self._sweeper.running:
             self._sweeper.stop()
+        if self.ranking is not None:
+            self.ranking.stop()
         for watcher in [*self._watchers.values(), *self._successors.values()]:
             watcher.stop()
         for feed in self.feeds.values():
@@ -238,7 +219,7 @@ class ConsulDiscovery(Service):
                 self.max_stale, now):
             return None
         self._watchers.move_to_end(key)
-        watcher.last_used = now
+        watcher.last_used, watcher.hits = now, watcher.hits + 1
         return watcher.snapshot
 
     def lookup(self, dc: str, service: str) -> Deferred[Snapshot]:
@@ -270,6 +251,7 @@ class ConsulDiscovery(Service):
             # first answer as they would have before the reload.
             watcher = self._renew(key, watcher, now)
         watcher.last_used = now
+        watcher.hits += 1
         snapshot = watcher.snapshot
         if snapshot is not None:
             if watcher.too_stale(self.max_stale, now):
@@ -293,10 +275,28 @@ class ConsulDiscovery(Service):
             on_change=self._changed,
         )
         watcher.start()
-        if not blocking and self._make_feed is not None and dc.lower() not in self.feeds:
+        if not blocking:
+            self._feed_for(watcher)
+        return watcher
+
+    def _feed_for(self, watcher: Watcher) -> None:  # its datacenter's feed runs from now on
+        if self._make_feed is not None and watcher.dc.lower() not in self.feeds:
+            dc = watcher.dc
             self.feeds[dc.lower()] = feed = self._make_feed(dc, lambda: self.fed(dc))
             feed.start()
-        return watcher
+
+    def requested(self, dc: str, service: str, hits: int) -> bool:
+        """
+        A worker served C{hits} requests of a pair from its view: whether it
+        is watched (if so, the watch counts them, and stays).
+        """
+        key = (dc.lower(), service.lower())
+        watcher = self._watchers.get(key)
+        if watcher is None:
+            return False
+        self._watchers.move_to_end(key)
+        watcher.last_used, watcher.hits = self._clock.seconds(), watcher.hits + hits
+        return True
 
     def _changed(self, watcher: Watcher) -> None:
         key = (watcher.dc.lower(), watcher.service.lower())

@@ -86,6 +86,10 @@ class Watcher:
         self.tags = tags
         self.snapshot: Optional[Snapshot] = None
         self.last_used = clock.seconds()
+        # Requests since the last ranking, and the decayed rate ranking reads
+        # (L{restygate.discovery.consul.ranking}).
+        self.hits = 0
+        self.rate = 0.0
         self._source = source
         self._clock = clock
         self._wait = wait
@@ -133,6 +137,18 @@ class Watcher:
     def stop(self) -> None:
         self.loop.stop()
         self._fail_waiters(DiscoveryUnavailable(f"stopped watching {self.dc}/{self.service}"))
+
+    def promote(self) -> None:
+        """
+        Hold a blocking query of its own from now on.
+        """
+        self.loop.block()
+
+    def demote(self) -> None:
+        """
+        Leave it to the change feed from now on, after one fetch now.
+        """
+        self.loop.unblock()
 
     def refresh(self, changed: bool = False) -> None:
         """
