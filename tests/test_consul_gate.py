@@ -12,7 +12,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.discovery.consul.gate import AGED, ConsulGate
+from restygate.discovery.consul.answers import ConsulError
+from restygate.discovery.consul.gate import AGED, RELEARN, ConsulGate
 
 
 class GateTests(SynchronousTestCase):
@@ -105,3 +106,28 @@ class GateTests(SynchronousTestCase):
         for n in range(12):
             self.request(gate, f"c{n}")
         self.assertEqual(len(self.started), 40)
+
+    def test_an_agents_429_teaches_its_cap(self) -> None:
+        """
+        A 429 (the agent's per-client cap, below the limit) lowers the
+        requests in flight to fewer than were in flight when it came; one
+        more is tried per RELEARN seconds without another, up to the limit.
+        """
+        gate = ConsulGate(self.clock, limit=8, rate=1000.0)
+        results = [self.request(gate, f"u{n}", urgent=True) for n in range(8)]
+        self.assertEqual(gate.in_flight, 8)
+        self.pending[5].errback(ConsulError("Consul agent connection limit reached (429)", 429))
+        self.failureResultOf(results[5], ConsulError)
+        self.assertEqual((gate.learned, gate.effective), (7, 7))
+        self.pending[0].callback("ok")
+        more = [self.request(gate, f"v{n}", urgent=True) for n in range(3)]
+        # Six in flight, one more allowed: seven.
+        self.assertEqual((gate.in_flight, len(self.started)), (7, 9))
+        self.clock.advance(RELEARN - 1)
+        self.pending[1].callback("ok")
+        self.assertEqual((gate.learned, gate.in_flight, len(self.started)), (7, 7, 10))
+        # RELEARN without a 429: one more, which is the limit again.
+        self.clock.advance(1)
+        self.pending[2].callback("ok")
+        self.assertEqual((gate.learned, gate.effective, gate.in_flight, len(self.started)), (None, 8, 7, 11))
+        self.assertNoResult(more[2])

@@ -22,9 +22,12 @@ from typing import Any, Callable, Deque, Optional, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ConsulGate", "AGED"]
+__all__ = ["ConsulGate", "AGED", "RELEARN"]
+
+log = Logger()
 
 T = TypeVar("T")
 
@@ -34,6 +37,11 @@ AGED = 1.0
 #: (at least one): queries that come in bunches do not queue behind each
 #: other while the average stays within the rate.
 BURST_SECONDS = 0.1
+
+#: An agent that refused a connection (429: its per-client cap, below
+#: consul-max-connections) is trusted with one connection more per this many
+#: seconds without another refusal.
+RELEARN = 30.0
 
 _Start = Callable[[], "Deferred[Any]"]
 
@@ -55,6 +63,8 @@ class ConsulGate:
     rate for the last two.
 
     @ivar limit: requests in flight at most (C{consul-max-connections}).
+    @ivar learned: the agent's own cap on our connections, as its 429s
+        told it (L{None} while it refused none): in flight at most, if lower.
     @ivar rate: background requests started per second at most (C{consul-max-rps}).
     """
 
@@ -64,6 +74,8 @@ class ConsulGate:
         self.rate = rate
         self.in_flight = 0
         self.peak = 0
+        self.learned: Optional[int] = None
+        self._learned_at = 0.0
         # Background requests started, for the metrics.
         self.background_started = 0
         self._urgent: Deque[_Ticket] = deque()
@@ -103,8 +115,15 @@ class ConsulGate:
         if ticket.running is not None:
             ticket.running.cancel()
 
+    @property
+    def effective(self) -> int:
+        """
+        Requests in flight at most: the limit, or the agent's cap if lower.
+        """
+        return self.limit if self.learned is None else min(self.limit, self.learned)
+
     def _pump(self) -> None:
-        while self.in_flight < self.limit:
+        while self.in_flight < self.effective:
             ticket = self._take()
             if ticket is None:
                 return
@@ -156,6 +175,7 @@ class ConsulGate:
     def _done(self, outcome: Any, ticket: _Ticket) -> None:
         self.in_flight -= 1
         ticket.running = None
+        self._learn(outcome)
         if not ticket.result.called:
             if isinstance(outcome, Failure):
                 ticket.result.errback(outcome)
@@ -165,3 +185,18 @@ class ConsulGate:
             # Cancelled by its caller: the failure is the cancellation, expected.
             outcome.trap(Exception)
         self._pump()
+
+    def _learn(self, outcome: Any) -> None:
+        # Refused with this many in flight (this one included): the agent's
+        # cap is below that.  Never more than that until RELEARN passes.
+        now = self._clock.seconds()
+        if isinstance(outcome, Failure) and getattr(outcome.value, "status", None) == 429:
+            learned = max(1, min(self.effective, self.in_flight + 1) - 1)
+            if learned != self.learned:
+                log.info("the Consul agent refuses connections past {n} in flight: keeping below it",
+                         n=learned + 1)
+            self.learned, self._learned_at = learned, now
+        elif self.learned is not None and now - self._learned_at >= RELEARN:
+            self.learned, self._learned_at = self.learned + 1, now
+            if self.learned >= self.limit:
+                self.learned = None

@@ -9,19 +9,24 @@ last ranking are folded into a decayed rate (half-life L{HALF_LIFE}), and a
 fed watch takes the place of the least busy dedicated one only when its
 rate is clearly higher (L{MARGIN} times, and by at least L{MIN_GAP}), so
 watches of services about as busy as each other do not churn.  A free
-place goes to the busiest fed watch that was asked for at all.  Demotion
+place goes to the busiest fed watch that was asked for at all.  An agent
+that caps our connections below consul-max-connections (its 429s, learned
+by the L{ConsulGate}) shrinks the places to a quarter of its cap, the least
+busy going back to the feed, so held queries never take every connection
+it allows and first fetches still get through.  Demotion
 hands a service back to its feed without a gap: the held query is dropped
 and one fetch asks at once, and the feed covers every change after it.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, List
+from typing import Callable, Iterable, List, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.watch import Watcher
 
 __all__ = ["Ranking", "RANK_INTERVAL", "HALF_LIFE", "MARGIN", "MIN_GAP"]
@@ -53,8 +58,10 @@ class Ranking:
         budget: int,
         watches: Callable[[], Iterable[Watcher]],
         demoted: Callable[[Watcher], None],
+        gate: Optional[ConsulGate] = None,
     ) -> None:
         self.budget = budget
+        self._gate = gate
         self._watches = watches
         self._demoted = demoted
         self.moves = 0
@@ -90,21 +97,37 @@ class Ranking:
                 live.append(watcher)
         dedicated = sorted((w for w in live if w.blocking), key=lambda w: w.rate)
         fed = sorted((w for w in live if not w.blocking and w.rate > 0), key=lambda w: w.rate, reverse=True)
-        free = self.budget - len(dedicated)
+        places = self.places
+        while len(dedicated) > places:
+            self._demote(dedicated.pop(0))
+        free = places - len(dedicated)
         while fed and free > 0:
             self._promote(fed.pop(0))
             free -= 1
         while fed and dedicated and fed[0].rate > max(dedicated[0].rate * MARGIN, dedicated[0].rate + MIN_GAP):
             quiet, busy = dedicated.pop(0), fed.pop(0)
-            self._demoted(quiet)
-            quiet.demote()
+            self._demote(quiet)
             self._promote(busy)
-            self.moves += 1
             log.debug(
                 "{busy} ({rate:.1f}) takes the dedicated watch of {quiet} ({quieter:.1f})",
                 busy=f"{busy.dc}/{busy.service}", rate=busy.rate,
                 quiet=f"{quiet.dc}/{quiet.service}", quieter=quiet.rate,
             )
+
+    @property
+    def places(self) -> int:
+        """
+        Dedicated watches at most now: the budget, or a quarter of the
+        connections the agent allows us if that is fewer.
+        """
+        if self._gate is None or self._gate.learned is None:
+            return self.budget
+        return min(self.budget, self._gate.effective // 4)
+
+    def _demote(self, watcher: Watcher) -> None:
+        self._demoted(watcher)
+        watcher.demote()
+        self.moves += 1
 
     def _promote(self, watcher: Watcher) -> None:
         watcher.promote()

@@ -123,7 +123,7 @@ class ConsulDiscovery(Service):
         self._evictions_logged = -EVICTION_LOG_INTERVAL
         self._sweeper = LoopingCall(self._sweep_safely)
         self._sweeper.clock = clock
-        self.ranking = Ranking(clock, dedicated, self._watchers.values, self._feed_for) if feed else None
+        self.ranking = Ranking(clock, dedicated, self._watchers.values, self._feed_for, gate) if feed else None
 
     @property
     def watchers(self) -> Dict[_Key, Watcher]:
