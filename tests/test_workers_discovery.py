@@ -98,15 +98,18 @@ class OneDiscoveryPerHostTests(DaemonTestCase):
         self.serves(4)
         self.waitFor(lambda: self.consul_requests().get("GET /v1/health/service/Web", 0) >= 2, "the blocking query")
         asked = self.consul_requests()["GET /v1/health/service/Web"]
-        pids = [w["pid"] for w in json.loads(self.get(self.admin("/status?format=json"))[1])["workers"]]
-        os.kill(pids[0], signal.SIGKILL)
+        workers = json.loads(self.get(self.admin("/status?format=json"))[1])["workers"]
+        # A worker that served (the kernel spreads connections): its slot asked for Web.
+        index = next(n for n, w in enumerate(workers) if (w["status"] or {}).get("services"))
+        pid = workers[index]["pid"]
+        os.kill(pid, signal.SIGKILL)
 
         def restarted() -> bool:
-            workers = json.loads(self.get(self.admin("/status?format=json"))[1])["workers"]
-            return workers[0]["pid"] not in (None, pids[0]) and workers[0]["up"]
+            worker = json.loads(self.get(self.admin("/status?format=json"))[1])["workers"][index]
+            return worker["pid"] not in (None, pid) and worker["up"]
 
-        self.waitFor(restarted, "worker 0 to be started again")
-        status = json.loads(self.get(self.admin("/status?worker=0&format=json"))[1])
+        self.waitFor(restarted, f"worker {index} to be started again")
+        status = json.loads(self.get(self.admin(f"/status?worker={index}&format=json"))[1])
         self.assertEqual([s["service"] for s in status["services"]], ["Web"])
         self.serves(10)
         self.assertEqual(self.consul_requests()["GET /v1/health/service/Web"], asked)
