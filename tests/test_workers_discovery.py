@@ -84,6 +84,13 @@ class OneDiscoveryPerHostTests(DaemonTestCase):
         metrics = self.get(self.admin("/metrics"))[1].decode()
         self.assertEqual(metrics.count("restygate_consul_max_connections 64.0"), 1, metrics)
         self.assertIn("restygate_watches_dedicated 1.0", metrics)
+        # Each watch's series once, the daemon's (workers' views have no
+        # watches, and no age they could know).
+        watch = [line for line in metrics.splitlines() if line.startswith("restygate_watch_")]
+        names = ("index", "last_success_age_seconds", "errors")
+        self.assertEqual([line.split(" ")[0] for line in watch],
+                         [f'restygate_watch_{name}{{dc="dc1",service="Web"}}' for name in names], metrics)
+        self.assertNotIn("+Inf", "".join(watch))
         # Made-up names: answered from the daemon's names, nothing asked of Consul.
         before = self.consul_requests()
         for name in ["ghost", "nope", "WEBX"]:

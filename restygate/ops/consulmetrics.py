@@ -2,7 +2,9 @@
 The metrics of Consul discovery's load (L{IConsulLoadView}): connections to
 the agent in use against C{consul-max-connections}, watches against
 C{max-watched-services}, and per datacenter the change feed's lag and how
-far behind the leader its answers are (C{X-Consul-LastContact}).
+far behind the leader its answers are (C{X-Consul-LastContact}); and each
+watch's index, age and errors.  With workers, these are the daemon's series
+(it runs discovery once for the host); a worker's view has no watches.
 """
 
 from __future__ import annotations
@@ -11,10 +13,45 @@ from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IReactorTime
 
-from restygate.ops.views import IConsulLoadView
+from restygate.ops.views import IConsulLoadView, IDiscoveryView
 
-__all__ = ["ConsulLoadCollector"]
+__all__ = ["ConsulLoadCollector", "WatchCollector"]
+
+
+class WatchCollector(Collector):
+    """
+    Every Consul watch's series, erring or without instances too: only names
+    Consul knows are watched, and at most max-watched-services.
+    """
+
+    def __init__(self, view: IDiscoveryView, clock: IReactorTime) -> None:
+        self._view = view
+        self._clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        now = self._clock.seconds()
+        labels = ["dc", "service"]
+        index = GaugeMetricFamily("restygate_watch_index", "Consul index of a watch's last answer.", labels=labels)
+        age = GaugeMetricFamily(
+            "restygate_watch_last_success_age_seconds",
+            "Seconds since Consul last answered a watch (+Inf before its first answer).",
+            labels=labels,
+        )
+        errors = GaugeMetricFamily(
+            "restygate_watch_errors", "Consul queries of a watch failed in a row.", labels=labels
+        )
+        for w in self._view.watched():
+            if w.index is None:
+                continue
+            key = [w.dc, w.service]
+            index.add_metric(key, w.index)
+            # Never answered is as stale as can be: an alert on the age
+            # fires instead of missing an absent series.
+            age.add_metric(key, float("inf") if w.last_success is None else now - w.last_success)
+            errors.add_metric(key, w.errors)
+        yield from (index, age, errors)
 
 
 class ConsulLoadCollector(Collector):

@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
-from restygate.ops.consulmetrics import ConsulLoadCollector
+from restygate.ops.consulmetrics import ConsulLoadCollector, WatchCollector
 from restygate.ops.series import RequestSeries, ServiceSeries
 from restygate.ops.views import IConsulLoadView, Inspected
 from restygate.proxy.observe import Completed
@@ -66,9 +66,10 @@ class Metrics:
             "restygate_failovers", "Requests served from another datacenter than the one asked for (failover).",
             (*labels, "to"), registry=self.registry,
         )
-        self.registry.register(_StateCollector(gateway, clock, self.requests.services))
+        self.registry.register(_StateCollector(gateway, self.requests.services))
         if IConsulLoadView.providedBy(gateway.discovery):
             self.registry.register(ConsulLoadCollector(IConsulLoadView(gateway.discovery)))
+            self.registry.register(WatchCollector(gateway.discovery, clock))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
@@ -106,30 +107,19 @@ class _StateCollector(Collector):
     """
 
     def __init__(
-        self, gateway: Inspected, clock: IReactorTime, named: Dict[Tuple[str, str], ServiceSeries]
+        self, gateway: Inspected, named: Dict[Tuple[str, str], ServiceSeries]
     ) -> None:
         self._gateway = gateway
-        self._clock = clock
         self._named = named
 
     def collect(self) -> Iterable[Metric]:
         gateway = self._gateway
         outliers = gateway.outliers
-        now = self._clock.seconds()
         labels = ["dc", "service"]
         instances = GaugeMetricFamily(
             "restygate_instances",
             "Passing instances per service: in rotation (passing) or taken out by outlier detection (ejected).",
             labels=[*labels, "state"],
-        )
-        index = GaugeMetricFamily("restygate_watch_index", "Consul index of a watch's last answer.", labels=labels)
-        age = GaugeMetricFamily(
-            "restygate_watch_last_success_age_seconds",
-            "Seconds since Consul last answered a watch (+Inf before its first answer).",
-            labels=labels,
-        )
-        errors = GaugeMetricFamily(
-            "restygate_watch_errors", "Consul queries of a watch failed in a row.", labels=labels
         )
         entries = gateway.discovery.watched()
         for w in entries:
@@ -138,15 +128,7 @@ class _StateCollector(Collector):
                 ejected = sum(1 for i in w.instances if outliers.is_ejected(w.dc, w.service, i))
                 instances.add_metric([*key, "passing"], len(w.instances) - ejected)
                 instances.add_metric([*key, "ejected"], ejected)
-            # Every Consul watch, erring or without instances too: only names
-            # Consul knows are watched, and at most max-watched-services.
-            if w.index is not None:
-                index.add_metric(key, w.index)
-                # Never answered is as stale as can be: an alert on the age
-                # fires instead of missing an absent series.
-                age.add_metric(key, float("inf") if w.last_success is None else now - w.last_success)
-                errors.add_metric(key, w.errors)
-        yield from (instances, index, age, errors)
+        yield instances
         yield GaugeMetricFamily(
             "restygate_watches",
             "Services discovery holds (Consul watches or catalog entries), with series of their own or not.",

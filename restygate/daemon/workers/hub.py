@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Set,
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,7 +34,7 @@ from restygate.discovery.consul.assemble import consul_discovery
 from restygate.discovery.consul.client import ConsulClient
 from restygate.discovery.consul.source import ConsulDiscovery
 from restygate.discovery.model import Snapshot
-from restygate.ops.consulmetrics import ConsulLoadCollector
+from restygate.ops.consulmetrics import ConsulLoadCollector, WatchCollector
 
 __all__ = ["DiscoveryHub", "make_hub"]
 
@@ -62,10 +63,12 @@ class DiscoveryHub(Service):
     """
 
     def __init__(
-        self, discovery: ConsulDiscovery, client: ConsulClient, workers: Callable[[], Iterable[Worker]]
+        self, discovery: ConsulDiscovery, client: ConsulClient, workers: Callable[[], Iterable[Worker]],
+        clock: IReactorTime,
     ) -> None:
         self.discovery = discovery
         self._client = client
+        self._clock = clock
         self._workers = workers
         self._version = 0
         self._view: Dict[_Key, Tuple[int, Snapshot]] = {}
@@ -93,9 +96,10 @@ class DiscoveryHub(Service):
 
     def collectors(self) -> List[Collector]:
         """
-        The parent's series of this discovery (its load on Consul).
+        The parent's series of this discovery: its load on Consul and its
+        watches (workers' views have none).
         """
-        return [ConsulLoadCollector(self.discovery)]
+        return [ConsulLoadCollector(self.discovery), WatchCollector(self.discovery, self._clock)]
 
     def _changed(self, dc: str, service: str, snapshot: Optional[Snapshot]) -> None:
         key = (dc.lower(), service.lower())
@@ -185,4 +189,4 @@ def make_hub(config: Config, reactor: Any, workers: Callable[[], Iterable[Worker
     Consul discovery for C{config}, run for C{workers()}.
     """
     discovery, client = consul_discovery(config, reactor)
-    return DiscoveryHub(discovery, client, workers)
+    return DiscoveryHub(discovery, client, workers, reactor)
