@@ -58,6 +58,10 @@ JIT_WARMUP = 30.0
 STOCK_PYPY_GC = {"PYPY_GC_NURSERY": "32MB"}
 # Where bench/run --pypy makes the PyPy virtualenv.
 PYPY_VENV = ROOT / ".bench-pypy"
+# The cases run again against restygate with its default access log
+# (access-log = "-": the lines on its stdout, a file here, as a service
+# manager would take them), in alternation with the file case.
+DEFAULT_LOG_CASES = ("small c50", "10k c50")
 # A run during which other processes used more than this share of a core is
 # flagged in the report as disturbed.
 NOISY_OTHERS = 0.1
@@ -120,10 +124,10 @@ class Processes:
 
     def stop_all(self) -> None:
         while self.started:
-            self._stop(self.started.pop()[1])
+            self.stop(self.started.pop()[1])
 
     @staticmethod
-    def _stop(proc: subprocess.Popen[bytes]) -> None:
+    def stop(proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -646,11 +650,11 @@ class Bench:
 
     def throughput(self) -> None:
         args = self.args
-        warm = {target: 1.0 if args.quick else 3.0 for target in TARGETS}
+        warm = {target: self.warm_seconds(False) for target in TARGETS}
         jit_runs: Dict[str, float] = {}
         if self.jit:
             for target in ("restygate", "stock"):
-                warm[target] = 3.0 if args.quick else 5.0
+                warm[target] = self.warm_seconds(True)
                 progress(f"JIT warm-up: {target} small c50 for {JIT_WARMUP:g} s")
                 result = run_wrk(self.url(target, "/small"), 50, JIT_WARMUP, None, self.monitored)
                 jit_runs[target] = result["rps"]
@@ -677,6 +681,63 @@ class Bench:
                     progress(f"[{done}/{total}] round {round_no + 1} {case.name:<12} {target:<9} "
                              f"{result['rps']:>9.0f} req/s  p99 {result['p99_ms']:.2f} ms")
         self.results["runs"] = runs
+
+    def warm_seconds(self, jit: bool) -> float:
+        """How long each case warms a target up before the rounds."""
+        if jit:
+            return 3.0 if self.args.quick else 5.0
+        return 1.0 if self.args.quick else 3.0
+
+    def default_log(self) -> None:
+        """
+        restygate as a service manager runs it, with its default access log
+        (access-log = "-"): every line goes to the daemon's stdout, here a
+        file.  It runs beside the restygate above (access log to a file of
+        its own), with the same warm-up, the two in alternation on the
+        DEFAULT_LOG_CASES; it is stopped afterwards.
+        """
+        args = self.args
+        name = "restygate-default"
+        self.ports[name] = free_port()
+        cmd = list(self.restygate_cmd)
+        cmd[cmd.index("--listen") + 1] = f"tcp:{self.ports[name]}:interface={HOST}"
+        if "--admin" in cmd:
+            cmd[cmd.index("--admin") + 1] = f"tcp:{free_port()}:interface={HOST}"
+        at = cmd.index("--access-log")
+        del cmd[at:at + 2]
+        self._start(name, cmd, cwd=self.tmp)
+        self.monitored.roots[name] = self.pids[name]
+        cases = [case for case in CASES if case.name in DEFAULT_LOG_CASES]
+        if self.jit:
+            progress(f"JIT warm-up: {name} small c50 for {JIT_WARMUP:g} s")
+            run_wrk(self.url(name, "/small"), 50, JIT_WARMUP, None, self.monitored)
+        for case in cases:
+            run_wrk(self.url(name, case.path), case.connections, self.warm_seconds(self.jit), case.script,
+                    self.monitored)
+        pair = ("restygate", name)
+        runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {c.name: {t: [] for t in pair} for c in cases}
+        for round_no in range(args.rounds):
+            for case in cases:
+                for target in pair:
+                    result = run_wrk(self.url(target, case.path), case.connections, args.duration,
+                                     case.script, self.monitored)
+                    runs[case.name][target].append(result)
+                    progress(f"default access log: round {round_no + 1} {case.name:<12} {target:<17} "
+                             f"{result['rps']:>9.0f} req/s  p99 {result['p99_ms']:.2f} ms")
+        memory = {str(pid): memory_kib(pid) for pid in descendants(self.pids[name])}
+        stdout = self.tmp / f"{name}.log"
+        with open(stdout, "rb") as f:
+            access_lines = sum(1 for line in f if b" access] " in line)
+        self.results["default_log"] = {
+            "command": cmd, "runs": runs, "memory_after_run_kib": memory,
+            "stdout_bytes": stdout.stat().st_size, "stdout_access_lines": access_lines,
+        }
+        del self.monitored.roots[name]
+        for started_name, proc in self.procs.started:
+            if started_name == name:
+                self.procs.started.remove((started_name, proc))
+                self.procs.stop(proc)
+                break
 
     def restygate_memory(self) -> Dict[str, Dict[str, int]]:
         out = {}
@@ -949,24 +1010,37 @@ def median_of(runs: List[Dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
 
+def summarize_target(target: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One target's medians over its runs of a case."""
+    roles = runs[0]["cpu_s"].keys()
+    cpu = {role: round(statistics.median(r["cpu_s"][role] for r in runs), 3) for role in roles}
+    requests = median_of(runs, "requests")
+    return {
+        "rps": round(median_of(runs, "rps"), 1),
+        "p50_ms": round(median_of(runs, "p50_ms"), 3),
+        "p99_ms": round(median_of(runs, "p99_ms"), 3),
+        "errors": sum(sum(r["socket_errors"].values()) + r["non_2xx"] for r in runs),
+        "cpu_s": cpu,
+        "proxy_cpu_us_per_request": round(1e6 * cpu[target] / requests, 1) if requests else None,
+    }
+
+
 def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
     summary: Dict[str, Any] = {}
     for case, by_target in results["runs"].items():
-        row: Dict[str, Any] = {}
-        for target, runs in by_target.items():
-            roles = runs[0]["cpu_s"].keys()
-            cpu = {role: round(statistics.median(r["cpu_s"][role] for r in runs), 3) for role in roles}
-            requests = median_of(runs, "requests")
-            row[target] = {
-                "rps": round(median_of(runs, "rps"), 1),
-                "p50_ms": round(median_of(runs, "p50_ms"), 3),
-                "p99_ms": round(median_of(runs, "p99_ms"), 3),
-                "errors": sum(sum(r["socket_errors"].values()) + r["non_2xx"] for r in runs),
-                "cpu_s": cpu,
-                "proxy_cpu_us_per_request": round(1e6 * cpu[target] / requests, 1) if requests else None,
-            }
+        row: Dict[str, Any] = {target: summarize_target(target, runs) for target, runs in by_target.items()}
         row["restygate_vs_nginx"] = round(row["restygate"]["rps"] / row["nginx"]["rps"], 3)
         row["restygate_vs_stock"] = round(row["restygate"]["rps"] / row["stock"]["rps"], 3)
+        summary[case] = row
+    return summary
+
+
+def summarize_default_log(results: Dict[str, Any]) -> Dict[str, Any]:
+    """The default access log's cases: medians, and default against file."""
+    summary: Dict[str, Any] = {}
+    for case, by_target in results["runs"].items():
+        row: Dict[str, Any] = {target: summarize_target(target, runs) for target, runs in by_target.items()}
+        row["default_vs_file"] = round(row["restygate-default"]["rps"] / row["restygate"]["rps"], 3)
         summary[case] = row
     return summary
 
@@ -1089,6 +1163,19 @@ def report(data: Dict[str, Any]) -> str:
             f"{load['expected_svc_requests_per_min']:.0f}/min); all Consul requests: "
             f"{load['all_requests_per_min']:.1f}/min for {load['watched_services']} watched services, "
             f"measured during the wrk runs")
+    default = data.get("default_log")
+    if default:
+        add("")
+        add('restygate with its default access log (access-log = "-": whole lines written by the workers to the')
+        add(f"daemon's stdout, a file here: {default['stdout_access_lines']} access lines, "
+            f"{default['stdout_bytes'] / 1e6:.1f} MB), in alternation with the file case above:")
+        add(f"{'case':<12} | {'req/s file':>10} {'default':>8} | {'default/file':>12} | {'p99 ms file':>11} "
+            f"{'default':>8} | {'us/req file':>11} {'default':>8}")
+        for case, row in default["summary"].items():
+            f, d = row["restygate"], row["restygate-default"]
+            add(f"{case:<12} | {f['rps']:>10.0f} {d['rps']:>8.0f} | {row['default_vs_file']:>12.3f} | "
+                f"{f['p99_ms']:>11.2f} {d['p99_ms']:>8.2f} | {f['proxy_cpu_us_per_request']:>11.1f} "
+                f"{d['proxy_cpu_us_per_request']:>8.1f}")
     profile = data.get("profile")
     if profile:
         add("")
@@ -1175,6 +1262,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bench.results["restygate_memory_after_run_kib"] = bench.restygate_memory()
         progress("measuring discovery convergence")
         bench.convergence()
+        if bench.access_log:
+            progress("restygate with its default access log, to its stdout")
+            bench.default_log()
         if args.profile:
             progress("profiling restygate with py-spy")
             bench.profile()
@@ -1199,6 +1289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             **bench.results,
         }
         data["summary"] = summarize(data)
+        if "default_log" in data:
+            data["default_log"]["summary"] = summarize_default_log(data["default_log"])
         text = report(data)
         RESULTS.mkdir(exist_ok=True)
         stamp = started.strftime("%Y%m%dT%H%M%SZ")
