@@ -114,13 +114,6 @@ class BlockingLoop:
             self._inflight.cancel()
         self._outage.forget(self.name)
 
-    @property
-    def asking(self) -> bool:
-        """
-        Whether a query is in flight.
-        """
-        return self._inflight is not None
-
     def retry_now(self) -> None:
         """
         Ask now instead of when the backoff says (Consul answers again).
