@@ -96,3 +96,15 @@ class FedWatchTests(SynchronousTestCase):
         self.assertEqual((watcher.snapshot.instances, watcher.snapshot.warning) if watcher.snapshot else None,
                          ((A,), (NB,)))
         self.assertEqual(len(self.source.queries), queries)
+
+    def test_a_promoted_watch_serves_its_own_answers_unscreened(self) -> None:
+        watcher = self.watch("web")
+        watcher.screen = lambda answer: screen(
+            answer, CheckStates({"web": [("n2", "service:b", "critical", (), 9, "b")]}), "web"
+        )
+        self.source.last.answer(5, A, NB)
+        self.assertEqual(watcher.snapshot.instances if watcher.snapshot else None, (A,))
+        # Promoted to a blocking query of its own: its answers are newer than anything the feed saw.
+        watcher.promote()
+        self.source.pending()[-1].answer(12, A, NB)
+        self.assertEqual(watcher.snapshot.instances if watcher.snapshot else None, (A, NB))

@@ -51,8 +51,9 @@ class Watcher:
     changed).
 
     @ivar snapshot: the last good answer (through C{screen}), or L{None} before the first.
-    @ivar screen: what a fed watch's answers go through before they serve:
-        its change feed drops the instances it has since seen not passing.
+    @ivar screen: what a fed watch's answers go through before they serve
+        (not while it blocks): its change feed drops the instances it has
+        since seen not passing.
     """
 
     def __init__(
@@ -216,7 +217,9 @@ class Watcher:
             ))
 
     def _install(self, answer: HealthAnswer) -> Snapshot:
-        if self.screen is not None:
+        # A watch with a blocking query of its own (promoted) sees each change
+        # itself: the feed's view of what is not passing no longer applies.
+        if self.screen is not None and not self.blocking:
             answer = self.screen(answer)
         current = self.snapshot
         # Spurious wake-ups (index moved, members did not) keep the snapshot
