@@ -121,14 +121,15 @@ def _strings(key: str, value: Any) -> Tuple[str, ...]:
 
 
 def _parse_endpoint(key: str, description: Any) -> str:
-    from twisted.internet import reactor
-
     if not isinstance(description, str):
         raise ConfigError(f"{key}: expected an endpoint description, got {description!r}")
     # Twisted's description parser also fails with IndexError ("=") or
     # RuntimeError (a trailing backslash): any failure is a bad value.
     try:
-        endpoints.serverFromString(reactor, description)
+        # Parsed to be checked, never listened on: no reactor needed, and
+        # importing the global one here would install Twisted's default
+        # before the daemon chooses its own (restygate.daemon.tap).
+        endpoints.serverFromString(None, description)
     except crypto.Error as e:
         # An ssl: key or certificate file that is not PEM; OpenSSL's own
         # message is a list of tuples.

@@ -18,6 +18,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from restygate import __version__
+from restygate._compat import install as install_lean_reactor
 from restygate.config import KEYS, Config, ConfigError, Key
 from restygate.daemon.assembly import make_gateway
 from restygate.daemon.load import load, run_check
@@ -114,6 +115,10 @@ for _key in KEYS.values():
 def makeService(options: Options) -> IService:
     assert options.config is not None
     config = options.config
+    if "twisted.internet.reactor" not in sys.modules:
+        # Nothing asked for a reactor yet (twistd --reactor would have
+        # installed one): the gateway's own, as its workers run.
+        install_lean_reactor()
 
     def reload() -> Config:
         return load(options, os.environ)

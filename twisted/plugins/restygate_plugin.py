@@ -5,8 +5,8 @@ plugin is used, so C{twistd --help} stays fast and cannot fail on it.
 
 It also names restygate's reactor, C{twistd --reactor=restygate}: Twisted's
 epoll reactor without the log context around each read
-(L{restygate._compat.lean_reactor}), which worker processes install
-themselves; a single-process gateway gets it by asking.
+(L{restygate._compat.lean_reactor}), which the gateway installs itself
+when twistd was not told of another one.
 """
 
 from twisted.application.reactors import Reactor
