@@ -54,8 +54,9 @@ PROFILE_RATE = 100  # py-spy samples per second: each pauses restygate briefly
 # restygate worker warms its own JIT on its share of the connections: 30 s
 # leaves the first measured round no slower than the last (10 s did not).
 JIT_WARMUP = 30.0
-# What restygate.daemon.workers.pool gives each worker under PyPy (PYPY_NURSERY).
-STOCK_PYPY_GC = {"PYPY_GC_NURSERY": "32MB"}
+# What restygate.daemon.workers.pool gives each worker under PyPy (PYPY_GC),
+# each unless set in the environment.
+STOCK_PYPY_GC = {"PYPY_GC_NURSERY": "32MB", "PYPY_GC_MIN": "64MB", "PYPY_GC_INCREMENT_STEP": "8MB"}
 # Where bench/run --pypy makes the PyPy virtualenv.
 PYPY_VENV = ROOT / ".bench-pypy"
 # The cases run again against restygate with its default access log
@@ -610,10 +611,10 @@ class Bench:
 
         self._start("nginx", ["nginx", "-p", f"{tmp}/", "-e", str(tmp / "proxy-error.log"),
                               "-c", str(tmp / "proxy.conf")])
-        # Under PyPy, restygate's workers start with a larger GC nursery
-        # (restygate.daemon.workers.pool.PYPY_NURSERY); the stock proxy gets the same, so
+        # Under PyPy, restygate's workers start with GC settings of their own
+        # (restygate.daemon.workers.pool.PYPY_GC); the stock proxy gets the same, so
         # the comparison is of the proxies, not of their GC settings.
-        stock_env = dict(os.environ, **STOCK_PYPY_GC) if self.jit else None
+        stock_env = dict(STOCK_PYPY_GC, **os.environ) if self.jit else None
         self._start("stock", [self.python, str(BENCH / "stock_proxy.py"), "--port", str(self.ports["stock"]),
                               "--backend-port", str(self.ports["backend"]),
                               "--access-log", str(tmp / "stock-access.log")], cwd=tmp, env=stock_env)
@@ -1277,7 +1278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "environment": env,
             "config": {
                 "restygate_workers": bench.workers,
-                "stock_pypy_gc": STOCK_PYPY_GC if bench.jit else None,
+                "stock_pypy_gc": {k: os.environ.get(k, v) for k, v in STOCK_PYPY_GC.items()} if bench.jit else None,
                 "nginx_proxy_workers": bench.workers,
                 "nginx_backend_workers": 1,
                 "wrk": "wrk -t1 --latency",

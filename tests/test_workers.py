@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from restygate.daemon.workers.admin import merge_expositions
-from restygate.daemon.workers.pool import PYPY_NURSERY, worker_environment
+from restygate.daemon.workers.pool import PYPY_GC, worker_environment
 from tests.support.installed import DaemonTestCase, log_tail
 
 
@@ -105,20 +105,18 @@ class MergeExpositionsTests(SynchronousTestCase):
 
 
 class WorkerEnvironmentTests(SynchronousTestCase):
-    def test_pypy_nursery(self) -> None:
+    def test_pypy_gc(self) -> None:
         """
-        On PyPy a worker gets the larger GC nursery, unless the operator
-        chose one; on CPython the environment passes unchanged.
+        On PyPy a worker gets restygate's GC settings, each unless the
+        operator chose one; on CPython the environment passes unchanged.
         """
         self.assertEqual(
-            worker_environment({"A": "1"}, "PyPy"), {"A": "1", "PYPY_GC_NURSERY": PYPY_NURSERY}
+            worker_environment({"A": "1"}, "PyPy"),
+            {"A": "1", "PYPY_GC_NURSERY": "32MB", "PYPY_GC_MIN": "64MB", "PYPY_GC_INCREMENT_STEP": "8MB"},
         )
         self.assertEqual(
-            worker_environment({"PYPY_GC_MIN": "96MB"}, "PyPy"),
-            {"PYPY_GC_NURSERY": PYPY_NURSERY, "PYPY_GC_MIN": "96MB"},
-        )
-        self.assertEqual(
-            worker_environment({"PYPY_GC_NURSERY": "4MB"}, "PyPy"), {"PYPY_GC_NURSERY": "4MB"}
+            worker_environment({"PYPY_GC_MIN": "96MB", "PYPY_GC_NURSERY": "4MB"}, "PyPy"),
+            {"PYPY_GC_NURSERY": "4MB", "PYPY_GC_MIN": "96MB", "PYPY_GC_INCREMENT_STEP": "8MB"},
         )
         self.assertEqual(worker_environment({"A": "1"}, "CPython"), {"A": "1"})
 
@@ -185,9 +183,9 @@ class WorkersTests(DaemonTestCase):
         for pid in pids:
             self.assertEqual(int(_stat(pid)[1]), self.daemon.pid)
             with open(f"/proc/{pid}/environ", "rb") as f:
-                nursery = [v for v in f.read().split(b"\0") if v.startswith(b"PYPY_GC_NURSERY=")]
-            expected = [b"PYPY_GC_NURSERY=" + PYPY_NURSERY.encode()] if sys.implementation.name == "pypy" else []
-            self.assertEqual(nursery, expected)
+                gc = sorted(v for v in f.read().split(b"\0") if v.startswith(b"PYPY_GC_"))
+            expected = sorted(f"{name}={value}".encode() for name, value in PYPY_GC.items())
+            self.assertEqual(gc, expected if sys.implementation.name == "pypy" else [])
         self.assertServes(10)
         # With the default access log, the workers write their lines to the
         # daemon's log (its stdout) themselves, whole, not through the daemon.

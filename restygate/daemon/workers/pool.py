@@ -44,7 +44,7 @@ from restygate.pacing import Backoff
 from restygate.daemon.workers.admin import WorkerAdmin
 from restygate.daemon.workers.hub import DiscoveryHub, make_hub
 
-__all__ = ["WorkerPool", "WorkerProcess", "make_workers", "worker_environment", "STABLE_AFTER", "PYPY_NURSERY"]
+__all__ = ["WorkerPool", "WorkerProcess", "make_workers", "worker_environment", "STABLE_AFTER", "PYPY_GC"]
 
 log = Logger()
 
@@ -56,14 +56,13 @@ EXIT_GRACE = 5.0
 # The most seconds between heartbeats; a short worker-timeout beats faster.
 HEARTBEAT_INTERVAL = 5.0
 
-# PyPy's default young generation (sized from the CPU's cache) is small
-# enough that a worker spends much of its time in minor collections and
-# promotes every in-flight request to the old generation: measured here, a
-# 32 MB nursery doubles a worker's throughput and cuts its p99 latency by
-# three to four times, and PyPy then lets the heap reach 8 nurseries before a
-# major collection (a worker near 530 MB).  PYPY_GC_MIN=96MB halves that at a
-# p99 of 15 ms instead of 9 (bench/README.md); the operator's setting wins.
-PYPY_NURSERY = "32MB"
+# A worker's GC under PyPy, unless the operator set a variable (measured with
+# bench/run --pypy, 2 workers): a 32 MB nursery, as PyPy's cache-sized one
+# promotes every in-flight request and halves the throughput; a 64 MB floor
+# for the first major collection, as PyPy's default of 8 nurseries let
+# workers whose live heap is a few tens of MB grow to 430-475 MB; and 8 MB
+# marking steps, as the default of 2 nurseries marks the live heap at once.
+PYPY_GC = {"PYPY_GC_NURSERY": "32MB", "PYPY_GC_MIN": "64MB", "PYPY_GC_INCREMENT_STEP": "8MB"}
 
 _CONTROL_FD = 3
 _FIRST_LISTEN_FD = 4
@@ -71,12 +70,13 @@ _FIRST_LISTEN_FD = 4
 
 def worker_environment(environ: Mapping[str, str], implementation: str) -> Dict[str, str]:
     """
-    The environment a worker starts with: ours, plus PyPy's GC nursery
-    size when running on PyPy and the operator did not set one.
+    The environment a worker starts with: ours, plus L{PYPY_GC}'s settings
+    of PyPy's GC when running on PyPy, each unless the operator set it.
     """
     env = dict(environ)
     if implementation == "PyPy":
-        env.setdefault("PYPY_GC_NURSERY", PYPY_NURSERY)
+        for name, value in PYPY_GC.items():
+            env.setdefault(name, value)
     return env
 
 
