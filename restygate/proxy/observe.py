@@ -8,6 +8,7 @@ state, so adding one cannot change how requests are served.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
@@ -102,6 +103,22 @@ def _logged(headers: List[Tuple[bytes, bytes]]) -> List[Optional[bytes]]:
 _new_record = object.__new__
 
 
+def _filled(**fields: Any) -> Completed:
+    # Filled in one go: a frozen dataclass's __init__ sets each of its
+    # fields through object.__setattr__, a few microseconds a request.  The
+    # record is as immutable to its readers either way.
+    record: Completed = _new_record(Completed)
+    record.__dict__.update(fields)
+    return record
+
+
+# Filling an object's __dict__ at once is the fast way on CPython and the
+# slow one on PyPy, whose instances have no dict until asked for one (a
+# record: 2.5 us against 4.6 through __init__ on CPython, 5.6 against 0.4
+# on PyPy).
+_make_record: Callable[..., Completed] = Completed if platform.python_implementation() == "PyPy" else _filled
+
+
 def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
     """The record of a request (a L{restygate.proxy.downstream.Downstream}) that ended."""
     route = outcome.route
@@ -109,11 +126,7 @@ def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
     names = (outcome.snapshot.dc, outcome.snapshot.service) if outcome.snapshot is not None else None
     names = names or ((route.dc, route.service) if route else None)
     host, referer, user_agent = _logged(request.headers)
-    # Filled in one go: a frozen dataclass's __init__ sets each of its
-    # fields through object.__setattr__, a few microseconds a request.  The
-    # record is as immutable to its readers either way.
-    record: Completed = _new_record(Completed)
-    record.__dict__.update(
+    return _make_record(
         started=outcome.started,
         duration=now - outcome.started,
         client=request.client_ip,
@@ -136,4 +149,3 @@ def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
         bytes_received=outcome.tunnel_bytes_up,
         failed_over=outcome.failed_over,
     )
-    return record
