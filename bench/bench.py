@@ -1153,6 +1153,8 @@ def report(data: Dict[str, Any]) -> str:
         shown = ", ".join(f"pid {pid}: VmRSS {m.get('VmRSS', 0) / 1024:.1f} MiB (peak {m.get('VmHWM', 0) / 1024:.1f})"
                           for pid, m in mem.items())
         add(f"restygate RSS {label}: {shown}")
+    if data.get("convergence_failed"):
+        add(f"discovery convergence FAILED: {data['convergence_failed']}")
     conv = data.get("convergence")
     if conv:
         add(f"discovery convergence ({conv['flips']} health flips, PUT sent -> gateway answer changes): "
@@ -1262,7 +1264,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bench.consul_window(bench.throughput)
         bench.results["restygate_memory_after_run_kib"] = bench.restygate_memory()
         progress("measuring discovery convergence")
-        bench.convergence()
+        try:
+            bench.convergence()
+        except BenchError as e:
+            # Reported with everything measured so far, and the run fails.
+            progress(f"discovery convergence failed: {e}")
+            bench.results["convergence_failed"] = str(e)
         if bench.access_log:
             progress("restygate with its default access log, to its stdout")
             bench.default_log()
@@ -1303,7 +1310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 shutil.copy(bench.profile_raw, RESULTS / name)
         print(text)
         print(f"\nresults: {RESULTS / (stamp + '.json')}")
-        return 0
+        return 1 if "convergence_failed" in data else 0
     except (BenchError, OSError, http.client.HTTPException) as e:
         progress(f"failed: {type(e).__name__}: {e}")
         failed = True
