@@ -16,8 +16,7 @@ over; the request's own datacenter's errors stand as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import List, Optional, Protocol, Union
+from typing import List, NamedTuple, Optional, Protocol, Union
 
 from twisted.internet.defer import Deferred
 
@@ -45,14 +44,15 @@ class FailoverParts(Protocol):
     nearest: Optional[Nearest]
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """
     Where the request goes: its route (the datacenter that serves, the
     prefix it was asked under), that service's policy there, what discovery
     knows of it, and the weighted instances to pick from.
     """
 
+    # A named tuple, not a frozen dataclass: one is made per request, and
+    # a frozen dataclass sets each field through object.__setattr__.
     route: Route
     policy: Policy
     snapshot: Snapshot
@@ -111,7 +111,7 @@ async def _elsewhere(parts: FailoverParts, route: Route, policy: Policy) -> Foun
         if _usable(parts, other, choice):
             assert choice is not None
             # Served from there, under the prefix it was asked by.
-            return Found(replace(route, dc=other.dc, stripped=route.prefix), there, other, choice)
+            return Found(Route(other.dc, route.service, route.target, route.prefix), there, other, choice)
     raise NoUsableInstance(f"no usable instance of {route.service} in {route.dc} or its failover datacenters")
 
 

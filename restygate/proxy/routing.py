@@ -14,9 +14,8 @@ path, so an encoded C{/}, C{?} or NUL can never smuggle itself into a name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, List, Optional, Pattern, Tuple
+from typing import Dict, List, NamedTuple, Optional, Pattern, Tuple
 
 __all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "valid_host", "host_route"]
 
@@ -39,13 +38,14 @@ class RouteError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """
     Where a request goes: the datacenter, the service, and the request
     target (path and query, exactly as the client sent them) for the upstream.
     """
 
+    # A named tuple, not a frozen dataclass: one is made per request, and
+    # a frozen dataclass sets each field through object.__setattr__.
     dc: str
     service: str
     target: bytes
