@@ -141,12 +141,16 @@ class ConsulGate:
             self.close()
             return None
         now = self._clock.seconds()
-        self._tokens = min(self._burst, self._tokens + (now - self._filled) * self.rate)
+        # Refilled a little slower than the rate by what the bucket holds
+        # beyond one, so no second ever sees more starts than strict spacing
+        # at the rate would give (C{consul-max-rps}, plus the one at its edge).
+        refill = self.rate - (self._burst - 1)
+        self._tokens = min(self._burst, self._tokens + (now - self._filled) * refill)
         self._filled = now
         # (A hair below a whole token is rounding, not a reason to wait.)
         if self._tokens < 1 - 1e-9:
             if self._timer is None or not self._timer.active():
-                self._timer = self._clock.callLater((1 - self._tokens) / self.rate, self._pump)
+                self._timer = self._clock.callLater((1 - self._tokens) / refill, self._pump)
             return None
         self._tokens -= 1
         self.background_started += 1
