@@ -76,8 +76,6 @@ class ConsulGate:
         self.peak = 0
         self.learned: Optional[int] = None
         self._learned_at = 0.0
-        # Background requests started, for the metrics.
-        self.background_started = 0
         self._urgent: Deque[_Ticket] = deque()
         self._prompt: Deque[_Ticket] = deque()
         self._background: Deque[_Ticket] = deque()
@@ -153,7 +151,6 @@ class ConsulGate:
                 self._timer = self._clock.callLater((1 - self._tokens) / refill, self._pump)
             return None
         self._tokens -= 1
-        self.background_started += 1
         aged = bool(self._background) and now - self._background[0].queued >= AGED
         return (self._prompt if self._prompt and not aged else self._background).popleft()
 
