@@ -7,7 +7,9 @@ with the same fingerprint for a service mean its health did not change
 between them; indexes are left out, so a check's output or an index reset
 changes nothing.  What is not passing also tells which instances must stop
 serving before their service is fetched again (L{screen}), and whether such
-a fetch can add anything (L{only_worse}).
+a fetch can add anything (L{only_worse}).  Two full answers tell which
+instances are evidently gone (L{present}, L{gone}): their checks were in the
+first and are in no way in the second; L{without} takes them away.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from typing import Any, Dict, Iterable, List, Mapping, Set, Tuple
 from restygate.discovery.consul.answers import ConsulError, HealthAnswer, json_body, severity
 from restygate.discovery.model import Instance
 
-__all__ = ["CheckStates", "parse_check_states", "fingerprints", "NOT_PASSING", "screen", "only_worse"]
+__all__ = [
+    "CheckStates", "parse_check_states", "fingerprints", "NOT_PASSING", "screen", "only_worse", "Present", "present",
+    "gone", "without",
+]
 
 #: The feed's ?filter: only what is not passing (small), waking on any check change.
 NOT_PASSING = 'Status != "passing"'
 
 # node, check id, status, service tags, ModifyIndex, service ID
 Item = Tuple[str, str, str, Tuple[str, ...], int, str]
+# Per service (lower-cased), the (node, service ID) pairs with a check of it; the nodes with checks of their own.
+Present = Tuple[Dict[str, Set[Tuple[str, str]]], Set[str]]
 
 
 @dataclass
@@ -156,4 +163,40 @@ def only_worse(before: CheckStates, now: CheckStates, service: str) -> bool:
     own_now, nodes_now = _worst(now, service)
     return all(own_now.get(k, -1) >= v for k, v in own_before.items()) and all(
         nodes_now.get(k, -1) >= v for k, v in nodes_before.items()
+    )
+
+
+def present(states: CheckStates) -> Present:
+    """
+    What has checks in C{states} (a full answer): instances and nodes.
+    """
+    pairs = {name: {(i[0], i[5]) for i in items if i[5]} for name, items in states.per_service.items()}
+    return pairs, {node for node, items in states.per_node.items() if items}
+
+
+def gone(before: Present, now: Present) -> Present:
+    """
+    What had checks in C{before} and has none in C{now} (two full answers in
+    turn): instances, and nodes, Consul evidently deregistered in between.
+    What never had a check is never in it: services and nodes without
+    checks exist (a catalog-registered external service).
+    """
+    pairs_now = now[0]
+    pairs = {name: keys - pairs_now.get(name, set()) for name, keys in before[0].items()}
+    return {name: keys for name, keys in pairs.items() if keys}, before[1] - now[1]
+
+
+def without(answer: HealthAnswer, pairs: Set[Tuple[str, str]], nodes: Set[str]) -> HealthAnswer:
+    """
+    C{answer} without the instances in C{pairs} (node, service ID) or on
+    C{nodes}, registered ones included: it only ever takes away.
+    """
+    def there(i: Instance) -> bool:
+        return (i.node, i.id) not in pairs and i.node not in nodes
+
+    if all(map(there, answer.registered + answer.instances + answer.warning)):
+        return answer
+    return HealthAnswer(
+        answer.index, tuple(filter(there, answer.instances)), tuple(filter(there, answer.registered)),
+        tuple(filter(there, answer.warning)),
     )

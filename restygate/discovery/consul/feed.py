@@ -19,18 +19,26 @@ C{/v1/health/state/any} answer whose fingerprints of every check find the
 services that changed.  So per health flip: one small feed answer, and a
 fetch of just that service when it gets better; per registration, one full
 answer more.
+Two full answers in turn also tell which instances are evidently gone (their
+checks, or their node's own, were in the first and are not in the second:
+deregistered meanwhile, during an outage too): those stop serving at once,
+and stay screened out of every answer to a fetch asked before that read,
+until the fetch it sends answers for itself.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Callable, Dict, Iterable, Optional, Set, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from restygate.discovery.consul.answers import HealthAnswer
-from restygate.discovery.consul.checks import NOT_PASSING, CheckStates, fingerprints, only_worse, screen
+from restygate.discovery.consul.checks import (
+    NOT_PASSING, CheckStates, Present, fingerprints, gone, only_worse, present, screen, without,
+)
 from restygate.discovery.consul.client import ConsulClient, Indexed
 from restygate.discovery.consul.loop import BlockingLoop
 from restygate.discovery.consul.names import ConsulNames
@@ -41,6 +49,18 @@ __all__ = ["ChangeFeed", "FEED_PACE"]
 
 #: Change feed answers per second per datacenter, at most.
 FEED_PACE = 25.0
+
+
+@dataclass
+class _Gone:
+    """
+    A watch's instances a full read found gone, and the watch's fetches
+    asked by then: only the answer to a later one may have them again.
+    """
+
+    fetches: int
+    pairs: Set[Tuple[str, str]]
+    nodes: Set[str]
 
 
 class ChangeFeed:
@@ -74,6 +94,9 @@ class ChangeFeed:
         # What is not passing, as the last feed answer (or a full answer at least as new) said.
         self._bad = CheckStates()
         self._services_on_node: Dict[str, Set[str]] = {}
+        # What had checks in the last full answer; per watch, what has gone since.
+        self._present: Optional[Present] = None
+        self._gone: Dict[Watcher, _Gone] = {}
         self._full_asked: Optional[Deferred[None]] = None
         self._full_again = False
         self.refetches = 0
@@ -143,10 +166,14 @@ class ChangeFeed:
     def _full_answer(self, answer: Indexed) -> None:
         states: CheckStates = answer.value
         self.full_answers += 1
-        self._services_on_node = states.services_on_node()
+        on_node_before, self._services_on_node = self._services_on_node, states.services_on_node()
+        present_before, self._present = self._present, present(states)
+        changed = set()
+        if present_before is not None:
+            changed = self._screen_gone(*gone(present_before, self._present), on_node_before)
         full = fingerprints(states, self._services_on_node)
         before, self._full = self._full, full
-        changed = {
+        changed |= {
             w for w in self._watches()
             if (before is not None and before.get(w.service.lower()) != full.get(w.service.lower()))
             or (w.snapshot is not None and full.get(w.service.lower(), (0, 0))[1] > w.index)
@@ -166,11 +193,56 @@ class ChangeFeed:
     def _answered(self, answer: Indexed) -> None:
         self._refresh(self._not_passing_now(answer.value))
 
-    def screen(self, service: str, answer: HealthAnswer) -> HealthAnswer:
+    def screen(self, watcher: Watcher, answer: HealthAnswer) -> HealthAnswer:
         """
-        C{answer} for C{service} without what this feed last saw not passing.
+        C{answer} for C{watcher} without what this feed last saw not passing,
+        nor, when it was asked before the full read that found them gone,
+        the instances that read found gone.
         """
-        return screen(answer, self._bad, service)
+        answer = screen(answer, self._bad, watcher.service)
+        found = self._gone.get(watcher)
+        if found is None:
+            return answer
+        if watcher.answer_fetch > found.fetches:
+            # Asked after that read: Consul's own word on them, whatever it is.
+            del self._gone[watcher]
+            return answer
+        return without(answer, found.pairs, found.nodes)
+
+    def _screens(self, watcher: Watcher) -> None:
+        if watcher.screen is None:
+            watcher.screen = lambda answer, watcher=watcher: self.screen(watcher, answer)
+
+    def _screen_gone(
+        self, pairs: Mapping[str, Set[Tuple[str, str]]], nodes: Set[str], on_node_before: Mapping[str, Set[str]]
+    ) -> Set[Watcher]:
+        """
+        The instances of C{pairs} (per service) and on C{nodes} stop
+        serving now; the watches that had them are returned, to fetch (which
+        confirms it, or brings back one Consul has again).
+        """
+        watches = list(self._watches())
+        live = set(watches)
+        self._gone = {w: found for w, found in self._gone.items() if w in live}
+        marked: Set[Watcher] = set()
+        if not pairs and not nodes:
+            return marked
+        for watcher in watches:
+            name = watcher.service.lower()
+            held = watcher.snapshot
+            on = {i.node for i in held.registered + held.instances + held.warning} if held is not None else set()
+            mine = pairs.get(name, set())
+            theirs = {n for n in nodes if n in on or name in on_node_before.get(n, ())}
+            if not mine and not theirs:
+                continue
+            self._screens(watcher)
+            found = self._gone.setdefault(watcher, _Gone(watcher.fetches, set(), set()))
+            found.fetches = watcher.fetches
+            found.pairs |= mine
+            found.nodes |= theirs
+            watcher.rescreen()
+            marked.add(watcher)
+        return marked
 
     def _not_passing_now(self, states: CheckStates) -> Set[Watcher]:
         """
@@ -183,8 +255,7 @@ class ChangeFeed:
         bad_before, self._bad = self._bad, states
         fetch = set()
         for watcher in self._watches():
-            if watcher.screen is None:
-                watcher.screen = lambda answer, service=watcher.service: self.screen(service, answer)
+            self._screens(watcher)
             if before.get(watcher.service.lower()) != now.get(watcher.service.lower()):
                 watcher.rescreen()
                 if not only_worse(bad_before, states, watcher.service):

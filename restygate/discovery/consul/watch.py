@@ -53,7 +53,10 @@ class Watcher:
     @ivar snapshot: the last good answer (through C{screen}), or L{None} before the first.
     @ivar screen: what a fed watch's answers go through before they serve
         (not while it blocks): its change feed drops the instances it has
-        since seen not passing.
+        since seen not passing, or gone (L{answer_fetch} tells it whether
+        the answer was asked before or after it saw them go).
+    @ivar fetches: queries asked so far; C{answer_fetch}: which of them the
+        answer held came from.
     """
 
     def __init__(
@@ -79,6 +82,10 @@ class Watcher:
         self.screen: Optional[Callable[[HealthAnswer], HealthAnswer]] = None
         # The last answer as Consul gave it, before the screen.
         self._answer: Optional[HealthAnswer] = None
+        # Fetches asked so far, and which of them that answer came from: a
+        # screen tells an answer asked after what it learnt from one asked before.
+        self.fetches = 0
+        self.answer_fetch = 0
         # When Consul first said it has no path to this datacenter, after it
         # had answered for it: the datacenter is served on until the grace.
         self._gone_since: Optional[float] = None
@@ -188,6 +195,7 @@ class Watcher:
         # The first fetch may have a client waiting: it goes ahead of the
         # background queries.
         prompt, self._prompt = self._prompt, False
+        self.fetches += 1
         d = self._source.health_service(
             self.dc, self.service, self.tags, index, self._wait, urgent=urgent, prompt=prompt
         )
@@ -196,7 +204,9 @@ class Watcher:
     def _answered(self, indexed: Indexed) -> None:
         answer: HealthAnswer = indexed.value
         self._gone_since = None
-        self._answer = answer
+        # At most one query is in flight, and one dropped is never answered:
+        # this is the answer to the last one asked.
+        self._answer, self.answer_fetch = answer, self.fetches
         snapshot = self._install(answer)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
