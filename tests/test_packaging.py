@@ -233,6 +233,27 @@ class GatewayEndToEndTests(DaemonTestCase):
         status, received = self.get(f"http://127.0.0.1:{gateway.admin_port}/healthz")
         self.assertEqual(status, 200, gateway.tail())
 
+    def test_default_access_log_single_process(self) -> None:
+        """
+        One process under C{twistd -n --logfile=-} writes its default access
+        log to stdout itself, each line stamped as twistd stamps its own.
+        """
+        base = os.path.abspath(self.mktemp())
+        body = b"one process\n"
+        gateway = self.start_gateway(base, "demo", self.serve_file(base, "hello.txt", body), "--workers", "1")
+        self.log = gateway.log
+        for _ in range(3):
+            self.assertEqual(self.get(f"http://127.0.0.1:{gateway.port}/dc1/demo/hello.txt"), (200, body))
+        request_line = '"GET /dc1/demo/hello.txt HTTP/1.1" 200'
+
+        def lines() -> List[str]:
+            with open(gateway.log, encoding="utf-8", errors="replace") as f:
+                return [line for line in f.read().splitlines() if request_line in line]
+
+        self.waitFor(lambda: len(lines()) == 3, "three access-log lines")
+        pattern = r"\d{4}-\d\d-\d\dT\S+ \[restygate\.access#info\] 127\.0\.0\.1 - - \["
+        self.assertTrue(all(re.match(pattern, line) for line in lines()), lines())
+
     def test_sigterm_lets_requests_in_flight_finish(self) -> None:
         """
         On SIGTERM the daemon stops accepting, lets a request already under

@@ -123,11 +123,18 @@ def makeService(options: Options) -> IService:
     def reload() -> Config:
         return load(options, os.environ)
 
+    # twistd's own options: -n with the log on stdout (systemd, Docker).
+    twistd = getattr(options, "parent", None)
+    log_on_stdout = twistd is not None and twistd.get("nodaemon") and twistd.get("logfile") in (None, "-")
     if config.workers > 1:
         pool = make_workers(config, options.argv, reload)
-        # twistd's own options: -n with the log on stdout (systemd, Docker).
-        twistd = getattr(options, "parent", None)
-        if twistd is not None and twistd.get("nodaemon") and twistd.get("logfile") in (None, "-"):
+        if log_on_stdout:
             pool.log_fd = sys.stdout.fileno()
         return pool
-    return make_gateway(config, load=reload)
+    gateway = make_gateway(config, load=reload)
+    if log_on_stdout:
+        # The default access log, written as whole lines straight to the
+        # log's stdout rather than through twisted.logger's observers, which
+        # cost a single-process gateway 15-25 % of its requests a second.
+        gateway.access_log.write_to(sys.stdout.fileno(), "restygate.access#info")
+    return gateway
