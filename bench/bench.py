@@ -728,7 +728,7 @@ class Bench:
         memory = {str(pid): memory_kib(pid) for pid in descendants(self.pids[name])}
         stdout = self.tmp / f"{name}.log"
         with open(stdout, "rb") as f:
-            access_lines = sum(1 for line in f if b" access] " in line)
+            access_lines = sum(1 for line in f if b" access] " in line or b" [restygate.access#info] " in line)
         self.results["default_log"] = {
             "command": cmd, "runs": runs, "memory_after_run_kib": memory,
             "stdout_bytes": stdout.stat().st_size, "stdout_access_lines": access_lines,
@@ -1169,7 +1169,7 @@ def report(data: Dict[str, Any]) -> str:
     default = data.get("default_log")
     if default:
         add("")
-        add('restygate with its default access log (access-log = "-": whole lines written by the workers to the')
+        add('restygate with its default access log (access-log = "-": whole lines written by the workers (or the one process) to the')
         add(f"daemon's stdout, a file here: {default['stdout_access_lines']} access lines, "
             f"{default['stdout_bytes'] / 1e6:.1f} MB), in alternation with the file case above:")
         add(f"{'case':<12} | {'req/s file':>10} {'default':>8} | {'default/file':>12} | {'p99 ms file':>11} "
