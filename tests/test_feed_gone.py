@@ -152,6 +152,7 @@ class _ScriptedStates:
 
     def __init__(self) -> None:
         self.full: List[Deferred[Indexed]] = []
+        self.urgent: List[bool] = []
         self.feed: List[Deferred[Indexed]] = []
         self.last_contact: Dict[str, float] = {}
 
@@ -159,6 +160,8 @@ class _ScriptedStates:
                      filter: str = "", prompt: bool = False) -> Deferred[Indexed]:
         d: Deferred[Indexed] = Deferred()
         (self.feed if filter else self.full).append(d)
+        if not filter:
+            self.urgent.append(urgent)
         return d
 
 
@@ -208,6 +211,8 @@ class FeedScreensWhatIsGoneTests(SynchronousTestCase):
         self.assertTrue(refetch.prompt)
         refetch.answer(12, A, B, C, X)
         self.assertEqual(self.served(), (A, B, C, X))
+        # Full reads go ahead of every paced query: one takes what went away out of every watch.
+        self.assertEqual(self.states.urgent, [True, True])
 
     def test_a_node_gone_and_nothing_without_checks(self) -> None:
         self.states.full[-1].callback(Indexed(10, EVERY))

@@ -153,7 +153,11 @@ class ChangeFeed:
         if self._full_asked is not None:
             self._full_again = True
             return
-        asked = self._client.check_states(self.dc, prompt=True)
+        # Ahead of every paced query (one at a time per datacenter, and
+        # coalesced: bounded like first fetches): one read takes what went
+        # away out of every watch at once and finds what to fetch, so it must
+        # not queue behind another datacenter's thousands of fetches.
+        asked = self._client.check_states(self.dc, urgent=True)
         self._full_asked = asked.addCallback(self._full_answer).addErrback(lambda _: None)
         self._full_asked.addCallback(self._full_done)
 

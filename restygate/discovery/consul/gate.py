@@ -11,7 +11,8 @@ change it saw) share that pace but go ahead of the other background ones,
 which are not starved: one that has waited L{AGED} seconds goes first.
 
 Urgent requests are bounded by the names Consul knows (a made-up name never
-gets this far), so putting them first cannot be abused to starve the rest;
+gets this far; a change feed's full reads: one at a time per datacenter),
+so putting them first cannot be abused to starve the rest;
 prompt ones by the changes Consul records.
 """
 
