@@ -2,15 +2,35 @@
 Pacing for loops that talk to something that may be broken: a token bucket
 that caps how fast answers may drive a loop, and capped exponential backoff
 with jitter for retries after errors.  Shared by the Consul watches and the
-worker supervisor.
+worker supervisor.  And a guard for periodic housekeeping, which must go on
+whatever one round raised.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Optional
+from typing import Callable, Optional
 
-__all__ = ["TokenBucket", "Backoff"]
+from twisted.logger import Logger
+
+__all__ = ["TokenBucket", "Backoff", "carry_on"]
+
+log = Logger()
+
+
+def carry_on(call: Callable[[], None], what: str) -> Callable[[], None]:
+    """
+    C{call} for a C{LoopingCall}: an error is logged as C{what} and the
+    loop goes on (a C{LoopingCall} stops for good on an unhandled error).
+    """
+
+    def guarded() -> None:
+        try:
+            call()
+        except Exception:
+            log.failure(what)
+
+    return guarded
 
 
 class TokenBucket:

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.watch import Watcher
+from restygate.pacing import carry_on
 
 __all__ = ["Ranking", "RANK_INTERVAL", "HALF_LIFE", "MARGIN", "MIN_GAP"]
 
@@ -66,7 +67,7 @@ class Ranking:
         self._demoted = demoted
         self.moves = 0
         self._decay = 0.5 ** (RANK_INTERVAL / HALF_LIFE)
-        self._loop = LoopingCall(self._rank_safely)
+        self._loop = LoopingCall(carry_on(self.rank, "ranking watches by request rate failed"))
         self._loop.clock = clock
 
     def start(self) -> None:
@@ -76,13 +77,6 @@ class Ranking:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
-
-    def _rank_safely(self) -> None:
-        # LoopingCall stops for good on an unhandled error; log and go on.
-        try:
-            self.rank()
-        except Exception:
-            log.failure("ranking watches by request rate failed")
 
     def rank(self) -> None:
         """

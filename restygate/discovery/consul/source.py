@@ -44,6 +44,7 @@ from restygate.discovery.consul.ranking import Ranking
 from restygate.discovery.consul.watch import HealthSource, Watcher
 from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
 from restygate.ops.views import ConsulLoad, IConsulLoadView, IDiscoveryView, Watched
+from restygate.pacing import carry_on
 
 __all__ = ["ConsulDiscovery"]
 
@@ -121,7 +122,7 @@ class ConsulDiscovery(Service):
         self._used_up, self.evicted = False, 0
         self._evicted_unlogged = 0
         self._evictions_logged = -EVICTION_LOG_INTERVAL
-        self._sweeper = LoopingCall(self._sweep_safely)
+        self._sweeper = LoopingCall(carry_on(self.sweep, "sweeping idle watchers failed"))
         self._sweeper.clock = clock
         self.ranking = Ranking(clock, dedicated, self._watchers.values, self._feed_for, gate) if feed else None
 
@@ -372,13 +373,6 @@ class ConsulDiscovery(Service):
             )
             self._evicted_unlogged = 0
             self._evictions_logged = now
-
-    def _sweep_safely(self) -> None:
-        # LoopingCall stops for good on an unhandled error; log and go on.
-        try:
-            self.sweep()
-        except Exception:
-            log.failure("sweeping idle watchers failed")
 
     def sweep(self) -> None:
         """
