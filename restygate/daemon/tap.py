@@ -21,6 +21,7 @@ from restygate import __version__
 from restygate._compat import install as install_lean_reactor
 from restygate.config import KEYS, Config, ConfigError, Key
 from restygate.daemon.assembly import make_gateway
+from restygate.daemon.gcpolicy import CollectionPolicy
 from restygate.daemon.load import load, run_check
 from restygate.daemon.workers.pool import make_workers
 
@@ -119,6 +120,7 @@ def makeService(options: Options) -> IService:
         # Nothing asked for a reactor yet (twistd --reactor would have
         # installed one): the gateway's own, as its workers run.
         install_lean_reactor()
+    from twisted.internet import reactor
 
     def reload() -> Config:
         return load(options, os.environ)
@@ -130,8 +132,10 @@ def makeService(options: Options) -> IService:
         pool = make_workers(config, options.argv, reload)
         if log_on_stdout:
             pool.log_fd = sys.stdout.fileno()
+        CollectionPolicy(reactor).setServiceParent(pool)
         return pool
     gateway = make_gateway(config, load=reload)
+    CollectionPolicy(reactor).setServiceParent(gateway)
     if log_on_stdout:
         # The default access log, written as whole lines straight to the
         # log's stdout rather than through twisted.logger's observers, which

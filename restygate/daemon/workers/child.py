@@ -46,6 +46,7 @@ from zope.interface import implementer, provider
 from restygate._compat import adopt_listening_socket, install as install_lean_reactor, server_tls_context
 from restygate.config import Config
 from restygate.daemon.assembly import make_gateway
+from restygate.daemon.gcpolicy import CollectionPolicy
 from restygate.daemon.load import load
 from restygate.daemon.tap import Options
 from restygate.daemon.workers.pool import EXIT_GRACE
@@ -244,6 +245,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.e
         endpoints=[adopted_endpoint(reactor, d, fd) for d, fd in zip(config.listen, fds)],
         discovery=remote,
     )
+    CollectionPolicy(reactor).setServiceParent(gateway)
     if args.log_fd is not None:
         # Straight to the daemon's log, a line per write, not through the daemon.
         gateway.access_log.write_to(args.log_fd, f"worker {args.index} access")
