@@ -259,7 +259,7 @@ class ForwardHeaderProperties(TestCase):
         headers = [(name.encode(), b"v") for name in names]
         if connection:
             headers.append((b"Connection", ", ".join(connection).encode()))
-        out = forward_headers(headers, b"/dc1/web", b"10.0.0.1", secure=False, has_body=True)
+        out, _ = forward_headers(headers, b"/dc1/web", b"10.0.0.1", secure=False, has_body=True)
         forwarded = {name.lower() for name, _ in out}
         self.assertFalse(forwarded & HOP_BY_HOP)
         self.assertFalse(forwarded & {c.encode() for c in connection})

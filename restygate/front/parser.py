@@ -23,6 +23,7 @@ import httptools
 
 from restygate.h1parse import PURE_PYTHON
 from restygate.h1request import HttpRequestParser
+from restygate.proxy.headers import NOTED
 __all__ = ["ParseError", "RequestParser", "RequestSink", "MAX_LINE", "MAX_HEADERS_SIZE", "MAX_HEADERS"]
 
 HeaderList = List[Tuple[bytes, bytes]]
@@ -55,7 +56,8 @@ class RequestSink(Protocol):
     """
 
     def request_head(self, method: bytes, target: bytes, version: bytes, headers: HeaderList,
-                     keep_alive: bool, upgrade: bool) -> None: ...
+                     noted: HeaderList, keep_alive: bool, upgrade: bool) -> None:
+        """A request's head; C{noted} is its headers that L{NOTED} names, lowercased."""
 
     def request_body(self, data: bytes) -> None: ...
 
@@ -73,6 +75,7 @@ class RequestParser:
         self._target: List[bytes] = []
         self._target_size = 0
         self._headers: HeaderList = []
+        self._noted: HeaderList = []
         self._headers_size = 0
         self._trailers: Optional[HeaderList] = None
         self._in_head = True
@@ -115,6 +118,7 @@ class RequestParser:
         self._target = []
         self._target_size = 0
         self._headers = []
+        self._noted = []
         self._headers_size = 0
         self._trailers = None
 
@@ -136,8 +140,12 @@ class RequestParser:
             raise ParseError(431, "request headers too large")
         if len(self._headers) >= MAX_HEADERS:
             raise ParseError(431, "too many request headers")
-        if name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
-            raise ParseError(400, "unsupported transfer coding")
+        # Each name is lowered here once, for every later step.
+        lowered = name.lower()
+        if lowered in NOTED:
+            if lowered == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                raise ParseError(400, "unsupported transfer coding")
+            self._noted.append((lowered, value))
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -151,7 +159,7 @@ class RequestParser:
         target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
         self._sink.request_head(
             parser.get_method(), target, b"HTTP/1.1" if version == "1.1" else b"HTTP/1.0",
-            self._headers, parser.should_keep_alive(), parser.should_upgrade(),
+            self._headers, self._noted, parser.should_keep_alive(), parser.should_upgrade(),
         )
 
     def on_body(self, data: bytes) -> None:

@@ -55,6 +55,7 @@ class ClientRequest:
         target: bytes,
         version: bytes,
         headers: HeaderList,
+        noted: HeaderList,
         keep_alive: bool,
         body: Optional[RequestBody],
         wants_trailers: bool,
@@ -64,6 +65,7 @@ class ClientRequest:
         self.target = target
         self.version = version
         self.headers = headers
+        self.noted = noted
         self.keep_alive = keep_alive
         self.body = body
         self.client_ip = connection.client_ip

@@ -149,13 +149,12 @@ class HTTPConnection(Protocol):
 
     # -- the parser's events --------------------------------------------------
     def request_head(self, method: bytes, target: bytes, version: bytes, headers: List[Any],
-                     keep_alive: bool, upgrade: bool) -> None:
+                     noted: List[Any], keep_alive: bool, upgrade: bool) -> None:
         self._timing_headers = False
         length: Optional[int] = None
         chunked = False
         expect = te = False
-        for name, value in headers:
-            lowered = name.lower()
+        for lowered, value in noted:
             if lowered == b"content-length":
                 length = int(value)
             elif lowered == b"transfer-encoding":
@@ -173,7 +172,7 @@ class HTTPConnection(Protocol):
             body = RequestBody(None if chunked else length, self._body_paused(), limit)
         # After an Upgrade request the parser stops: whatever answer it gets,
         # the connection ends with it unless it becomes a tunnel.
-        request = ClientRequest(self, method, target, version, headers, keep_alive and not upgrade, body, te)
+        request = ClientRequest(self, method, target, version, headers, noted, keep_alive and not upgrade, body, te)
         if body is not None:
             body.on_too_large = lambda: self._too_large(request)
             if expect and version == b"HTTP/1.1":

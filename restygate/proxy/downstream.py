@@ -45,6 +45,8 @@ class Downstream(Protocol):
     @ivar target: the request target, as sent.
     @ivar version: C{b"HTTP/1.1"} or C{b"HTTP/1.0"}.
     @ivar headers: the request headers as sent, in order.
+    @ivar noted: the C{headers} the gateway acts on, with lowercase names
+        (L{restygate.proxy.headers.noted_headers}).
     @ivar client_ip: the peer's address.
     @ivar secure: whether the client connection is TLS.
     @ivar body: the request body (a L{restygate.upstream.client.BodySource}),
@@ -58,6 +60,7 @@ class Downstream(Protocol):
     target: bytes
     version: bytes
     headers: HeaderList
+    noted: HeaderList
     client_ip: str
     secure: bool
     body: Any

@@ -24,7 +24,7 @@ from restygate.discovery.model import Instance, Snapshot
 from restygate.proxy.downstream import Downstream, HeaderList
 from restygate.proxy.parts import EngineParts
 from restygate.proxy.failure import Failed, Failure, discovery_failure
-from restygate.proxy.headers import forward_headers, header, headers_named, response_headers, wants_upgrade
+from restygate.proxy.headers import forward_headers, header, response_headers, wants_upgrade
 from restygate.proxy.failover import Found, find, find_now
 from restygate.proxy.observe import completed_record
 from restygate.proxy.policy import Policy
@@ -78,10 +78,8 @@ class Exchange:
     def run(self) -> None:
         request = self.request
         try:
-            config = self.engine.config
-            self.route = route = route_request(
-                request.target, headers_named(request.headers, b"host"), config.server_names, config.host_routes
-            )
+            config, hosts = self.engine.config, [value for name, value in request.noted if name == b"host"]
+            self.route = route = route_request(request.target, hosts, config.server_names, config.host_routes)
         except RouteError as e:
             self._fail(Failure.CLIENT_PROTOCOL if e.status == 400 else None, e.message, status=e.status)
             return
@@ -117,11 +115,10 @@ class Exchange:
             self.failed_over = self.route.dc
         self.route, self._choice = route, choice
         request = self.request
-        self._upgrade = wants_upgrade(request.headers)
-        self._headers = forward_headers(request.headers, route.prefix.encode("ascii"), request.client_ip.encode(
-            "ascii"), request.secure, request.body is not None, self._upgrade, self.engine.trusted())
-        # An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
-        self._host_pending = header(self._headers, b"host") is None
+        self._upgrade = wants_upgrade(request.noted)
+        self._headers, has_host = forward_headers(request.headers, route.prefix.encode("ascii"), request.client_ip.encode(
+            "ascii"), request.secure, request.body is not None, self._upgrade, self.engine.trusted(), request.noted)
+        self._host_pending = not has_host  # HTTP/1.0 clients may send no Host; HTTP/1.1 requires one
         self.engine.budget.request()
         self._attempt(choice.instances)
 
@@ -264,7 +261,7 @@ class Exchange:
 
     def _rewrite(self, name: bytes, value: bytes) -> bytes:
         # Made only for a response that names a place: most name none.
-        host = header(self.request.headers, b"host")
+        host = header(self.request.noted, b"host")
         rewriter = rewriter_for(self.policy.config, self.route, self.instance, self.request.secure, host)
         return value if rewriter is None else rewriter(name, value)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Callable, FrozenSet, List, Optional, Set, Tuple
 
 __all__ = [
-    "HOP_BY_HOP", "HeaderList", "forward_headers", "response_headers", "header", "headers_named",
-    "wants_upgrade",
+    "HOP_BY_HOP", "NOTED", "HeaderList", "forward_headers", "response_headers", "header", "headers_named",
+    "noted_headers", "wants_upgrade",
 ]
 
 HeaderList = List[Tuple[bytes, bytes]]
@@ -44,6 +44,13 @@ _OURS: FrozenSet[bytes] = _FORWARDING | {b"x-real-ip", b"x-forwarded-host", b"x-
 _NOT_FORWARDED = HOP_BY_HOP | _OURS
 _NOT_FORWARDED_WITH_BODY = _NOT_FORWARDED | {b"content-length"}
 
+# The request header names the gateway acts on: framing, routing, the
+# forwarding rules.  A front notes them (lowercased) as the head arrives,
+# so the request path reads a short list -- usually just the Host --
+# instead of lowering every name again at each step.
+NOTED: FrozenSet[bytes] = _NOT_FORWARDED_WITH_BODY | {b"host"}
+
+
 def header(headers: HeaderList, name: bytes) -> Optional[bytes]:
     """The first value of C{name} (lowercase), if any."""
     for key, value in headers:
@@ -55,6 +62,12 @@ def header(headers: HeaderList, name: bytes) -> Optional[bytes]:
 def headers_named(headers: HeaderList, name: bytes) -> List[bytes]:
     """Every value of C{name} (lowercase), in order."""
     return [value for key, value in headers if key.lower() == name]
+
+
+def noted_headers(headers: HeaderList) -> HeaderList:
+    """C{headers}' fields that L{NOTED} names, in order, with lowercase names."""
+    lowered = [(key.lower(), value) for key, value in headers]
+    return [pair for pair in lowered if pair[0] in NOTED]
 
 
 def _tokens(value: bytes) -> Set[bytes]:
@@ -92,11 +105,14 @@ def forward_headers(
     has_body: bool,
     upgrade: Optional[bytes] = None,
     trusted: Optional[Callable[[bytes], bool]] = None,
-) -> HeaderList:
+    noted: Optional[HeaderList] = None,
+) -> Tuple[HeaderList, bool]:
     """
     The headers the upstream gets: the client's, minus hop-by-hop ones (and
     the body framing, which the upstream connection redoes for a body), plus
-    the C{X-Forwarded-*} set and C{Forwarded} (RFC 7239).
+    the C{X-Forwarded-*} set and C{Forwarded} (RFC 7239); and whether the
+    client's C{Host} is among them.  C{noted} is L{noted_headers} of
+    C{headers}, when the caller has it.
 
     From a client C{trusted} says is one of the operator's proxies, its
     C{X-Forwarded-For}, C{X-Forwarded-Proto} and C{Forwarded} are extended
@@ -104,33 +120,34 @@ def forward_headers(
     that is not such a proxy; from anyone else they are replaced.
     """
     drop = _NOT_FORWARDED_WITH_BODY if has_body else _NOT_FORWARDED
-    # One pass, each name lowercased once; the fields the client's
-    # Connection names (it may come last) are taken out after it.
+    # Everything decided here is in the noted fields: the whole list is
+    # only walked again when something in it is to go.
+    if noted is None:
+        noted = noted_headers(headers)
     named: Set[bytes] = set()
-    out: HeaderList = []
-    kept: List[bytes] = []
+    dropping = False
     chain: List[bytes] = []
     protos: List[bytes] = []
     forwarded: List[bytes] = []
     host = None
-    for pair in headers:
-        lowered = pair[0].lower()
-        if lowered in _FORWARDING:
+    for lowered, value in noted:
+        if lowered in drop:
+            dropping = True
             if lowered == b"x-forwarded-for":
-                chain.append(pair[1])
+                chain.append(value)
             elif lowered == b"x-forwarded-proto":
-                protos.append(pair[1])
+                protos.append(value)
             elif lowered == b"forwarded":
-                forwarded.append(pair[1])
+                forwarded.append(value)
+            elif lowered == b"connection":
+                named |= _tokens(value)
         elif lowered == b"host" and host is None:
-            host = pair[1]
-        elif lowered == b"connection":
-            named |= _tokens(pair[1])
-        if lowered not in drop:
-            out.append(pair)
-            kept.append(lowered)
-    if named:
-        out = _without_named(out, kept, named)
+            host = value
+    if dropping:
+        gone = drop | named if named else drop
+        out = [pair for pair in headers if pair[0].lower() not in gone]
+    else:
+        out = list(headers)
     proto = b"https" if secure else b"http"
     ours = b"for=%s;proto=%s" % (_node(client_ip), proto)
     if host is not None:
@@ -156,7 +173,7 @@ def forward_headers(
     if upgrade is not None:
         out.append((b"Connection", b"upgrade"))
         out.append((b"Upgrade", upgrade))
-    return out
+    return out, host is not None and b"host" not in named
 
 
 def _node(address: bytes) -> bytes:

@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from restygate.proxy.downstream import ExchangeEvents, Pausable
+from restygate.proxy.headers import noted_headers
 from restygate.proxy.engine import Engine
 
 __all__ = ["GatewayResource"]
@@ -100,6 +101,7 @@ class _WebRequest:
         self.headers: HeaderList = [
             (name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values
         ]
+        self.noted = noted_headers(self.headers)
         self.client_ip = str(getattr(request.getClientAddress(), "host", "") or "unknown")
         self.secure = bool(request.isSecure())
         content = request.content
