@@ -24,7 +24,7 @@ from restygate.discovery.model import Instance, Snapshot
 from restygate.proxy.downstream import Downstream, HeaderList
 from restygate.proxy.parts import EngineParts
 from restygate.proxy.failure import Failed, Failure, discovery_failure
-from restygate.proxy.headers import forward_headers, header, response_headers, wants_upgrade
+from restygate.proxy.headers import NotedAt, forward_headers, header, response_headers, wants_upgrade
 from restygate.proxy.failover import Found, find, find_now
 from restygate.proxy.observe import completed_record
 from restygate.proxy.policy import Policy
@@ -235,7 +235,8 @@ class Exchange:
         if status != 100 and not self.done:
             self.request.interim(status, response_headers(headers))
 
-    def response_started(self, status: int, reason: bytes, headers: HeaderList, length: Optional[int]) -> None:
+    def response_started(self, status: int, reason: bytes, headers: HeaderList, noted: NotedAt,
+                         length: Optional[int]) -> None:
         engine = self.engine
         route, instance = self.route, self.instance
         if route is not None and instance is not None:
@@ -248,7 +249,9 @@ class Exchange:
         self._response_started = True
         request = self.request
         served = (b"X-Restygate-Datacenter", (self.snapshot.dc if self.snapshot else "").encode("ascii"))
-        request.respond(status, reason, [*response_headers(headers, rewrite=self._rewrite), served], length)
+        out = response_headers(headers, rewrite=self._rewrite, noted=noted)
+        out.append(served)
+        request.respond(status, reason, out, length)
         request.set_source(self._connection)
         self._progress = False
         # The response timeout's timer becomes the body's: moving a timer

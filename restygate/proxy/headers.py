@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Callable, FrozenSet, List, Optional, Set, Tuple
 
 __all__ = [
-    "HOP_BY_HOP", "NOTED", "HeaderList", "forward_headers", "response_headers", "header", "headers_named",
-    "noted_headers", "wants_upgrade",
+    "HOP_BY_HOP", "NOTED", "RESPONSE_NOTED", "HeaderList", "NotedAt", "forward_headers", "response_headers",
+    "response_noted", "header", "headers_named", "noted_headers", "wants_upgrade",
 ]
 
 HeaderList = List[Tuple[bytes, bytes]]
@@ -80,14 +80,6 @@ def _connection_tokens(headers: HeaderList) -> FrozenSet[bytes]:
         if key.lower() == b"connection":
             tokens |= _tokens(value)
     return frozenset(tokens)
-
-
-def _without_named(out: HeaderList, lowered: List[bytes], named: Set[bytes]) -> HeaderList:
-    """C{out} without the fields C{Connection} named (beyond the fixed hop-by-hop set)."""
-    named = named - HOP_BY_HOP
-    if not named:
-        return out
-    return [pair for pair, name in zip(out, lowered) if name not in named]
 
 
 def wants_upgrade(headers: HeaderList) -> Optional[bytes]:
@@ -183,31 +175,52 @@ def _node(address: bytes) -> bytes:
 
 _PLACES = frozenset({b"location", b"content-location", b"set-cookie"})
 
+# The response header names the gateway acts on: the framing, hop-by-hop
+# fields, places to rewrite.  An upstream connection notes where they are
+# as the head arrives (L{response_noted}'s shape), for the same reason as
+# L{NOTED}.
+RESPONSE_NOTED: FrozenSet[bytes] = HOP_BY_HOP | _PLACES | {b"content-length"}
+
+# (lowercase name, index in the header list) of each noted field.
+NotedAt = List[Tuple[bytes, int]]
+
+
+def response_noted(headers: HeaderList) -> NotedAt:
+    """Where C{headers} hold a field L{RESPONSE_NOTED} names."""
+    return [(lowered, at) for at, lowered in enumerate([name.lower() for name, _ in headers])
+            if lowered in RESPONSE_NOTED]
+
 
 def response_headers(
-    headers: HeaderList, upgrade: bool = False, rewrite: Optional[Callable[[bytes, bytes], bytes]] = None
+    headers: HeaderList, upgrade: bool = False, rewrite: Optional[Callable[[bytes, bytes], bytes]] = None,
+    noted: Optional[NotedAt] = None,
 ) -> HeaderList:
     """
     An upstream response's end-to-end headers, repeats included; after a
     C{101}, its C{Upgrade} too.  C{rewrite(name, value)} is given each
     header that names a place (C{Location}, C{Content-Location},
-    C{Set-Cookie}) to rewrite.
+    C{Set-Cookie}) to rewrite.  C{noted} is L{response_noted} of
+    C{headers}, when the caller has it.
     """
+    if noted is None:
+        noted = response_noted(headers)
     named: Set[bytes] = set()
-    out: HeaderList = []
-    kept: List[bytes] = []
-    for name, value in headers:
-        lowered = name.lower()
+    gone: List[int] = []
+    out = list(headers)
+    for lowered, at in noted:
         if lowered in HOP_BY_HOP:
+            gone.append(at)
             if lowered == b"connection":
-                named |= _tokens(value)
-            continue
-        if rewrite is not None and lowered in _PLACES:
-            value = rewrite(lowered, value)
-        out.append((name, value))
-        kept.append(lowered)
+                named |= _tokens(headers[at][1])
+        elif rewrite is not None and lowered in _PLACES:
+            name, value = headers[at]
+            out[at] = (name, rewrite(lowered, value))
+    named -= HOP_BY_HOP
     if named:
-        out = _without_named(out, kept, named)
+        # The fields Connection names beyond the fixed set may be any.
+        gone = sorted({*gone, *(at for at, (name, _) in enumerate(headers) if name.lower() in named)})
+    for at in reversed(gone):
+        del out[at]
     if upgrade:
         protocols = header(headers, b"upgrade")
         out.append((b"Connection", b"upgrade"))

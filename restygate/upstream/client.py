@@ -34,6 +34,7 @@ from zope.interface import implementer
 from restygate._compat import send_now
 from restygate.h1parse import PURE_PYTHON, HttpResponseParser
 from restygate.upstream.handler import BodySource, HeaderList, ResponseHandler
+from restygate.proxy.headers import RESPONSE_NOTED, NotedAt
 from restygate.proxy.failure import Failed, Failure
 from restygate.tls import openssl_reason
 
@@ -77,7 +78,9 @@ class UpstreamConnection(Protocol):
         self._head = False
         self._parser: Any = None
         self._status = 0
+        self._reason = b""
         self._headers: HeaderList = []
+        self._noted: NotedAt = []
         self._head_size = 0
         self._trailers: Optional[HeaderList] = None
         self._received = False
@@ -214,6 +217,7 @@ class UpstreamConnection(Protocol):
             # A response nobody asked for (bytes after the last one ended).
             raise Failed(Failure.UPSTREAM_PROTOCOL, "bytes from the upstream while idle")
         self._headers = []
+        self._noted = []
         self._trailers = None
 
     def on_status(self, reason: bytes) -> None:
@@ -227,6 +231,10 @@ class UpstreamConnection(Protocol):
         self._head_size += len(name) + len(value)
         if self._head_size > MAX_RESPONSE_HEAD:
             raise Failed(Failure.UPSTREAM_PROTOCOL, "response headers over 64 KiB")
+        # Each name is lowered here once, for the framing and the forwarding.
+        lowered = name.lower()
+        if lowered in RESPONSE_NOTED:
+            self._noted.append((lowered, len(self._headers)))
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -239,11 +247,11 @@ class UpstreamConnection(Protocol):
             return
         self._status = status
         self._keep_alive = self._parser.should_keep_alive()
-        length, self._framed = _framing(self._headers, status, self._head)
+        length, self._framed = _framing(self._headers, self._noted, status, self._head)
         self._trailers = []
         if status == 101:
             return
-        handler.response_started(status, getattr(self, "_reason", b""), self._headers, length)
+        handler.response_started(status, self._reason, self._headers, self._noted, length)
         if self._head:
             raise _HeadComplete()
 
@@ -282,7 +290,7 @@ class UpstreamConnection(Protocol):
         self.reusable = False
         if handler is not None and self._status == 101:
             self._body_done()
-            handler.upgraded(self, getattr(self, "_reason", b""), self._headers, rest)
+            handler.upgraded(self, self._reason, self._headers, rest)
         else:
             self._fail(Failed(Failure.UPSTREAM_PROTOCOL, "unexpected protocol switch"))
 
@@ -332,25 +340,24 @@ class _HeadComplete(Exception):
     """Stops llhttp after the head of an answer to HEAD."""
 
 
-def _framing(headers: HeaderList, status: int, head: bool) -> Tuple[Optional[int], bool]:
+def _framing(headers: HeaderList, noted: NotedAt, status: int, head: bool) -> Tuple[Optional[int], bool]:
     """
     The body length a response announces (L{None}: chunked or until close)
     and whether its end is known without closing the connection.
     """
     if head or status in (204, 304):
-        return _content_length(headers), True
+        return _content_length(headers, noted), True
     chunked = False
-    for name, value in headers:
-        lowered = name.lower()
+    for lowered, at in noted:
         if lowered == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
+            chunked = headers[at][1].strip().lower().endswith(b"chunked")
         elif lowered == b"content-length" and not chunked:
-            return int(value), True
+            return int(headers[at][1]), True
     return None, chunked
 
 
-def _content_length(headers: HeaderList) -> Optional[int]:
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            return int(value)
+def _content_length(headers: HeaderList, noted: NotedAt) -> Optional[int]:
+    for lowered, at in noted:
+        if lowered == b"content-length":
+            return int(headers[at][1])
     return None

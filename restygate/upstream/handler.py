@@ -23,8 +23,13 @@ class ResponseHandler(Protocol):
     def response_interim(self, status: int, headers: HeaderList) -> None:
         """A 1xx answer other than 101 arrived."""
 
-    def response_started(self, status: int, reason: bytes, headers: HeaderList, length: Optional[int]) -> None:
-        """The final status and headers; C{length} is the body's, when known."""
+    def response_started(self, status: int, reason: bytes, headers: HeaderList, noted: List[Tuple[bytes, int]],
+                         length: Optional[int]) -> None:
+        """
+        The final status and headers; C{noted}, where the headers hold a
+        field L{restygate.proxy.headers.RESPONSE_NOTED} names; C{length}, the
+        body's, when known.
+        """
 
     def response_body(self, data: bytes) -> None:
         """Some response body."""
