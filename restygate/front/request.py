@@ -104,7 +104,9 @@ class ClientRequest:
         if body is not None and not body.complete:
             # The rest of the upload could not be told from a next request.
             keep = False
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), *[b"%s: %s\r\n" % pair for pair in headers]]
+        # Lines joined once at the end: a %-format per header costs more.
+        lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+        lines += [b": ".join(pair) for pair in headers]
         self._no_body = self.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
         self._length = length
         if status == 101:
@@ -112,17 +114,17 @@ class ClientRequest:
         elif length is None and not self._no_body:
             if self.version == b"HTTP/1.1":
                 self._chunked = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                lines.append(b"Transfer-Encoding: chunked")
             else:
                 keep = False
         if not keep:
             if status != 101:
-                lines.append(b"Connection: close\r\n")
+                lines.append(b"Connection: close")
         elif self.version == b"HTTP/1.0":
-            lines.append(b"Connection: keep-alive\r\n")
+            lines.append(b"Connection: keep-alive")
         self.keep_alive = keep
-        lines.append(b"\r\n")
-        self._out.append(b"".join(lines))
+        lines += (b"", b"")
+        self._out.append(b"\r\n".join(lines))
 
     def write(self, data: bytes) -> None:
         if self._no_body or not data or self.finished:
