@@ -33,19 +33,36 @@ Key = Tuple[str, str, str, int]
 
 
 def _key(dc: str, service: str, instance: Instance) -> Key:
+    # Spelt out in started, ended and succeeded, which run for every
+    # request: a call less each.
     return (dc, service, instance.address, instance.port)
 
 
 @dataclass
 class InstanceState:
     """
-    What the gateway has seen of one instance lately.
+    What the gateway has seen of one instance lately, as L{Outliers.state}
+    tells it.
     """
 
     inflight: int = 0
     consecutive_failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
+
+
+class _History:
+    """
+    An instance's failures and ejections: kept only while there are some,
+    so a request that succeeds makes no record at all.
+    """
+
+    __slots__ = ("consecutive_failures", "ejections", "ejected_until")
+
+    def __init__(self) -> None:
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
 
 
 @implementer(IOutlierView)
@@ -69,21 +86,25 @@ class Outliers:
         self._base = base
         self._cap = cap
         self._max_fraction = max_fraction
-        self._states: Dict[Key, InstanceState] = {}
+        # Requests in flight per instance, apart from the failure history:
+        # counting one costs no object.  Neither table keeps an instance
+        # with nothing to remember, so they do not grow with every
+        # instance Consul ever listed.
+        self._inflight: Dict[Key, int] = {}
+        self._history: Dict[Key, _History] = {}
         # Instances currently ejected, per (dc, service): the fast path skips
         # all filtering while a service has none.
         self._ejected: Dict[Tuple[str, str], Dict[Key, float]] = {}
         self.ejections_total = 0
 
     def state(self, dc: str, service: str, instance: Instance) -> Optional[InstanceState]:
-        return self._states.get(_key(dc, service, instance))
-
-    def _state(self, dc: str, service: str, instance: Instance) -> InstanceState:
+        """What is remembered of C{instance} (a copy), if anything."""
         key = _key(dc, service, instance)
-        state = self._states.get(key)
-        if state is None:
-            state = self._states[key] = InstanceState()
-        return state
+        inflight = self._inflight.get(key, 0)
+        history = self._history.get(key)
+        if history is None:
+            return InstanceState(inflight) if inflight else None
+        return InstanceState(inflight, history.consecutive_failures, history.ejections, history.ejected_until)
 
     def usable(self, dc: str, service: str, instances: Tuple[Instance, ...]) -> Tuple[Instance, ...]:
         """
@@ -105,30 +126,36 @@ class Outliers:
         return kept or instances
 
     def started(self, dc: str, service: str, instance: Instance) -> None:
-        state = self._state(dc, service, instance)
-        state.inflight += 1
+        key = (dc, service, instance.address, instance.port)
+        inflight = self._inflight
+        inflight[key] = inflight.get(key, 0) + 1
 
     def ended(self, dc: str, service: str, instance: Instance) -> None:
-        key = _key(dc, service, instance)
-        state = self._states.get(key)
-        if state is not None:
-            state.inflight = max(0, state.inflight - 1)
-            self._forget_if_clean(key, state)
-
-    def _forget_if_clean(self, key: Key, state: InstanceState) -> None:
-        # Only instances with something to remember keep an entry, so the
-        # table does not grow with every instance Consul ever listed.
-        if not (state.inflight or state.consecutive_failures or state.ejections):
-            del self._states[key]
+        key = (dc, service, instance.address, instance.port)
+        inflight = self._inflight
+        count = inflight.get(key, 0)
+        if count > 1:
+            inflight[key] = count - 1
+        elif count:
+            del inflight[key]
 
     def succeeded(self, dc: str, service: str, instance: Instance) -> None:
-        state = self._state(dc, service, instance)
+        # The common case, nothing failed lately, touches nothing.  An
+        # ejection always has a history (failed() makes one and it is kept
+        # while ejections are counted), so no history means none to end.
+        history = self._history
+        if not history:
+            return
+        key = (dc, service, instance.address, instance.port)
+        state = history.get(key)
+        if state is None:
+            return
         state.consecutive_failures = 0
         # An answer proves the instance alive: an ejection still running
         # would only keep a good instance out (and, by the at-most-half
         # rule, keep a dead one in).
         ejected = self._ejected.get((dc, service))
-        if ejected is not None and ejected.pop(_key(dc, service, instance), None) is not None:
+        if ejected is not None and ejected.pop(key, None) is not None:
             state.ejected_until = self._clock.seconds()
             log.info("{dc}/{service}: {netloc} answered; ejection ended", dc=dc, service=service,
                      netloc=instance.netloc)
@@ -136,6 +163,8 @@ class Outliers:
         # so the next ejection starts short again.
         if state.ejections and self._clock.seconds() > state.ejected_until + self._cap:
             state.ejections = 0
+        if not state.ejections:
+            del history[key]
 
     def failed(self, dc: str, service: str, instance: Instance, instances: Tuple[Instance, ...]) -> bool:
         """
@@ -143,13 +172,15 @@ class Outliers:
         reset); C{instances} are the service's current ones.  Returns whether
         this failure ejected it.
         """
-        state = self._state(dc, service, instance)
+        key = _key(dc, service, instance)
+        state = self._history.get(key)
+        if state is None:
+            state = self._history[key] = _History()
         state.consecutive_failures += 1
         if state.consecutive_failures < self.threshold:
             return False
         now = self._clock.seconds()
         ejected = self._ejected.setdefault((dc, service), {})
-        key = _key(dc, service, instance)
         if key in ejected and ejected[key] > now:
             return False
         # Only instances Consul still lists count towards the cap: one that
@@ -170,9 +201,7 @@ class Outliers:
         return True
 
     def inflight(self, dc: str, service: str, instance: Instance) -> int:
-        state = self._states.get(_key(dc, service, instance))
-        # No state: the gateway has not sent it anything lately.
-        return state.inflight if state is not None else 0
+        return self._inflight.get(_key(dc, service, instance), 0)
 
     def ejections(self) -> int:
         return self.ejections_total
