@@ -74,7 +74,12 @@ class Metrics:
         PlatformCollector(registry=self.registry)
 
     def observe(self, c: Completed) -> None:
-        self._series_for(c.dc, c.service).count(c, error_kind(c))
+        # Once per request: the common case (a known series, no error) in
+        # line, without the calls the general case makes.
+        series = self.requests.services.get((c.dc, c.service))  # type: ignore[arg-type]
+        if series is None:
+            series = self._series_for(c.dc, c.service)
+        series.count(c, None if c.error is None else error_kind(c))
         if c.failed_over and c.dc and c.service:
             # Both datacenters are Consul's (unknown ones get 404 before any
             # failover) and the service has instances: bounded labels.

@@ -74,11 +74,14 @@ class ServiceSeries:
         """
         Count C{c}, whose upstream error kind (if any) is C{kind}.
         """
-        status_class = c.status // 100
         # Classes 1xx-5xx; an upstream's odd status (600, 99) is "other".
-        code = _CLASSES[status_class] if 1 <= status_class <= 5 else "other"
-        self.codes[code] = self.codes.get(code, 0) + 1
-        self.duration.observe(c.duration)
+        code = _CLASSES.get(c.status // 100, "other")
+        codes = self.codes
+        codes[code] = codes.get(code, 0) + 1
+        # _Tally.observe in line: every request has a duration.
+        duration = self.duration
+        duration.counts[bisect_left(LATENCY_BUCKETS, c.duration)] += 1
+        duration.total += c.duration
         if c.upstream_latency is not None:
             if self.upstream is None:
                 self.upstream = _Tally()
