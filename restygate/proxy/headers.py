@@ -74,19 +74,12 @@ def _tokens(value: bytes) -> Set[bytes]:
     return {t.strip().lower() for t in value.split(b",")}
 
 
-def _connection_tokens(headers: HeaderList) -> FrozenSet[bytes]:
-    tokens: Set[bytes] = set()
-    for key, value in headers:
-        if key.lower() == b"connection":
-            tokens |= _tokens(value)
-    return frozenset(tokens)
-
-
 def wants_upgrade(headers: HeaderList) -> Optional[bytes]:
     """The protocols a request asks to switch to, if it asks."""
-    if b"upgrade" not in _connection_tokens(headers):
-        return None
-    return header(headers, b"upgrade")
+    for key, value in headers:
+        if key.lower() == b"connection" and b"upgrade" in _tokens(value):
+            return header(headers, b"upgrade")
+    return None
 
 
 def forward_headers(
@@ -141,9 +134,10 @@ def forward_headers(
     else:
         out = list(headers)
     proto = b"https" if secure else b"http"
-    ours = b"for=%s;proto=%s" % (_node(client_ip), proto)
-    if host is not None:
-        ours += b';host="%s"' % host
+    # RFC 7239: an IPv6 address is bracketed and the whole quoted.
+    node = b'"[%s]"' % client_ip if b":" in client_ip else client_ip
+    ours = b"".join((b"for=", node, b";proto=", proto) if host is None else
+                    (b"for=", node, b";proto=", proto, b';host="', host, b'"'))
     real = client_ip
     if trusted is not None and trusted(client_ip):
         addresses = [a.strip() for value in chain for a in value.split(b",") if a.strip()]
@@ -151,26 +145,19 @@ def forward_headers(
         chain.append(client_ip)
         protos.append(proto)
         forwarded.append(ours)
-    else:
-        chain, protos, forwarded = [client_ip], [proto], [ours]
-    out.append((b"X-Forwarded-For", b", ".join(chain)))
-    out.append((b"X-Real-IP", real))
+        client_ip, proto, ours = b", ".join(chain), b", ".join(protos), b", ".join(forwarded)
+    out += ((b"X-Forwarded-For", client_ip), (b"X-Real-IP", real))
     if host is not None:
         out.append((b"X-Forwarded-Host", host))
-    out.append((b"X-Forwarded-Proto", b", ".join(protos)))
+    out.append((b"X-Forwarded-Proto", proto))
     if prefix:
         # A host route strips no prefix: the client's own is dropped, none added.
         out.append((b"X-Forwarded-Prefix", prefix))
-    out.append((b"Forwarded", b", ".join(forwarded)))
+    out.append((b"Forwarded", ours))
     if upgrade is not None:
         out.append((b"Connection", b"upgrade"))
         out.append((b"Upgrade", upgrade))
     return out, host is not None and b"host" not in named
-
-
-def _node(address: bytes) -> bytes:
-    # RFC 7239: an IPv6 address is bracketed and the whole quoted.
-    return b'"[%s]"' % address if b":" in address else address
 
 
 _PLACES = frozenset({b"location", b"content-location", b"set-cookie"})

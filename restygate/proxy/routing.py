@@ -17,7 +17,7 @@ import re
 from functools import lru_cache
 from typing import Dict, List, NamedTuple, Optional, Pattern, Tuple
 
-__all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "valid_host", "host_route"]
+__all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "host_route"]
 
 # Consul's service and datacenter names: letters, digits, '-', '_', '.'.
 _NAME = re.compile(rb"[A-Za-z0-9_.\-]{1,255}")
@@ -96,8 +96,9 @@ def parse_target(uri: bytes) -> Route:
     parts = path.split(b"/", 3)
     if len(parts) < 3 or not parts[1] or not parts[2]:
         raise RouteError(404, "no route: expected /<datacenter>/<service>/<path>")
-    dc = _name("datacenter", parts[1])
-    service = _name("service", parts[2])
+    # Names seen before are looked up here, without a call each.
+    dc = _CHECKED.get(parts[1]) or _name("datacenter", parts[1])
+    service = _CHECKED.get(parts[2]) or _name("service", parts[2])
     rest = b"/" + parts[3] if len(parts) == 4 else b"/"
     return Route(dc, service, rest + question + query)
 
@@ -126,11 +127,6 @@ def host_matches(host: bytes, names: Tuple[str, ...]) -> bool:
         elif wanted == name:
             return True
     return False
-
-
-def valid_host(value: bytes) -> bool:
-    """Whether a C{Host} value is a plain C{host[:port]}."""
-    return _HOST.fullmatch(value) is not None
 
 
 @lru_cache(maxsize=64)
@@ -166,7 +162,7 @@ def route_request(
     """
     if len(hosts) > 1:
         raise RouteError(400, "more than one Host header")
-    if hosts and not valid_host(hosts[0]):
+    if hosts and _HOST.fullmatch(hosts[0]) is None:
         raise RouteError(400, "invalid Host header")
     named = host_route(hosts[0], host_routes) if host_routes and hosts else None
     if named is not None:
