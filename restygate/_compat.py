@@ -14,7 +14,7 @@ from typing import Any, Optional, Type, TypeVar
 # re-export the interface from a public module, and our TLS settings are
 # typed with it.
 from twisted.internet._sslverify import IOpenSSLTrustRoot
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, _WrappingProtocol
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.tcp import Connection as TCPConnection, Port
 from twisted.python import log as legacy_log
@@ -34,6 +34,7 @@ __all__ = [
     "QuietClientFactory",
     "quiet_pool",
     "send_now",
+    "read_directly",
     "lean_reactor",
     "install",
 ]
@@ -123,6 +124,27 @@ def send_now(transport: Any, data: bytes) -> None:
         return
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def read_directly(protocol: Any) -> None:
+    """
+    Have the TCP connection under C{protocol} (perhaps with TLS between)
+    hand its reads straight to it, not through the wrapper the endpoint
+    that connected it put in between.
+
+    A client endpoint connects an C{_WrappingProtocol}, which calls the
+    protocol it was given: one more Python call for every read of a
+    connection that lives for many requests.  Once connected, the wrapper
+    only passes each event on, so the transport may as well call the
+    protocol itself; the endpoint's connect has already fired by then.
+    """
+    upper, transport = protocol, protocol.transport
+    while transport is not None and not isinstance(transport, TCPConnection):
+        upper, transport = transport, getattr(transport, "transport", None)
+    if transport is not None:
+        wrapper = transport.protocol
+        if isinstance(wrapper, _WrappingProtocol) and wrapper._wrappedProtocol is upper:
+            transport.protocol = upper
 
 
 def lean_reactor() -> Optional[Any]:

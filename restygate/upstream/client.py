@@ -31,7 +31,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure as TwistedFailure
 from zope.interface import implementer
 
-from restygate._compat import send_now
+from restygate._compat import read_directly, send_now
 from restygate.h1parse import PURE_PYTHON, HttpResponseParser
 from restygate.upstream.handler import BodySource, HeaderList, ResponseHandler
 from restygate.proxy.headers import RESPONSE_NOTED, NotedAt
@@ -182,6 +182,7 @@ class UpstreamConnection(Protocol):
     # -- receiving ------------------------------------------------------------
     def connectionMade(self) -> None:
         self.connected = True
+        read_directly(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._tunnel is not None:
