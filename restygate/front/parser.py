@@ -113,15 +113,8 @@ class RequestParser:
         return self._in_head and self._head_fed > 0
 
     # -- llhttp's callbacks ---------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._target = []
-        self._target_size = 0
-        self._headers = []
-        self._noted = []
-        self._headers_size = 0
-        self._trailers = None
-
+    # No on_message_begin: a request's state is made fresh when the one
+    # before it completes (a callback from llhttp costs more than the work).
     def on_url(self, piece: bytes) -> None:
         self._target_size += len(piece)
         if self._target_size > MAX_LINE:
@@ -168,4 +161,9 @@ class RequestParser:
     def on_message_complete(self) -> None:
         trailers, self._trailers = self._trailers or [], None
         self._in_head = True
+        self._target = []
+        self._target_size = 0
+        self._headers = []
+        self._noted = []
+        self._headers_size = 0
         self._sink.request_end(trailers)

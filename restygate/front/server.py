@@ -163,11 +163,11 @@ class HTTPConnection(Protocol):
                 expect = value.lower() == b"100-continue"
             elif lowered == b"te":
                 te = b"trailers" in value.lower()
-        # The request's service may have its own.
-        limit = self.factory.engine.policies.max_body(target, headers)
+        body: Optional[RequestBody] = None
+        # Only a request with a body has a limit to look up (its service may have its own).
+        limit = None if length is None and not chunked else self.factory.engine.policies.max_body(target, headers)
         if limit is not None and length is not None and length > limit:
             raise ParseError(413, "request body too large")
-        body: Optional[RequestBody] = None
         if chunked or (length is not None and length > 0 and not upgrade):
             body = RequestBody(None if chunked else length, self._body_paused(), limit)
         # After an Upgrade request the parser stops: whatever answer it gets,

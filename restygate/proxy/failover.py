@@ -65,7 +65,8 @@ def _usable(parts: FailoverParts, snapshot: Snapshot, choice: Optional[Choice]) 
 
 def _here(parts: FailoverParts, route: Route, policy: Policy, snapshot: Snapshot) -> Optional[Found]:
     choice = parts.policies.choice(policy, snapshot)
-    if choice is None or not _usable(parts, snapshot, choice):
+    # _usable's test, without its call: this runs for every request.
+    if choice is None or parts.outliers.all_ejected(snapshot.dc, snapshot.service, choice.instances):
         return None
     return Found(route, policy, snapshot, choice)
 
