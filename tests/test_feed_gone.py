@@ -22,6 +22,7 @@ from restygate.discovery.consul.answers import HealthAnswer
 from restygate.discovery.consul.checks import CheckStates, Present, gone, present, without
 from restygate.discovery.consul.client import Indexed
 from restygate.discovery.consul.feed import ChangeFeed
+from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.outage import Outage
 from restygate.discovery.consul.watch import Watcher
 from restygate.discovery.model import Instance, Snapshot
@@ -93,9 +94,10 @@ class FullReadTakesAwayWhatIsGoneTests(TestCase):
         rig, ids, feed, seen = await _fed_web(self)
         fetched, reads, asked = _fetches(rig), feed.full_answers, rig.watcher("dc1", "web").fetches
         rig.consul.fail(500, "No cluster leader")
-        await eventually(lambda: feed.loop.errors > 0, timeout=10.0)
-        # The whole node goes (its serfHealth and its service's check), while nothing can be asked.
+        # The whole node goes (its serfHealth and its service's check), while nothing can be asked:
+        # the feed's held query wakes to the error.
         rig.consul.deregister({"Datacenter": "dc1", "Node": "node-b"})
+        await eventually(lambda: feed.loop.errors > 0, timeout=10.0)
         # The last view keeps serving meanwhile.
         self.assertEqual(_ids(rig), sorted(ids))
         rig.consul.recover()
@@ -165,9 +167,19 @@ class _ScriptedStates:
         return d
 
 
-class FeedScreensWhatIsGoneTests(SynchronousTestCase):
+class FedWatchCase(SynchronousTestCase):
+    """
+    One fed watch of "web" and its datacenter's change feed, on a Clock,
+    with scripted answers; the feed is started by the test.
+    """
+
+    def make_gate(self, clock: Clock) -> Optional[ConsulGate]:
+        """The gate whose first fetches the feed's first full read lets go first: none here."""
+        return None
+
     def setUp(self) -> None:
         self.clock = Clock()
+        self.gate = self.make_gate(self.clock)
         self.source = ScriptedSource()
         self.states = _ScriptedStates()
         outage = Outage(self.clock)
@@ -175,9 +187,15 @@ class FeedScreensWhatIsGoneTests(SynchronousTestCase):
                                rng=random.Random(1))
         self.addCleanup(self.watcher.stop)
         client: Any = self.states
-        self.feed = ChangeFeed("dc1", client, self.clock, outage, random.Random(2), 30.0, lambda: [self.watcher])
+        self.feed = ChangeFeed("dc1", client, self.clock, outage, random.Random(2), 30.0, lambda: [self.watcher],
+                               gate=self.gate)
         self.addCleanup(self.feed.stop)
         self.watcher.start()
+
+
+class FeedScreensWhatIsGoneTests(FedWatchCase):
+    def setUp(self) -> None:
+        super().setUp()
         self.feed.start()
 
     def served(self) -> Tuple[Instance, ...]:

@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from restygate.daemon.gcpolicy import SUPPORTED, THAW_INTERVAL, CollectionPolicy
+from restygate.daemon.gcpolicy import SUPPORTED, THAW_INTERVAL, YOUNG_THRESHOLD, CollectionPolicy
 from restygate.daemon.tap import Options, makeService
 
 
@@ -108,6 +108,13 @@ class CollectionPolicyTests(TestCase):
         self.assertFalse(_seen_by_collector(kept))
         clock.advance(THAW_INTERVAL)
         self.assertEqual(policy.thaws, 2)
+
+    def test_young_collections_come_less_often(self) -> None:
+        before = gc.get_threshold()
+        policy = self.started()
+        self.assertEqual(gc.get_threshold(), (YOUNG_THRESHOLD, *before[1:]))
+        policy.stopService()
+        self.assertEqual(gc.get_threshold(), before)
 
     def test_stopping_gives_the_collector_back(self) -> None:
         """

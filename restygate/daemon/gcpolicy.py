@@ -9,7 +9,8 @@ survived grew by a quarter, and under traffic in-flight objects promoted to
 the old generation bring one every few seconds, each 50-400 ms long on a busy
 machine (measured with bench/scale.py), stalling every request of that process.
 
-So what survived a full collection is moved out of the collector's sight
+So young collections come less often (L{YOUNG_THRESHOLD}), and what
+survived a full collection is moved out of the collector's sight
 (C{gc.freeze()}): right after a full collection every tracked object left is
 reachable, so nothing that is garbage then is frozen, and the next full
 collection walks only what came since.  Startup's objects (modules, classes,
@@ -34,9 +35,17 @@ from twisted.logger import Logger
 
 from restygate.pacing import carry_on
 
-__all__ = ["CollectionPolicy", "THAW_INTERVAL", "SUPPORTED"]
+__all__ = ["CollectionPolicy", "THAW_INTERVAL", "YOUNG_THRESHOLD", "SUPPORTED"]
 
 log = Logger()
+
+#: Allocations of tracked objects between two young collections (CPython's
+#: default: 700).  Requests in flight live a few ms: with 700, every young
+#: collection walks the objects of every request in flight and promotes them
+#: (the daemon did ~1,600 young collections in a scale run's first half
+#: minute); with more they mostly die first.  A young collection walks only
+#: what is alive and young: a few ms at most.
+YOUNG_THRESHOLD = 20_000
 
 #: Seconds between two full walks of everything (frozen cyclic garbage is
 #: freed then): the only long collection pause a process takes.
@@ -66,6 +75,8 @@ class CollectionPolicy(Service):
         self._thawing = LoopingCall(carry_on(self.thaw, "thawing the frozen objects failed"))
         self._thawing.clock = clock
         self._installed = False
+        # CPython's thresholds before the service changed them.
+        self._thresholds = gc.get_threshold()
 
     def startService(self) -> None:
         super().startService()
@@ -73,6 +84,8 @@ class CollectionPolicy(Service):
             return
         gc.callbacks.append(self._collected)
         self._installed = True
+        self._thresholds = gc.get_threshold()
+        gc.set_threshold(YOUNG_THRESHOLD, *self._thresholds[1:])
         # The callback freezes what this collection leaves: startup's objects.
         gc.collect()
         self._thawing.start(self.thaw_interval, now=False)
@@ -84,6 +97,7 @@ class CollectionPolicy(Service):
         if self._installed:
             gc.callbacks.remove(self._collected)
             self._installed = False
+            gc.set_threshold(*self._thresholds)
             gc.unfreeze()
 
     def thaw(self) -> None:

@@ -49,7 +49,7 @@ def consul_discovery(config: Config, reactor: Any) -> Tuple[ConsulDiscovery, Con
     names = ConsulNames(client, reactor, outage, wait=config.consul_wait, rng=rng)
 
     def feed(dc: str, watches: Callable[[], List[Watcher]]) -> ChangeFeed:
-        return ChangeFeed(dc, client, reactor, outage, rng, config.consul_wait, watches, names)
+        return ChangeFeed(dc, client, reactor, outage, rng, config.consul_wait, watches, names, gate)
 
     discovery = ConsulDiscovery(
         client,

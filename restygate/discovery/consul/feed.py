@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from restygate.discovery.consul.answers import HealthAnswer
 from restygate.discovery.consul.checks import (
     NOT_PASSING, CheckStates, Present, fingerprints, gone, only_worse, present, screen, without,
 )
 from restygate.discovery.consul.client import ConsulClient, Indexed
+from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.loop import BlockingLoop
 from restygate.discovery.consul.names import ConsulNames
 from restygate.discovery.consul.outage import Outage
@@ -49,6 +50,11 @@ __all__ = ["ChangeFeed", "FEED_PACE"]
 
 #: Change feed answers per second per datacenter, at most.
 FEED_PACE = 25.0
+#: A new feed's first full read waits until no urgent request (a first fetch
+#: a client waits for) has come for this many seconds...
+BASELINE_QUIET = 1.0
+#: ... but no longer than this after the feed started.
+BASELINE_LATEST = 30.0
 
 
 @dataclass
@@ -81,6 +87,7 @@ class ChangeFeed:
         wait: float,
         watches: Callable[[], Iterable[Watcher]],
         names: Optional[ConsulNames] = None,
+        gate: Optional[ConsulGate] = None,
     ) -> None:
         self.dc = dc
         self._client = client
@@ -88,6 +95,9 @@ class ChangeFeed:
         self._watches = watches
         self._wait = wait
         self._names = names
+        self._gate = gate
+        self._started_at = 0.0
+        self._baseline: Optional[IDelayedCall] = None
         # Fingerprints of every check (the last full answer) and of what is not passing.
         self._full: Optional[Dict[str, Tuple[int, int]]] = None
         self._not_passing: Dict[str, Tuple[int, int]] = {}
@@ -113,10 +123,35 @@ class ChangeFeed:
     def start(self) -> None:
         if self._names is not None:
             self._names.catalog_listeners[self.dc.lower()] = self.catalog_changed
-        self.catalog_changed()
+        self._started_at = self._clock.seconds()
         self.loop.start()
+        self._baseline_due()
+
+    def _baseline_due(self) -> None:
+        """
+        The first full read (what later ones are compared with) once the
+        first fetches have quietened: with a gateway that just started
+        (or a datacenter just asked for) every request is a first fetch, and
+        reading and parsing every check of the datacenter (~700 KB for 3,000
+        checks) at that moment would hold them all up.  Until then nothing
+        is missed: the feed's own blocking query applies what is not passing
+        (L{_on_node}), a catalog change reads at once, and that first read
+        fetches every watch whose instances it does not account for.
+        """
+        self._baseline = None
+        if self._present is not None or self._full_asked is not None or not self.running:
+            return
+        now = self._clock.seconds()
+        quiet = now - self._gate.urgent_at if self._gate is not None else BASELINE_QUIET
+        if quiet < BASELINE_QUIET and now - self._started_at < BASELINE_LATEST:
+            self._baseline = self._clock.callLater(BASELINE_QUIET - quiet, self._baseline_due)
+            return
+        self.catalog_changed()
 
     def stop(self) -> None:
+        if self._baseline is not None and self._baseline.active():
+            self._baseline.cancel()
+        self._baseline = None
         if self._names is not None:
             self._names.catalog_listeners.pop(self.dc.lower(), None)
         if self._full_asked is not None:
@@ -175,6 +210,8 @@ class ChangeFeed:
         changed = set()
         if present_before is not None:
             changed = self._screen_gone(*gone(present_before, self._present), on_node_before)
+        else:
+            changed = self._unaccounted(self._present)
         full = fingerprints(states, self._services_on_node)
         before, self._full = self._full, full
         changed |= {
@@ -187,6 +224,31 @@ class ChangeFeed:
         if answer.index >= self.loop.index:
             changed |= self._not_passing_now(states.not_passing())
         self._refresh(changed)
+
+    def _unaccounted(self, read: Present) -> Set[Watcher]:
+        """
+        The watches with an instance that has no check in C{read}, the first
+        full read: deregistered before it, maybe (or one without checks):
+        fetched once, Consul says which.
+        """
+        pairs = read[0]
+        return {
+            w for w in self._watches() if w.snapshot is not None and any(
+                (i.node, i.id) not in pairs.get(w.service.lower(), ())
+                for i in w.snapshot.registered or w.snapshot.instances + w.snapshot.warning
+            )
+        }
+
+    def _on_node(self, states: CheckStates) -> Mapping[str, Iterable[str]]:
+        """
+        Which services each node of C{states} has: from the last full read,
+        or, before the first, every watched one for a node with checks of
+        its own (its instances of any of them must stop serving at once).
+        """
+        if self._present is not None or not states.per_node:
+            return self._services_on_node
+        names = {w.service.lower() for w in self._watches()}
+        return {node: names for node in states.per_node}
 
     def _query(self, index: int, urgent: bool) -> Deferred[Indexed]:
         # Prompt: at most FEED_PACE a second, and every change waits for it.
@@ -254,7 +316,7 @@ class ChangeFeed:
         stop serving what no longer passes at once; those that may have
         got better are returned, to fetch.
         """
-        now = fingerprints(states, self._services_on_node)
+        now = fingerprints(states, self._on_node(states))
         before, self._not_passing = self._not_passing, now
         bad_before, self._bad = self._bad, states
         fetch = set()

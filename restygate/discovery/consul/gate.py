@@ -76,6 +76,8 @@ class ConsulGate:
         self.in_flight = 0
         self.peak = 0
         self.learned: Optional[int] = None
+        # When an urgent request (a first fetch a client waits for) last came.
+        self.urgent_at = float("-inf")
         self._learned_at = 0.0
         self._urgent: Deque[_Ticket] = deque()
         self._prompt: Deque[_Ticket] = deque()
@@ -105,6 +107,8 @@ class ConsulGate:
         """
         result: Deferred[T] = Deferred(lambda d: self._cancel(ticket))
         ticket = _Ticket(start, result, self._clock.seconds())
+        if urgent:
+            self.urgent_at = ticket.queued
         (self._urgent if urgent else self._prompt if prompt else self._background).append(ticket)
         self._pump()
         return result
