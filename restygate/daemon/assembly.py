@@ -149,6 +149,7 @@ def make_gateway(
     _Closing(upstream.close).setServiceParent(root)
     nearest = NearestDatacenters(consul.coordinates, reactor) if consul is not None else None
     engine = Engine(discovery, upstream, reactor, config, observers=[root.access_log], nearest=nearest)
+    _Closing(engine.deadlines.close).setServiceParent(root)
     front = GatewayFront(engine, reactor, timeout=config.body_idle_timeout)
     root.engine = engine
     root.front = front

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from restygate.config import Config
 from restygate.discovery.model import IDiscovery
+from restygate.proxy.deadlines import Deadlines
 from restygate.proxy.downstream import Downstream
 from restygate.proxy.exchange import Exchange
 from restygate.proxy.observe import Completed, RequestObserver
@@ -64,6 +65,7 @@ class Engine:
         self.outliers = Outliers(clock)
         self.balancer: IBalancer = Balancer(self.outliers.inflight)
         self.budget = RetryBudget(clock)
+        self.deadlines = Deadlines(clock)
         self.budget_refusals = 0
         self._budget_logged = float("-inf")
         self.tunnels = 0

@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure as TwistedFailure
 from twisted.web.http import RESPONSES
 
 from restygate.front.answers import error_response
 from restygate.discovery.model import Instance, Snapshot
+from restygate.proxy.deadlines import Deadline
 from restygate.proxy.downstream import Downstream, HeaderList
 from restygate.proxy.parts import EngineParts
 from restygate.proxy.failure import Failed, Failure, discovery_failure
@@ -58,7 +58,7 @@ class Exchange:
         self.aborted = False
         self._pending: Optional[Deferred[Any]] = None
         self._connection: Optional[UpstreamConnection] = None
-        self._timer: Optional[IDelayedCall] = None
+        self._timer: Optional[Deadline] = None
         self.snapshot: Optional[Snapshot] = None
         # The datacenter asked for, when another one served (failover).
         self.failed_over: Optional[str] = None
@@ -134,7 +134,7 @@ class Exchange:
         engine.outliers.started(route.dc, route.service, instance)
         self._active = instance
         self.upstream_sent = engine.clock.seconds()
-        self._timer = engine.clock.callLater(policy.config.upstream_timeout, self._timed_out)
+        self._timer = engine.deadlines.start(policy.config.upstream_timeout, self._timed_out)
         kept = engine.upstream.take_idle(instance, policy.config.connect_timeout)
         if kept is not None:
             self._connected(kept)
@@ -172,9 +172,9 @@ class Exchange:
             self.engine.outliers.ended(self.route.dc, self.route.service, instance)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            self.engine.deadlines.stop(timer)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -183,7 +183,7 @@ class Exchange:
                 self._stalled()
                 return
             self._progress = False
-            self._timer = self.engine.clock.callLater(self.policy.config.body_idle_timeout, self._timed_out)
+            self._timer = self.engine.deadlines.start(self.policy.config.body_idle_timeout, self._timed_out)
             return
         pending, self._pending = self._pending, None
         connection, self._connection = self._connection, None
@@ -254,13 +254,11 @@ class Exchange:
         request.respond(status, reason, out, length)
         request.set_source(self._connection)
         self._progress = False
-        # The response timeout's timer becomes the body's: moving a timer
-        # costs less than cancelling one and making another, per request.
-        timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(engine.config.body_idle_timeout)
+        # The response timeout's timer becomes the body's.
+        if self._timer is not None:
+            engine.deadlines.move(self._timer, engine.config.body_idle_timeout)
         else:
-            self._timer = engine.clock.callLater(engine.config.body_idle_timeout, self._timed_out)
+            self._timer = engine.deadlines.start(engine.config.body_idle_timeout, self._timed_out)
 
     def _rewrite(self, name: bytes, value: bytes) -> bytes:
         # Made only for a response that names a place: most name none.

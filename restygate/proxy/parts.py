@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from restygate.config import Config
 from restygate.discovery.model import IDiscovery
+from restygate.proxy.deadlines import Deadlines
 from restygate.proxy.failover import Nearest
 from restygate.proxy.observe import Completed
 from restygate.proxy.policy import Policies
@@ -34,6 +35,7 @@ class EngineParts(Protocol):
     nearest: Optional[Nearest]
     outliers: Outliers
     budget: RetryBudget
+    deadlines: Deadlines
     tunnels: int
 
     def trusted(self) -> Optional[Callable[[bytes], bool]]: ...
