@@ -489,6 +489,7 @@ def twistd_beside(python: Optional[str]) -> str:
 _INTERPRETER_PROBE = """
 import json, platform, sys
 import twisted, restygate
+from restygate.compiled import data_path
 pypy = getattr(sys, "pypy_version_info", None)
 print(json.dumps({
     "executable": sys.executable,
@@ -499,6 +500,7 @@ print(json.dumps({
     "twisted": twisted.__version__,
     "restygate": restygate.__version__,
     "restygate_imported_from": restygate.__path__[0],
+    "data_path": data_path(),
 }))
 """
 
@@ -1091,7 +1093,8 @@ def report(data: Dict[str, Any]) -> str:
     config = data["config"]
     interpreter = config.get("interpreter")
     if interpreter:
-        python = f"restygate and stock under {interpreter['label']}, Twisted {interpreter['twisted']}"
+        python = (f"restygate ({interpreter.get('data_path', 'unknown')} data path) and stock under "
+                  f"{interpreter['label']}, Twisted {interpreter['twisted']}")
     else:  # an earlier run's JSON
         python = f"Python {env['python']}, Twisted {env['twisted']}"
     add(f"{env['cpu_model']}, {env['nproc']} cores; {python}; {env['nginx']}, {env['wrk'].split(' Copyright')[0]}")

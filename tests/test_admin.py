@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IResponse
 
 from restygate import __version__
+from restygate.compiled import data_path
 from restygate.config import ConfigError, build
 from restygate.discovery.consul.client import ConsulClient, ConsulError
 from restygate.testing.consul import ConsulServer
@@ -42,6 +43,7 @@ class StatusTests(TestCase):
             self.assertNotIn(TOKEN.encode(), body)
             status = json.loads(body)
             self.assertEqual(status["version"], __version__)
+            self.assertEqual(status["data_path"], data_path())
             load = status["discovery"].pop("load")
             self.assertEqual(status["discovery"], {"kind": "consul", "address": consul.url})
             self.assertEqual((load["watches"], load["max_connections"]), (1, 64))

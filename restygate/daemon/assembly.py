@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
 from restygate import __version__
+from restygate.compiled import data_path
 from restygate.ops.accesslog import AccessLog
 from restygate.ops.admin import Admin
 from restygate.ops.views import IDiscoveryView, IListenerView, Inspected
@@ -64,8 +65,8 @@ class _Announce(Service):
             else f"Consul at {self._config.consul.base_url}"
         )
         log.info(
-            "restygate {version} listening on {listen}, discovery from {source}",
-            version=__version__, listen=", ".join(self._config.listen), source=source,
+            "restygate {version} ({data_path} data path) listening on {listen}, discovery from {source}",
+            version=__version__, data_path=data_path(), listen=", ".join(self._config.listen), source=source,
         )
 
 

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure as TwistedFailure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from restygate.front.answers import refusal
 from restygate.front.body import RequestBody
@@ -60,7 +60,6 @@ class Front(TypingProtocol):
     def forget(self, connection: HTTPConnection) -> None: ...
 
 
-@implementer(IPushProducer)
 class HTTPConnection(Protocol):
     """
     One client connection.
@@ -330,3 +329,8 @@ class HTTPConnection(Protocol):
         held, self._upgrade_rest = self._upgrade_rest, None
         self._read_paused.clear()
         return transport, b"".join(held)
+
+
+# Declared here, not with @implementer: a class decorator would keep mypyc
+# (setup.py) from compiling the class as a native one.
+classImplements(HTTPConnection, IPushProducer)

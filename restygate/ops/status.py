@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 from twisted.internet.interfaces import IAddress, IListeningPort
 
 from restygate import __version__
+from restygate.compiled import data_path
 from restygate.discovery.model import Instance
 from restygate.ops.views import IConsulLoadView, IListenerView, IOutlierView, Inspected, Watched
 
@@ -98,6 +99,7 @@ def gateway_status(gateway: Inspected, started: float, now: float) -> Dict[str, 
         }
     return {
         "version": __version__,
+        "data_path": data_path(),
         "uptime_seconds": round(now - started, 3),
         "listeners": listeners,
         "discovery": source,

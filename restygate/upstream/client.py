@@ -29,7 +29,7 @@ from service_identity import VerificationError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure as TwistedFailure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from restygate._compat import read_directly, send_now
 from restygate.h1parse import PURE_PYTHON, HttpResponseParser
@@ -44,18 +44,18 @@ __all__ = ["UpstreamConnection", "UpstreamTLSError"]
 MAX_RESPONSE_HEAD = 64 * 1024
 
 
+_TLS_FAILED = "TLS handshake with the upstream failed"
+
+
 class UpstreamTLSError(Exception):
     """
     The TLS handshake with an upstream failed: the request never reached it.
     """
 
-    MESSAGE = "TLS handshake with the upstream failed"
-
     def __init__(self, string: str = "") -> None:
-        super().__init__(f"{self.MESSAGE}: {string}." if string else f"{self.MESSAGE}.")
+        super().__init__(f"{_TLS_FAILED}: {string}." if string else f"{_TLS_FAILED}.")
 
 
-@implementer(IPushProducer)
 class UpstreamConnection(Protocol):
     """
     One keep-alive connection to an instance.
@@ -337,6 +337,11 @@ class UpstreamConnection(Protocol):
             return Failed(Failure.UPSTREAM_PROTOCOL, "connection lost inside the response head")
         return Failed(Failure.RESET_BEFORE_RESPONSE,
                       f"closed the connection before answering: {reason.getErrorMessage()}")
+
+
+# Declared here, not with @implementer: a class decorator would keep mypyc
+# (setup.py) from compiling the class as a native one.
+classImplements(UpstreamConnection, IPushProducer)
 
 
 class _HeadComplete(Exception):
