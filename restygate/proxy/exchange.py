@@ -128,7 +128,7 @@ class Exchange:
         route, choice, policy, request = self.route, self._choice, self.policy, self.request
         assert route is not None and choice is not None
         usable = engine.outliers.usable(route.dc, route.service, candidates)
-        key = policy.hash_key(request.headers, request.client_ip)
+        key = policy.hash_key(request.headers, request.client_ip) if policy.balancer == "hash" else None
         self.instance = instance = engine.balancer.pick(policy.balancer, route.dc, route.service, choice, usable, key)
         self._tried.append(instance)
         engine.outliers.started(route.dc, route.service, instance)

@@ -208,7 +208,9 @@ class Upstream:
         A kept connection to C{instance}, if there is one: the usual case,
         without a Deferred.
         """
-        idle = self._idle_by_key.get(self._endpoint(instance, connect_timeout).pool_key)
+        # The kept endpoint found in line: this runs for every request.
+        endpoint = self._endpoints.get(instance) if connect_timeout in (None, self._settings.connect_timeout) else None
+        idle = self._idle_by_key.get((endpoint or self._endpoint(instance, connect_timeout)).pool_key)
         while idle:
             _, connection = idle.pop()
             if connection.connected:
@@ -250,7 +252,9 @@ class Upstream:
         return sum(len(idle) for idle in self._idle_by_key.values())
 
     def _idle(self, connection: UpstreamConnection) -> None:
-        idle = self._idle_by_key.setdefault(connection.key, [])
+        idle = self._idle_by_key.get(connection.key)
+        if idle is None:
+            idle = self._idle_by_key[connection.key] = []
         if len(idle) >= self.max_idle:
             transport: Any = connection.transport
             transport.loseConnection()
