@@ -43,6 +43,7 @@ COMPILED = [
     "restygate/front/body.py",
     "restygate/proxy/engine.py",
     "restygate/proxy/exchange.py",
+    "restygate/proxy/deadlines.py",
     "restygate/proxy/failover.py",
     "restygate/proxy/headers.py",
     "restygate/proxy/routing.py",
