@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from restygate.config import Config
 from restygate.discovery.channel import decode_error, decode_snapshot
@@ -40,7 +40,6 @@ _USED_PER_LINE = 200
 _Key = Tuple[str, str]
 
 
-@implementer(IDiscovery, IDiscoveryView)
 class RemoteDiscovery(Service):
     """
     L{IDiscovery} over the daemon's view; C{send} writes one line to it.
@@ -194,3 +193,8 @@ class RemoteDiscovery(Service):
             )
             if names:
                 self._send(f"used {names}\n".encode("utf-8"))
+
+
+# Declared here, not with @implementer: a class decorator would keep mypyc
+# (setup.py) from compiling the class as a native one.
+classImplements(RemoteDiscovery, IDiscovery, IDiscoveryView)

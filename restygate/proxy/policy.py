@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from restygate.config import Config
 from restygate.config.services import Overrides, effective
@@ -125,7 +125,6 @@ class Policy:
         return Choice(members, tuple(weights))
 
 
-@implementer(IRoutingView)
 class Policies:
     """
     The policy of every service, and the weighted choice of each watched
@@ -206,3 +205,8 @@ class Policies:
         # went away leaves its last entry, replaced if it comes back.
         self._choices[key] = (snapshot, policy, choice)
         return choice
+
+
+# Declared here, not with @implementer: a class decorator would keep mypyc
+# (setup.py) from compiling the class as a native one.
+classImplements(Policies, IRoutingView)
