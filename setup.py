@@ -35,8 +35,8 @@ GROUP = "restygate"
 # Only modules whose classes mypyc can compile as native classes: no class
 # decorators (zope's implementer is declared after the class), no classes
 # defined conditionally, no zope Interface defined (mypyc generates C that
-# does not build for one: upstream/balancer.py).  Not proxy/observe.py: its record is filled through
-# its __dict__, which a native class has not.
+# does not build for one: upstream/balancer.py).  Not proxy/observe.py: its
+# record is filled through its __dict__, which a native class has not.
 COMPILED = [
     "restygate/front/server.py",
     "restygate/front/request.py",
@@ -45,7 +45,6 @@ COMPILED = [
     "restygate/proxy/deadlines.py",
     "restygate/proxy/engine.py",
     "restygate/proxy/exchange.py",
-    "restygate/proxy/deadlines.py",
     "restygate/proxy/failover.py",
     "restygate/proxy/headers.py",
     "restygate/proxy/policy.py",
