@@ -82,10 +82,13 @@ class ServiceSeries:
         duration = self.duration
         duration.counts[bisect_left(LATENCY_BUCKETS, c.duration)] += 1
         duration.total += c.duration
-        if c.upstream_latency is not None:
-            if self.upstream is None:
-                self.upstream = _Tally()
-            self.upstream.observe(c.upstream_latency)
+        latency = c.upstream_latency
+        if latency is not None:
+            upstream = self.upstream
+            if upstream is None:
+                upstream = self.upstream = _Tally()
+            upstream.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+            upstream.total += latency
         self.retries += c.retries
         if kind is not None:
             if self.errors is None:

@@ -46,24 +46,30 @@ class RetryBudget:
         self._retries: List[int] = [0] * window
         self._second = int(clock.seconds())
 
-    def _advance(self) -> int:
-        now = int(self._clock.seconds())
-        if now != self._second:
-            for second in range(max(self._second + 1, now - self._window + 1), now + 1):
-                slot = second % self._window
-                self._requests[slot] = 0
-                self._retries[slot] = 0
-            self._second = now
-        return now % self._window
+    def _advance(self, now: int) -> None:
+        """Empty the slots of the seconds gone by since C{self._second}."""
+        for second in range(max(self._second + 1, now - self._window + 1), now + 1):
+            slot = second % self._window
+            self._requests[slot] = 0
+            self._retries[slot] = 0
+        self._second = now
 
     def request(self) -> None:
-        self._requests[self._advance()] += 1
+        now = int(self._clock.seconds())
+        # Nearly every request comes within the second of the one before:
+        # nothing to advance, no call made.
+        if now != self._second:
+            self._advance(now)
+        self._requests[now % self._window] += 1
 
     def try_retry(self) -> bool:
         """
         Take a retry from the budget if there is one left.
         """
-        slot = self._advance()
+        now = int(self._clock.seconds())
+        if now != self._second:
+            self._advance(now)
+        slot = now % self._window
         allowed = max(self._floor * self._window, self._ratio * sum(self._requests))
         if sum(self._retries) >= allowed:
             return False
