@@ -19,7 +19,6 @@ import dataclasses
 import io
 import json
 import os
-import re
 import select
 import signal
 from datetime import datetime, timezone
@@ -49,7 +48,6 @@ _ESCAPES: Dict[int, str] = {
 }
 _ESCAPES[ord('"')] = '\\"'
 _ESCAPES[ord("\\")] = "\\\\"
-_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\\x7f-\xff]')
 
 
 @lru_cache(maxsize=4)
@@ -57,6 +55,35 @@ def _log_time(second: int) -> str:
     # The format has whole seconds: one formatting per second, not per line.
     text: str = datetimeToLogString(second)
     return text
+
+
+class _LastSecond:
+    """
+    The stamp of the second the last line was in.  A line's time is nearly
+    always in the same second as the one before, and comparing it with that
+    second's bounds costs a fraction of int() and a cache lookup; any other
+    second is asked of C{make} (itself cached, for lines of a few seconds
+    interleaved).
+    """
+
+    __slots__ = ("start", "end", "text", "_make")
+
+    def __init__(self, make: Callable[[int], str]) -> None:
+        self._make = make
+        self.start = self.end = 0.0
+        self.text = ""
+
+    def at(self, when: float) -> str:
+        second = int(when)
+        self.start, self.end = float(second), float(second + 1)
+        self.text = self._make(second)
+        return self.text
+
+
+_STARTED = _LastSecond(_log_time)
+# Small numbers' text, for the status and retries of every line: formatting an
+# int costs several times a list index.
+_DECIMAL = [str(n) for n in range(1000)]
 
 
 def combined(c: Completed) -> str:
@@ -67,20 +94,22 @@ def combined(c: Completed) -> str:
     """
     request_line = f"{c.method} {c.uri} {c.proto}"
     referer, agent = c.referer, c.user_agent
-    # Nearly every line needs nothing escaped, and one search of the three
-    # fields together (the pattern is one character: no match can straddle
-    # two) finds that out for a fraction of a translate() each (a dict
-    # lookup per character on PyPy).
-    if _NEEDS_ESCAPE.search(f"{request_line}{referer}{agent}") is not None:
+    # Nearly every line needs nothing escaped.  Finding that out for the
+    # three fields at once, with str's own tests (printable ASCII, no quote,
+    # no backslash), costs a fraction of a regular expression's search,
+    # let alone a translate() (a dict lookup per character on PyPy).
+    raw = request_line + referer + agent
+    if not (raw.isascii() and raw.isprintable()) or '"' in raw or "\\" in raw:
         request_line, referer, agent = (
             request_line.translate(_ESCAPES), referer.translate(_ESCAPES), agent.translate(_ESCAPES)
         )
+    started, status, retries = c.started, c.status, c.retries
     return (
-        f'{c.client} - - {_log_time(int(c.started))} "{request_line}" '
-        f'{c.status} {c.bytes_sent or "-"} '
+        f'{c.client} - - {_STARTED.text if _STARTED.start <= started < _STARTED.end else _STARTED.at(started)} '
+        f'"{request_line}" {_DECIMAL[status] if status < 1000 else status} {c.bytes_sent or "-"} '
         f'"{referer or "-"}" "{agent or "-"}" '
         f'{c.upstream or "-"} {f"{c.failed_over}>" if c.failed_over else ""}{c.dc or "-"} '
-        f'{c.service or "-"} {c.duration:.3f} {c.retries}'
+        f'{c.service or "-"} {c.duration:.3f} {_DECIMAL[retries] if retries < 1000 else retries}'
         # An Upgrade tunnel's line, at its close, has the bytes the other way too.
         + (f" {c.bytes_received}" if c.status == 101 else "")
     )
@@ -136,7 +165,9 @@ class AccessLog(Service):
     def __call__(self, c: Completed) -> None:
         line = self._format(c)
         if self._fd is not None and self._path is None:
-            self._pending.append(f"{_daemon_log_time(int(c.started + c.duration))} [{self._system}] {line}")
+            ended = c.started + c.duration
+            stamp = _ENDED.text if _ENDED.start <= ended < _ENDED.end else _ENDED.at(ended)
+            self._pending.append(f"{stamp} [{self._system}] {line}")
             if self._flush_call is None:
                 self._flush_call = self._reactor.callLater(0, self._flush)
             return
@@ -246,6 +277,9 @@ def _open(path: str) -> io.FileIO:
 def _daemon_log_time(second: int) -> str:
     # How twistd's text log stamps its own lines.
     return formatTime(second)
+
+
+_ENDED = _LastSecond(_daemon_log_time)
 
 
 def _write_whole_lines(fd: int, lines: List[str]) -> None:
