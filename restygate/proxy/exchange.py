@@ -83,10 +83,11 @@ class Exchange:
         except RouteError as e:
             self._fail(Failure.CLIENT_PROTOCOL if e.status == 400 else None, e.message, status=e.status)
             return
-        self.policy = policy = self.engine.policies.policy(route.dc, route.service)
-        found = find_now(self.engine, route, policy)
+        engine = self.engine
+        self.policy = policy = engine.policies.policy(route.dc, route.service)
+        found = find_now(engine, route, policy)
         if found is None:
-            self._pending = d = find(self.engine, route, policy)
+            self._pending = d = find(engine, route, policy)
             d.addCallbacks(self._forward, self._discovery_failed)
             d.addErrback(self._crashed)
             return
@@ -124,22 +125,23 @@ class Exchange:
 
     # -- attempts -------------------------------------------------------------
     def _attempt(self, candidates: Tuple[Instance, ...]) -> None:
-        engine = self.engine
-        route, choice, policy, request = self.route, self._choice, self.policy, self.request
+        # Each attribute read once: compiled, every read of a part's is a lookup by name.
+        engine, route, choice, policy, request = self.engine, self.route, self._choice, self.policy, self.request
         assert route is not None and choice is not None
-        usable = engine.outliers.usable(route.dc, route.service, candidates)
-        key = policy.hash_key(request.headers, request.client_ip) if policy.balancer == "hash" else None
-        self.instance = instance = engine.balancer.pick(policy.balancer, route.dc, route.service, choice, usable, key)
+        dc, service, outliers, balancer, config = route.dc, route.service, engine.outliers, policy.balancer, policy.config
+        usable = outliers.usable(dc, service, candidates)
+        key = policy.hash_key(request.headers, request.client_ip) if balancer == "hash" else None
+        self.instance = instance = engine.balancer.pick(balancer, dc, service, choice, usable, key)
         self._tried.append(instance)
-        engine.outliers.started(route.dc, route.service, instance)
+        outliers.started(dc, service, instance)
         self._active = instance
         self.upstream_sent = engine.clock.seconds()
-        self._timer = engine.deadlines.start(policy.config.upstream_timeout, self._timed_out)
-        kept = engine.upstream.take_idle(instance, policy.config.connect_timeout)
+        self._timer = engine.deadlines.start(config.upstream_timeout, self._timed_out)
+        kept = engine.upstream.take_idle(instance, config.connect_timeout)
         if kept is not None:
             self._connected(kept)
             return
-        self._pending = d = engine.upstream.acquire(instance, policy.config.connect_timeout)
+        self._pending = d = engine.upstream.acquire(instance, config.connect_timeout)
         d.addCallbacks(self._connected, self._not_connected)
         d.addErrback(self._crashed)
 
@@ -252,9 +254,8 @@ class Exchange:
             return
         self._response_started = True
         request = self.request
-        served = (b"X-Restygate-Datacenter", (self.snapshot.dc if self.snapshot else "").encode("ascii"))
         out = response_headers(headers, rewrite=self._rewrite, noted=noted)
-        out.append(served)
+        out.append((b"X-Restygate-Datacenter", (self.snapshot.dc if self.snapshot else "").encode("ascii")))
         request.respond(status, reason, out, length)
         request.set_source(self._connection)
         self._progress = False
