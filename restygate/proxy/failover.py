@@ -16,7 +16,7 @@ over; the request's own datacenter's errors stand as they are.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Protocol, Union
+from typing import List, Optional, Protocol, Union
 
 from twisted.internet.defer import Deferred
 
@@ -44,19 +44,24 @@ class FailoverParts(Protocol):
     nearest: Optional[Nearest]
 
 
-class Found(NamedTuple):
+class Found:
     """
     Where the request goes: its route (the datacenter that serves, the
     prefix it was asked under), that service's policy there, what discovery
     knows of it, and the weighted instances to pick from.
     """
 
-    # A named tuple, not a frozen dataclass: one is made per request, and
-    # a frozen dataclass sets each field through object.__setattr__.
-    route: Route
-    policy: Policy
-    snapshot: Snapshot
-    choice: Choice
+    # A plain class, not a named tuple or a frozen dataclass: one is made per
+    # request, and compiled (setup.py) it is a native one, made and read
+    # without Python code (a named tuple's constructor is Python) or lookups
+    # by name; a frozen dataclass sets each field through object.__setattr__.
+    __slots__ = ("route", "policy", "snapshot", "choice")
+
+    def __init__(self, route: Route, policy: Policy, snapshot: Snapshot, choice: Choice) -> None:
+        self.route = route
+        self.policy = policy
+        self.snapshot = snapshot
+        self.choice = choice
 
 
 def _usable(parts: FailoverParts, snapshot: Snapshot, choice: Optional[Choice]) -> bool:
