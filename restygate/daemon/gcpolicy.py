@@ -26,7 +26,7 @@ nothing.
 from __future__ import annotations
 
 import gc
-from typing import Dict
+from typing import Dict, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -75,8 +75,9 @@ class CollectionPolicy(Service):
         self._thawing = LoopingCall(carry_on(self.thaw, "thawing the frozen objects failed"))
         self._thawing.clock = clock
         self._installed = False
-        # CPython's thresholds before the service changed them.
-        self._thresholds = gc.get_threshold()
+        # CPython's thresholds before the service changed them (PyPy's gc
+        # has no thresholds: read only where SUPPORTED).
+        self._thresholds: Tuple[int, ...] = ()
 
     def startService(self) -> None:
         super().startService()
