@@ -103,16 +103,23 @@ def combined(c: Completed) -> str:
         request_line, referer, agent = (
             request_line.translate(_ESCAPES), referer.translate(_ESCAPES), agent.translate(_ESCAPES)
         )
-    started, status, retries = c.started, c.status, c.retries
-    return (
-        f'{c.client} - - {_STARTED.text if _STARTED.start <= started < _STARTED.end else _STARTED.at(started)} '
-        f'"{request_line}" {_DECIMAL[status] if status < 1000 else status} {c.bytes_sent or "-"} '
-        f'"{referer or "-"}" "{agent or "-"}" '
-        f'{c.upstream or "-"} {f"{c.failed_over}>" if c.failed_over else ""}{c.dc or "-"} '
-        f'{c.service or "-"} {c.duration:.3f} {_DECIMAL[retries] if retries < 1000 else retries}'
-        # An Upgrade tunnel's line, at its close, has the bytes the other way too.
-        + (f" {c.bytes_received}" if c.status == 101 else "")
+    started, status, retries, sent = c.started, c.status, c.retries, c.bytes_sent
+    stamp = _STARTED.text if _STARTED.start <= started < _STARTED.end else _STARTED.at(started)
+    # Every field made text first, so that the line's f-string has only
+    # plain text in it: compiled (setup.py), an f-string with a format
+    # spec or a non-text value in it becomes a str.format() call per field.
+    status_text = _DECIMAL[status] if status < 1000 else str(status)
+    retries_text = _DECIMAL[retries] if retries < 1000 else str(retries)
+    sent_text = str(sent) if sent else "-"
+    duration = "%.3f" % c.duration
+    failed_over = c.failed_over + ">" if c.failed_over else ""
+    line = (
+        f'{c.client} - - {stamp} "{request_line}" {status_text} {sent_text} '
+        f'"{referer or "-"}" "{agent or "-"}" {c.upstream or "-"} {failed_over}{c.dc or "-"} '
+        f'{c.service or "-"} {duration} {retries_text}'
     )
+    # An Upgrade tunnel's line, at its close, has the bytes the other way too.
+    return line + " " + str(c.bytes_received) if status == 101 else line
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Completed))
