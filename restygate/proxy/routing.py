@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Dict, List, NamedTuple, Optional, Pattern, Tuple
+from typing import Dict, List, Optional, Pattern, Tuple
 
 __all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "host_route"]
 
@@ -38,20 +38,36 @@ class RouteError(Exception):
         self.message = message
 
 
-class Route(NamedTuple):
+class Route:
     """
     Where a request goes: the datacenter, the service, and the request
     target (path and query, exactly as the client sent them) for the upstream.
     """
 
-    # A named tuple, not a frozen dataclass: one is made per request, and
-    # a frozen dataclass sets each field through object.__setattr__.
-    dc: str
-    service: str
-    target: bytes
-    # The prefix the client's path had (X-Forwarded-Prefix): "" for a host
-    # route, which strips none; None for this route's own /<dc>/<service>.
-    stripped: Optional[str] = None
+    # A plain class, not a named tuple: one is made per request, and
+    # compiled (setup.py) it is a native one, made and read without Python
+    # code (a named tuple's constructor is Python) or lookups by name.
+    __slots__ = ("dc", "service", "target", "stripped")
+
+    def __init__(self, dc: str, service: str, target: bytes, stripped: Optional[str] = None) -> None:
+        self.dc = dc
+        self.service = service
+        self.target = target
+        # The prefix the client's path had (X-Forwarded-Prefix): "" for a host
+        # route, which strips none; None for this route's own /<dc>/<service>.
+        self.stripped = stripped
+
+    def _fields(self) -> Tuple[str, str, bytes, Optional[str]]:
+        return self.dc, self.service, self.target, self.stripped
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Route) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "Route(dc={!r}, service={!r}, target={!r}, stripped={!r})".format(*self._fields())
 
     def __str__(self) -> str:
         # How log lines name it: "dc1/web".
