@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -240,8 +239,11 @@ class ConsoleScriptTests(_CheckCase):
         The console script (or, where this checkout is not installed with
         it, the module run with -m) as a real process.
         """
-        installed = shutil.which("restygate-check-config")
-        command = [installed] if installed else [sys.executable, "-m", "restygate.daemon.checkconfig"]
+        # Beside this interpreter: another one's script on PATH (a CPython
+        # one while the suite runs under PyPy) would be handed this one's
+        # PYTHONPATH, standard library included.
+        installed = os.path.join(os.path.dirname(sys.executable), "restygate-check-config")
+        command = [installed] if os.path.exists(installed) else [sys.executable, "-m", "restygate.daemon.checkconfig"]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, environ.get("PYTHONPATH")]))
         good = self.write("good.toml", "pool-size = 3\n")
