@@ -7,10 +7,10 @@ CPython spends most of a proxied request interpreting restygate's own
 small methods (parsing, routing, headers, the access-log line, metrics);
 compiled, the same code takes about 40 % less time in an in-process driver
 of the data path, and a single process about a fifth less CPU per request
-under bench/run (README, Benchmark).  PyPy's JIT does that by itself, so PyPy installs stay pure
-Python, and so do editable installs (C{pip install -e}): a checkout being
-worked on must run what it says, and a compiled module would shadow its
-edited source.
+under bench/run (README, Benchmark).  PyPy's JIT does that by itself, so
+PyPy installs stay pure Python, and so do editable installs (C{pip install
+-e}): a checkout being worked on must run what it says, and a compiled
+module would shadow its edited source.
 
 C{RESTYGATE_COMPILE} overrides: C{1} compiles (editable installs too, and
 a failure stops the build), C{0} never does.  Unset, a failure to compile
@@ -28,6 +28,11 @@ import sysconfig
 from typing import Any, List
 
 from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "build_backend"))
+
+from restygate_backend import FORCED, compiles  # noqa: E402 -- found through the line above
 
 # mypyc's runtime shared by the compiled modules: one top-level module,
 # restygate__mypyc.
@@ -71,21 +76,15 @@ _BUILDS = {"bdist_wheel", "build", "build_ext", "install", "editable_wheel"}
 
 
 def _wanted() -> bool:
-    if not _BUILDS & set(sys.argv):
-        return False
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "build_backend"))
-    from restygate_backend import compiles
-
-    return compiles(editable="editable_wheel" in sys.argv)
+    return bool(_BUILDS & set(sys.argv)) and compiles(editable="editable_wheel" in sys.argv)
 
 
 def _drop_stale_builds() -> None:
     # An editable install that compiled left the modules' builds beside
     # their sources, where they would go on shadowing every later edit.
-    here = os.path.dirname(os.path.abspath(__file__))
     stems = [source[: -len(".py")] for source in COMPILED] + [f"{GROUP}__mypyc"]
     for stem in stems:
-        for built in glob.glob(os.path.join(here, stem + ".*.so")):
+        for built in glob.glob(os.path.join(HERE, stem + ".*.so")):
             os.remove(built)
 
 
@@ -100,7 +99,7 @@ def _ext_modules() -> List[Any]:
         if "editable_wheel" in sys.argv:
             _drop_stale_builds()
         return []
-    if os.environ.get("RESTYGATE_COMPILE") != "1" and not _can_compile():
+    if not FORCED and not _can_compile():
         sys.stderr.write("restygate: no C compiler or Python headers; installing the data path as pure Python\n")
         return []
     try:
@@ -108,7 +107,7 @@ def _ext_modules() -> List[Any]:
 
         return list(mypycify(COMPILED, opt_level="3", group_name=GROUP))
     except Exception as e:
-        if os.environ.get("RESTYGATE_COMPILE") == "1":
+        if FORCED:
             raise
         sys.stderr.write(f"restygate: not compiling the data path ({e!r}); installing it as pure Python\n")
         return []

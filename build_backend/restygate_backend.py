@@ -33,13 +33,18 @@ COMPILE_REQUIRES = [
 ]
 
 
-def compiles(editable: bool) -> bool:
+#: C{RESTYGATE_COMPILE} as this build was started with: C{"1"} compiles
+#: (and a failure stops the build), C{"0"} never does.
+CHOICE = os.environ.get("RESTYGATE_COMPILE", "")
+FORCED = CHOICE == "1"
+
+
+def compiles(editable: bool, choice: str = CHOICE, implementation: str = platform.python_implementation()) -> bool:
     """
     Whether this build compiles the data path: on CPython, unless
     C{RESTYGATE_COMPILE=0}; an editable one only with C{RESTYGATE_COMPILE=1}.
     """
-    choice = os.environ.get("RESTYGATE_COMPILE", "")
-    if choice == "0" or platform.python_implementation() != "CPython":
+    if choice == "0" or implementation != "CPython":
         return False
     return choice == "1" or not editable
 

@@ -10,6 +10,7 @@ import ast
 import importlib.util
 import os
 from importlib.machinery import ExtensionFileLoader
+from types import ModuleType
 from typing import List
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,6 +30,51 @@ def _compiled_sources() -> List[str]:
             assert isinstance(value, list)
             return value
     raise AssertionError("setup.py names no COMPILED list")
+
+
+def _backend() -> ModuleType:
+    # The build backend lives outside the package (pyproject.toml's backend-path).
+    path = os.path.join(ROOT, "build_backend", "restygate_backend.py")
+    spec = importlib.util.spec_from_file_location("restygate_backend", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class WhenCompiledTests(SynchronousTestCase):
+    """
+    Which builds compile the data path (and so ask for mypy and the typed
+    dependencies): a wheel on CPython; an editable install only when forced;
+    never on PyPy or with C{RESTYGATE_COMPILE=0}.
+    """
+
+    def test_choices(self) -> None:
+        compiles = _backend().compiles
+        cases = {
+            # (editable, RESTYGATE_COMPILE, implementation): compiles
+            (False, "", "CPython"): True,
+            (True, "", "CPython"): False,
+            (True, "1", "CPython"): True,
+            (False, "0", "CPython"): False,
+            (True, "0", "CPython"): False,
+            (False, "", "PyPy"): False,
+            (False, "1", "PyPy"): False,
+        }
+        seen = {case: compiles(case[0], case[1], case[2]) for case in cases}
+        self.assertEqual(seen, cases)
+
+    def test_requires_follow(self) -> None:
+        """
+        Only a build that compiles asks for what compiling needs.
+        """
+        backend = _backend()
+        wheel = backend.get_requires_for_build_wheel()
+        editable = backend.get_requires_for_build_editable()
+        mypy = [r for r in backend.COMPILE_REQUIRES if r.startswith("mypy==")]
+        self.assertEqual(len(mypy), 1)
+        self.assertEqual(mypy[0] in wheel, backend.compiles(editable=False))
+        self.assertEqual(mypy[0] in editable, backend.compiles(editable=True))
 
 
 class CompiledDataPathTests(SynchronousTestCase):
