@@ -74,6 +74,30 @@ class MadeUpNamesTests(TestCase):
         self.assertEqual((await rig.get("/dc1/api/"))[0].code, 200)
 
 
+class EagerNamesTests(TestCase):
+    async def test_the_nearest_datacenters_names_are_followed_from_the_start(self) -> None:
+        """
+        With consul-max-connections = 16, the service names of the first two
+        datacenters Consul lists (an eighth of 16) are asked for before any
+        request; a third datacenter's names only when it is first asked for.
+        """
+        consul = ConsulServer(reactor, jitter=False)
+        for dc in ("dc1", "dc2", "dc3"):
+            consul.add_datacenter(dc)
+        rig = GatewayRig(self, consul=consul, consul_max_connections=16)
+
+        def named() -> set:
+            return {dict(r.args).get("dc") for r in consul.requests_for("/v1/catalog/services")}
+
+        listing = await rig.client.get(f"http://{consul.address}/v1/catalog/datacenters")
+        nearest, *farther = json.loads(await listing.content())
+        await eventually(lambda: len(named()) == 2)
+        self.assertEqual(named(), {nearest, farther[0]})
+        rig.register(rig.backend(), dc=farther[1])
+        self.assertEqual((await rig.get(f"/{farther[1]}/web/"))[0].code, 200)
+        self.assertEqual(named(), {"dc1", "dc2", "dc3"})
+
+
 class WatchCapTests(TestCase):
     async def test_least_recently_used_watch_is_dropped_and_logged_once(self) -> None:
         lines = captured_log(self)

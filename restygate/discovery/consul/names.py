@@ -8,8 +8,12 @@ C{refresh} seconds and, at most once per C{miss_interval}, when a request
 names one not on it (a datacenter that just joined is served within
 seconds; a flood of made-up names costs Consul one query per interval).  The
 service names of each datacenter come from a blocking query on
-C{/v1/catalog/services?dc=}, started the first time that datacenter is asked
-for, so they are fresh within one round trip of a registration.  Names are
+C{/v1/catalog/services?dc=}, so they are fresh within one round trip of a
+registration.  That query starts as soon as Consul lists the datacenter for
+the first C{eager} datacenters in Consul's order (nearest first, the likeliest
+to be asked for), so the first requests for them need not wait for their
+names too; each other datacenter's starts the first time it is asked for,
+which keeps the held connections to the datacenters in use.  Names are
 matched case-insensitively, as Consul matches them, and canonicalised to
 Consul's spelling.
 """
@@ -63,12 +67,14 @@ class ConsulNames(Service):
         refresh: float = 60.0,
         miss_interval: float = 5.0,
         rng: Optional[random.Random] = None,
+        eager: int = 0,
     ) -> None:
         self._client = client
         self._clock = clock
         self._outage = outage
         self._wait = wait
         self._miss_interval = miss_interval
+        self._eager = eager
         self._rng = rng or random.Random()
         # Lower-cased name -> Consul's spelling and its service names.
         self._dcs: Dict[str, _Datacenter] = {}
@@ -194,6 +200,13 @@ class ConsulNames(Service):
             if gone.loop is not None:
                 gone.loop.stop()
             self._release(gone, UnknownDatacenter(gone.name))
+        followed = sum(1 for dc in self._dcs.values() if dc.loop is not None)
+        for key in fresh:
+            if followed >= self._eager:
+                break
+            if self._dcs[key].loop is None:
+                self._follow(self._dcs[key])
+                followed += 1
 
     def _listing_failed(self, failure: Failure) -> Failure:
         self._listing = None

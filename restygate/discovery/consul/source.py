@@ -240,10 +240,10 @@ class ConsulDiscovery(Service):
         key = (dc.lower(), service.lower())
         watcher = self._watchers.get(key)
         if watcher is None:
+            # No log line: at a start under traffic every request starts a
+            # watch, and twistd writes debug events too (a line each cost the
+            # daemon an eighth of its time; /status and /metrics list watches).
             self._watchers[key] = watcher = self._watch(dc, service)
-            # Debug: at a start under traffic every request starts a watch, and
-            # a line each (thousands a second) cost the daemon ~8 % of its time.
-            log.debug("watching {dc}/{service}", dc=dc, service=service)
             self._evict()
         return self._serve(key, watcher)
 

@@ -7,6 +7,7 @@ outside this package.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
@@ -108,6 +109,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--register {path}: {e}")
         except ConsulError as e:
             parser.error(f"--register {path}: {e.status} {e.message}")
+    if hasattr(gc, "freeze"):
+        # A real agent's collector runs beside it and never stops an answer
+        # for long; CPython's full collections would walk every registration
+        # loaded here (tens of ms for thousands of services, in the middle of
+        # a benchmark).  They live as long as the server: out of its sight.
+        gc.collect()
+        gc.freeze()
     level = LogLevel.debug if args.verbose else LogLevel.info
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(level)])]
