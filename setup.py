@@ -41,8 +41,7 @@ GROUP = "restygate"
 # Only modules whose classes mypyc can compile as native classes: no class
 # decorators (zope's implementer is declared after the class), no classes
 # defined conditionally, no zope Interface defined (mypyc generates C that
-# does not build for one: upstream/balancer.py).  Not proxy/observe.py: its
-# record is filled through its __dict__, which a native class has not.
+# does not build for one: upstream/balancer.py).
 COMPILED = [
     "restygate/front/server.py",
     "restygate/front/request.py",
@@ -53,6 +52,7 @@ COMPILED = [
     "restygate/proxy/exchange.py",
     "restygate/proxy/failover.py",
     "restygate/proxy/headers.py",
+    "restygate/proxy/observe.py",
     "restygate/proxy/policy.py",
     "restygate/proxy/rewrite.py",
     "restygate/proxy/routing.py",

@@ -5,7 +5,6 @@ admin listener's C{/metrics} scraped and parsed as Prometheus text.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -218,9 +217,9 @@ def _python_info(metrics: Scrape) -> Dict[str, str]:
     return dict(sample.labels)
 
 
-def _completed(status: int, error: Optional[str], failure: Optional[Failure]) -> Completed:
+def _completed(status: int, error: Optional[str], failure: Optional[Failure], duration: float = 0.0) -> Completed:
     return Completed(
-        started=0.0, duration=0.0, client="127.0.0.1", method="GET", uri="/", proto="HTTP/1.1",
+        started=0.0, duration=duration, client="127.0.0.1", method="GET", uri="/", proto="HTTP/1.1",
         host="", status=status, bytes_sent=0, dc="dc1", service="web", upstream="10.0.0.1:80",
         upstream_latency=None, retries=0, error=error, aborted=failure is Failure.CLIENT_GONE,
         failure=failure,
@@ -264,7 +263,7 @@ class ServiceSeriesTests(SynchronousTestCase):
         """
         series = ServiceSeries("dc1", 'we"b')
         for status, duration in [(200, 0.001), (200, 0.0011), (503, 100.0)]:
-            completed = dataclasses.replace(_completed(status, None, None), duration=duration)
+            completed = _completed(status, None, None, duration)
             series.count(completed, "connect" if status == 503 else None)
         text = "\n".join(RequestSeries().exposition([series])) + "\n"
         scrape = Scrape(text)

@@ -15,7 +15,6 @@ replaced, so twistd's own SIGUSR1 rotation of C{--logfile} keeps working.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -32,7 +31,7 @@ from twisted.logger import Logger, formatTime
 from twisted.web.http import datetimeToLogString
 
 from restygate.config import Config
-from restygate.proxy.observe import Completed
+from restygate.proxy.observe import FIELDS, Completed
 from restygate.signals import SignalHook
 
 __all__ = ["AccessLog", "combined", "json_line", "FORMATS"]
@@ -122,9 +121,6 @@ def combined(c: Completed) -> str:
     return line + " " + str(c.bytes_received) if status == 101 else line
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(Completed))
-
-
 def json_line(c: Completed) -> str:
     """
     Every field of the record, after its start as an ISO 8601 C{time}.
@@ -132,8 +128,8 @@ def json_line(c: Completed) -> str:
     record: Dict[str, Any] = {
         "time": datetime.fromtimestamp(c.started, timezone.utc).isoformat(timespec="milliseconds")
     }
-    for name in _FIELDS:
-        record[name] = getattr(c, name)
+    for name, value in zip(FIELDS, c.values()):
+        record[name] = value
     if c.failure is not None:
         record["failure"] = c.failure.name.lower()
     return json.dumps(record, separators=(",", ":"))

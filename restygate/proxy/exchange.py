@@ -151,13 +151,12 @@ class Exchange:
             connection.abort()
             return
         self._connection = connection
-        request = self.request
         headers = self._headers
         if self._host_pending:
             assert self.instance is not None
             headers = [(b"Host", self.instance.netloc.encode("ascii")), *headers]
         assert self.route is not None
-        connection.send(request.method, self.route.target, headers, request.body, self)
+        connection.send(self.request.method, self.route.target, headers, self.request.body, self)
 
     def _not_connected(self, failure: TwistedFailure) -> None:
         self._pending = None
@@ -391,7 +390,9 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        self.engine.completed(completed_record(self, self.request, self.engine.clock.seconds()))
+        self.engine.completed(completed_record(self.request, self.engine.clock.seconds(), self.started, self.route,
+            self.snapshot, self.instance, self.upstream_latency, self.retries, self.error, self.aborted, self.failure,
+            self.tunnel_bytes_up, self.failed_over))
 
     @property
     def upstream(self) -> Optional[str]:

@@ -8,15 +8,23 @@ state, so adding one cannot change how requests are served.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Final, List, Optional, Tuple
 
+from restygate.discovery.model import Instance, Snapshot
+from restygate.proxy.downstream import Downstream
 from restygate.proxy.failure import Failure
+from restygate.proxy.routing import Route
 
-__all__ = ["Completed", "RequestObserver", "completed_record"]
+__all__ = ["Completed", "FIELDS", "RequestObserver", "completed_record"]
+
+# The record's fields, in order (the JSON access log writes them all).
+FIELDS: Final = (
+    "started", "duration", "client", "method", "uri", "proto", "host", "status", "bytes_sent", "dc", "service",
+    "upstream", "upstream_latency", "retries", "error", "aborted", "referer", "user_agent", "failure",
+    "bytes_received", "failed_over",
+)
 
 
-@dataclass(frozen=True)
 class Completed:
     """
     One finished request.
@@ -41,51 +49,82 @@ class Completed:
         are what the combined access log format needs beyond the request.
     """
 
-    started: float
-    duration: float
-    client: str
-    method: str
-    uri: str
-    proto: str
-    host: str
-    status: int
-    bytes_sent: int
-    dc: Optional[str]
-    service: Optional[str]
-    upstream: Optional[str]
-    upstream_latency: Optional[float]
-    retries: int
-    error: Optional[str]
-    aborted: bool
-    referer: str = ""
-    user_agent: str = ""
-    failure: Optional[Failure] = None
-    bytes_received: int = 0
-    failed_over: Optional[str] = None
+    # A plain class, not a frozen dataclass: one is made per request, and
+    # compiled (setup.py) it is a native one, made without Python code (a
+    # frozen dataclass sets each field through object.__setattr__, about
+    # 5 us a record) and read by every observer without lookups by name.
+    # Its fields are Final: observers share it, and none may change it.
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        started: float,
+        duration: float,
+        client: str,
+        method: str,
+        uri: str,
+        proto: str,
+        host: str,
+        status: int,
+        bytes_sent: int,
+        dc: Optional[str],
+        service: Optional[str],
+        upstream: Optional[str],
+        upstream_latency: Optional[float],
+        retries: int,
+        error: Optional[str],
+        aborted: bool,
+        referer: str = "",
+        user_agent: str = "",
+        failure: Optional[Failure] = None,
+        bytes_received: int = 0,
+        failed_over: Optional[str] = None,
+    ) -> None:
+        self.started: Final = started
+        self.duration: Final = duration
+        self.client: Final = client
+        self.method: Final = method
+        self.uri: Final = uri
+        self.proto: Final = proto
+        self.host: Final = host
+        self.status: Final = status
+        self.bytes_sent: Final = bytes_sent
+        self.dc: Final = dc
+        self.service: Final = service
+        self.upstream: Final = upstream
+        self.upstream_latency: Final = upstream_latency
+        self.retries: Final = retries
+        self.error: Final = error
+        self.aborted: Final = aborted
+        self.referer: Final = referer
+        self.user_agent: Final = user_agent
+        self.failure: Final = failure
+        self.bytes_received: Final = bytes_received
+        self.failed_over: Final = failed_over
+
+    def values(self) -> Tuple[Any, ...]:
+        """The fields' values, in L{FIELDS}' order."""
+        return (
+            self.started, self.duration, self.client, self.method, self.uri, self.proto, self.host, self.status,
+            self.bytes_sent, self.dc, self.service, self.upstream, self.upstream_latency, self.retries, self.error,
+            self.aborted, self.referer, self.user_agent, self.failure, self.bytes_received, self.failed_over,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Completed) and self.values() == other.values()
+
+    def __hash__(self) -> int:
+        return hash(self.values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(FIELDS, self.values()))
+        return f"Completed({fields})"
 
 
 RequestObserver = Callable[[Completed], None]
 
 
-class Outcome(Protocol):
-    """What an exchange knows of a request at its end."""
-
-    started: float
-    route: Any
-    upstream_latency: Optional[float]
-    retries: int
-    error: Optional[str]
-    aborted: bool
-    failure: Optional[Failure]
-    tunnel_bytes_up: int
-    failed_over: Optional[str]
-    # What discovery answered (L{restygate.discovery.model.Snapshot}), if it did.
-    snapshot: Any
-    # The L{restygate.discovery.model.Instance} tried last, if any.
-    instance: Any
-
-
-_LOGGED = {b"host": 0, b"referer": 1, b"user-agent": 2}
+_LOGGED: Final = {b"host": 0, b"referer": 1, b"user-agent": 2}
 
 
 def _logged(headers: List[Tuple[bytes, bytes]]) -> List[Optional[bytes]]:
@@ -98,45 +137,31 @@ def _logged(headers: List[Tuple[bytes, bytes]]) -> List[Optional[bytes]]:
     return found
 
 
-_new_record = object.__new__
+def _text(value: Optional[bytes]) -> str:
+    return value.decode("latin-1") if value is not None else ""
 
 
-def completed_record(outcome: Outcome, request: Any, now: float) -> Completed:
-    """The record of a request (a L{restygate.proxy.downstream.Downstream}) that ended."""
-    # Filled through its __dict__, one item at a time: a frozen dataclass's
-    # __init__ sets each field through object.__setattr__ (about 5 us a
-    # record on CPython), and keyword arguments would build a dict first.
-    # This is as cheap as __init__ on PyPy.  The record is as immutable to
-    # its readers either way.
-    record: Completed = _new_record(Completed)
-    fields = record.__dict__
-    fields["started"] = started = outcome.started
-    fields["duration"] = now - started
-    fields["client"] = request.client_ip
-    fields["method"] = request.method.decode("latin-1")
-    fields["uri"] = request.target.decode("latin-1")
-    fields["proto"] = request.version.decode("latin-1")
+def completed_record(
+    request: Downstream, now: float, started: float, route: Optional[Route], snapshot: Optional[Snapshot],
+    instance: Optional[Instance], upstream_latency: Optional[float], retries: int, error: Optional[str],
+    aborted: bool, failure: Optional[Failure], bytes_received: int, failed_over: Optional[str],
+) -> Completed:
+    """
+    The record of C{request}, which ended at C{now}, from what its exchange
+    knows of it (L{restygate.proxy.exchange.Exchange}): the values, not the
+    exchange, so compiled they are read without lookups by name.
+    """
     host, referer, user_agent = _logged(request.headers)
-    fields["host"] = host.decode("latin-1") if host is not None else ""
-    fields["referer"] = referer.decode("latin-1") if referer is not None else ""
-    fields["user_agent"] = user_agent.decode("latin-1") if user_agent is not None else ""
-    fields["status"] = request.status
-    fields["bytes_sent"] = request.bytes_sent
     # Consul's spelling once discovery answered, so case variants share a series.
-    snapshot, route = outcome.snapshot, outcome.route
+    dc: Optional[str] = None
+    service: Optional[str] = None
     if snapshot is not None:
-        fields["dc"], fields["service"] = snapshot.dc, snapshot.service
+        dc, service = snapshot.dc, snapshot.service
     elif route is not None:
-        fields["dc"], fields["service"] = route.dc, route.service
-    else:
-        fields["dc"] = fields["service"] = None
-    instance = outcome.instance
-    fields["upstream"] = instance.netloc if instance is not None else None
-    fields["upstream_latency"] = outcome.upstream_latency
-    fields["retries"] = outcome.retries
-    fields["error"] = outcome.error
-    fields["aborted"] = outcome.aborted
-    fields["failure"] = outcome.failure
-    fields["bytes_received"] = outcome.tunnel_bytes_up
-    fields["failed_over"] = outcome.failed_over
-    return record
+        dc, service = route.dc, route.service
+    return Completed(
+        started, now - started, request.client_ip, request.method.decode("latin-1"),
+        request.target.decode("latin-1"), request.version.decode("latin-1"), _text(host), request.status,
+        request.bytes_sent, dc, service, instance.netloc if instance is not None else None, upstream_latency,
+        retries, error, aborted, _text(referer), _text(user_agent), failure, bytes_received, failed_over,
+    )
