@@ -1,5 +1,6 @@
 """
-The Consul HTTP API client: the only module that speaks to the agent.
+The Consul HTTP API client: the only module that asks the agent anything
+(its bytes go through L{restygate.discovery.consul.wire}).
 
 It asks C{/v1/health/service/<name>} for a service's instances (all of
 them: L{restygate.discovery.consul.answers} sorts them by health, since
@@ -24,11 +25,8 @@ from urllib.parse import quote, urlencode
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, readBody
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.client import BrowserLikePolicyForHTTPS
 
-from restygate._compat import quiet_pool
 from restygate.config import ConsulAddress
 from restygate.discovery.consul.answers import (
     CONNECTION_LIMIT,
@@ -43,6 +41,7 @@ from restygate.discovery.consul.answers import (
 )
 from restygate.discovery.consul.checks import parse_check_states
 from restygate.discovery.consul.gate import ConsulGate
+from restygate.discovery.consul.wire import AgentAnswer, AgentPool, agent_endpoint
 from restygate.discovery.model import UnknownDatacenter
 from restygate.tls import CABundle, trust_root
 
@@ -94,7 +93,6 @@ class ConsulClient:
         reactor: Any,
         address: ConsulAddress,
         token: Optional[str] = None,
-        pool: Optional[HTTPConnectionPool] = None,
         ca: Optional[CABundle] = None,
         gate: Optional[ConsulGate] = None,
         consistency: str = "stale",
@@ -104,17 +102,16 @@ class ConsulClient:
         self.gate = gate or ConsulGate(reactor, 64, 100.0)
         self.consistency = consistency
         self.last_contact: Dict[str, float] = {}
-        # Idle connections kept for reuse; the gate bounds those in use.
-        self._pool = pool or quiet_pool(reactor, self.gate.limit)
         # For an https:// agent: its certificate must chain to the consul-ca
         # bundle (the platform's store without one) and name its host.
         tls = BrowserLikePolicyForHTTPS(trust_root(ca))
-        # Twisted's Agent itself: the URL is built here once (a convenience
-        # layer parsing it again cost more than the rest of a first fetch).
-        self._agent = Agent(reactor, contextFactory=tls, pool=self._pool)
-        self._headers = Headers({b"Accept": [b"application/json"]})
+        endpoint = agent_endpoint(reactor, address.scheme, address.host, address.port, tls.creatorForNetloc)
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        # Idle connections kept for reuse; the gate bounds those in use.
+        self._pool = AgentPool(reactor, endpoint, f"{host}:{address.port}", self.gate.limit)
+        self._headers = b"Accept: application/json\r\n"
         if token:
-            self._headers.setRawHeaders(b"X-Consul-Token", [token.encode("utf-8")])
+            self._headers += b"X-Consul-Token: " + token.encode("utf-8") + b"\r\n"
 
     @property
     def address(self) -> str:
@@ -122,8 +119,7 @@ class ConsulClient:
 
     def close(self) -> Deferred[None]:
         self.gate.close()
-        result: Deferred[None] = self._pool.closeCachedConnections()
-        return result
+        return self._pool.close()
 
     def ping(self) -> Deferred[str]:
         """
@@ -224,7 +220,7 @@ class ConsulClient:
             timeout = _TIMEOUT_MARGIN * 2 if indexed else _TIMEOUT_MARGIN
 
         def start() -> Deferred[T]:
-            d = Deferred.fromCoroutine(self._get(self._base + path, query, dc, parse, indexed))
+            d = Deferred.fromCoroutine(self._get(path, query, dc, parse, indexed))
             # Bounds the whole exchange, body included: a stalled agent must
             # not hold a watch, or a connection of the budget, forever.
             d.addTimeout(timeout, self._clock)
@@ -233,25 +229,24 @@ class ConsulClient:
         return self.gate.run(start, urgent, prompt)
 
     async def _get(
-        self, url: str, params: List[Tuple[str, str]], dc: str, parse: Callable[..., T], indexed: bool
+        self, target: str, params: List[Tuple[str, str]], dc: str, parse: Callable[..., T], indexed: bool
     ) -> T:
         if params:
-            url += "?" + urlencode(params, quote_via=quote)
-        response: IResponse = await self._agent.request(b"GET", url.encode("utf-8"), self._headers)
-        body: bytes = await readBody(response)
-        if response.code != 200:
+            target += "?" + urlencode(params, quote_via=quote)
+        answer: AgentAnswer = await self._pool.get(target.encode("utf-8"), self._headers)
+        body = answer.body
+        if answer.status != 200:
             text = answer_text(body)
-            if response.code == 500 and "No path to datacenter" in text:
+            if answer.status == 500 and "No path to datacenter" in text:
                 raise UnknownDatacenter(dc)
-            if response.code == 429:
+            if answer.status == 429:
                 raise ConsulError(f"{CONNECTION_LIMIT} (429: {text})", 429)
-            raise ConsulError(f"Consul answered {response.code}: {text}", response.code)
+            raise ConsulError(f"Consul answered {answer.status}: {text}", answer.status)
         if not indexed:
             return parse(body)
-        headers = response.headers
-        contact = headers.getRawHeaders(b"X-Consul-LastContact", [b"0"])[0]
-        self.last_contact[dc] = _number(contact) / 1000.0
-        return parse(body, int(_number(headers.getRawHeaders(b"X-Consul-Index", [b"0"])[0])))
+        headers = answer.headers
+        self.last_contact[dc] = _number(headers.get(b"x-consul-lastcontact", b"0")) / 1000.0
+        return parse(body, int(_number(headers.get(b"x-consul-index", b"0"))))
 
 
 def _number(raw: bytes) -> float:
