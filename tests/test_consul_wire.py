@@ -128,6 +128,13 @@ class AgentPoolTests(TestCase):
         await pool.get(b"/", b"")
         self.assertEqual(len(agent.connections), 2)
 
+    async def test_bytes_after_the_answer_close_the_connection(self) -> None:
+        agent, pool = await self.scripted([_OK + b"HTTP/1.1 200 OK\r\n", _OK])
+        self.assertEqual((await pool.get(b"/", b"")).body, b"[]")
+        self.assertEqual(pool.idle, 0)
+        await pool.get(b"/", b"")
+        self.assertEqual(len(agent.connections), 2)
+
     async def test_a_cancelled_query_aborts_its_connection(self) -> None:
         agent, pool = await self.scripted([])
         agent.replies.append(b"HTTP/1.1 200 OK\r\n")  # a head that never ends

@@ -86,6 +86,7 @@ class _AgentConnection(Protocol):
         self._body: List[bytes] = []
         self._done: Optional[AgentAnswer] = None
         self._keep_alive = False
+        self._spoiled = False
         self.expiry: Optional[IDelayedCall] = None
         self.gone: Optional[Deferred[None]] = None
 
@@ -120,13 +121,18 @@ class _AgentConnection(Protocol):
         done, self._done = self._done, None
         if done is not None:
             waiting, self._waiting = self._waiting, None
-            if self._keep_alive:
+            if self._keep_alive and not self._spoiled:
                 self._pool.release(self)
             else:
                 transport: Any = self.transport
                 transport.loseConnection()
             if waiting is not None:
                 waiting.callback(done)
+
+    def on_message_begin(self) -> None:
+        # Another answer after the one asked for, in the same read: the
+        # connection says things nobody asked; it answers no more.
+        self._spoiled = self._done is not None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
