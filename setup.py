@@ -53,6 +53,7 @@ COMPILED = [
     "restygate/proxy/failover.py",
     "restygate/proxy/headers.py",
     "restygate/proxy/observe.py",
+    "restygate/proxy/parts.py",
     "restygate/proxy/policy.py",
     "restygate/proxy/rewrite.py",
     "restygate/proxy/routing.py",

@@ -9,8 +9,7 @@ X-Forwarded-Prefix upstream; the access log and restygate_failovers_total.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import treq
 from twisted.internet.defer import Deferred, succeed
@@ -21,10 +20,11 @@ from restygate.config import build
 from restygate.discovery.catalog import StaticCatalog
 from restygate.discovery.consul.answers import Coordinate, parse_coordinates
 from restygate.discovery.consul.coordinates import NearestDatacenters, by_distance, distance
-from restygate.proxy.failover import Nearest, find
-from restygate.proxy.policy import Policies
+from restygate.proxy.failover import find
+from restygate.proxy.parts import EngineParts
 from restygate.proxy.routing import parse_target
 from restygate.upstream.outliers import Outliers
+from restygate.upstream.pool import Upstream
 from tests.support.harness import GatewayRig, captured_log
 
 ADMIN = "tcp:0:interface=127.0.0.1"
@@ -199,8 +199,9 @@ class AllEjectedTests(SynchronousTestCase):
         catalog = StaticCatalog(path, clock)
         catalog.startService()
         self.addCleanup(catalog.stopService)
-        outliers = Outliers(clock, threshold=1, max_fraction=1.0)
-        parts = _Parts(catalog, Policies(build([{"failover": ["dc2"]}])), outliers)
+        config = build([{"failover": ["dc2"]}])
+        parts = EngineParts(catalog, Upstream(clock, config), clock, config)
+        parts.outliers = outliers = Outliers(clock, threshold=1, max_fraction=1.0)
         route = parse_target(b"/dc1/web/x")
         found = self.successResultOf(find(parts, route, parts.policies.policy("dc1", "web")))
         self.assertEqual(found.route.dc, "dc1")
@@ -210,10 +211,3 @@ class AllEjectedTests(SynchronousTestCase):
         self.assertEqual((found.route.dc, found.route.prefix, found.choice.instances[0].address),
                          ("dc2", "/dc1/web", "10.0.0.2"))
 
-
-@dataclass
-class _Parts:
-    discovery: StaticCatalog
-    policies: Policies
-    outliers: Outliers
-    nearest: Optional[Nearest] = None

@@ -17,7 +17,7 @@ and 1.1 505.  Another parser would plug in behind the same two names.
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Protocol, Tuple
+from typing import Final, List, Optional, Protocol, Tuple
 
 import httptools
 
@@ -29,14 +29,14 @@ __all__ = ["ParseError", "RequestParser", "RequestSink", "MAX_LINE", "MAX_HEADER
 HeaderList = List[Tuple[bytes, bytes]]
 
 # twisted.web's limits, which restygate has always promised.
-MAX_LINE = 16384
-MAX_HEADERS_SIZE = 16384
-MAX_HEADERS = 100
+MAX_LINE: Final = 16384
+MAX_HEADERS_SIZE: Final = 16384
+MAX_HEADERS: Final = 100
 # Bytes llhttp may be handed inside one request head before it is refused
 # whatever it holds: bounds what the parser buffers for a partial header.
-_MAX_RAW_HEAD = 4 * MAX_HEADERS_SIZE
+_MAX_RAW_HEAD: Final = 4 * MAX_HEADERS_SIZE
 
-_VERSION = re.compile(rb" HTTP/(\d+\.\d+)\r?\n")
+_VERSION: Final = re.compile(rb" HTTP/(\d+\.\d+)\r?\n")
 
 
 class ParseError(Exception):

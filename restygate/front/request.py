@@ -14,7 +14,7 @@ cannot be told from a next request.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Final, List, Optional, Protocol, Tuple
 
 from restygate._compat import send_now
 from restygate.front.body import RequestBody
@@ -40,7 +40,7 @@ class FrontConnection(Protocol):
 
     def take_over(self, request: ClientRequest, sink: Callable[[bytes], None]) -> Optional[Tuple[Any, bytes]]: ...
 
-_NO_BODY_STATUS = frozenset({204, 304})
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class ClientRequest:

@@ -18,7 +18,7 @@ upstream connection its current response comes from.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Final, List, Optional, Set, Tuple
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
@@ -39,10 +39,10 @@ __all__ = ["HTTPConnection", "Front"]
 log = Logger()
 
 # Requests read ahead of the one being answered before reading pauses.
-PIPELINE_DEPTH = 8
+PIPELINE_DEPTH: Final = 8
 
 # Seconds a cut response gets to deliver what was written before it.
-CUT_GRACE = 5.0
+CUT_GRACE: Final = 5.0
 
 
 class Front(TypingProtocol):

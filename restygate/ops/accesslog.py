@@ -22,7 +22,7 @@ import select
 import signal
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Final, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -42,7 +42,7 @@ access = Logger(namespace="restygate.access")
 # Like nginx: quotes, backslashes, control and non-ASCII characters (the
 # request line and headers are latin-1 decoded bytes) become escapes, so a
 # client cannot forge a line or break a field apart.
-_ESCAPES: Dict[int, str] = {
+_ESCAPES: Final[Dict[int, str]] = {
     code: f"\\x{code:02X}" for code in [*range(0x20), *range(0x7F, 0x100)]
 }
 _ESCAPES[ord('"')] = '\\"'
@@ -79,10 +79,10 @@ class _LastSecond:
         return self.text
 
 
-_STARTED = _LastSecond(_log_time)
+_STARTED: Final = _LastSecond(_log_time)
 # Small numbers' text, for the status and retries of every line: formatting an
 # int costs several times a list index.
-_DECIMAL = [str(n) for n in range(1000)]
+_DECIMAL: Final = [str(n) for n in range(1000)]
 
 
 def combined(c: Completed) -> str:
@@ -282,7 +282,7 @@ def _daemon_log_time(second: int) -> str:
     return formatTime(second)
 
 
-_ENDED = _LastSecond(_daemon_log_time)
+_ENDED: Final = _LastSecond(_daemon_log_time)
 
 
 def _write_whole_lines(fd: int, lines: List[str]) -> None:

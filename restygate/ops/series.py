@@ -13,7 +13,7 @@ nothing here takes a lock.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Final, Iterable, List, Optional, Tuple
 
 from prometheus_client.utils import floatToGoString
 
@@ -24,7 +24,7 @@ __all__ = ["RequestSeries", "ServiceSeries", "LATENCY_BUCKETS"]
 # From a millisecond to the default upstream timeout (60 s).  A tuple of any
 # length to the type checker: compiled (setup.py), a fixed-length one of
 # floats is kept unboxed and boxed again into a new tuple for every bisect.
-LATENCY_BUCKETS: Tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS: Final[Tuple[float, ...]] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _LE = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
 
 
@@ -98,7 +98,7 @@ class ServiceSeries:
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 _EMPTY = _Tally()
 
 

@@ -16,32 +16,17 @@ over; the request's own datacenter's errors stand as they are.
 
 from __future__ import annotations
 
-from typing import List, Optional, Protocol, Union
+from typing import List, Optional, Union
 
 from twisted.internet.defer import Deferred
 
-from restygate.discovery.model import DiscoveryError, IDiscovery, NoUsableInstance, Snapshot
-from restygate.proxy.policy import Policies, Policy
+from restygate.discovery.model import DiscoveryError, NoUsableInstance, Snapshot
+from restygate.proxy.parts import EngineParts, Nearest
+from restygate.proxy.policy import Policy
 from restygate.proxy.routing import Route
 from restygate.upstream.choice import Choice
-from restygate.upstream.outliers import Outliers
 
-__all__ = ["Found", "Nearest", "FailoverParts", "find", "find_now"]
-
-
-class Nearest(Protocol):
-    """Datacenters by network distance from C{dc}, nearest first (C{dc} itself may be among them)."""
-
-    def __call__(self, dc: str) -> Deferred[List[str]]: ...
-
-
-class FailoverParts(Protocol):
-    """What the search uses of the engine."""
-
-    discovery: IDiscovery
-    policies: Policies
-    outliers: Outliers
-    nearest: Optional[Nearest]
+__all__ = ["Found", "Nearest", "find", "find_now"]
 
 
 class Found:
@@ -64,11 +49,11 @@ class Found:
         self.choice = choice
 
 
-def _usable(parts: FailoverParts, snapshot: Snapshot, choice: Optional[Choice]) -> bool:
+def _usable(parts: EngineParts, snapshot: Snapshot, choice: Optional[Choice]) -> bool:
     return choice is not None and not parts.outliers.all_ejected(snapshot.dc, snapshot.service, choice.instances)
 
 
-def _here(parts: FailoverParts, route: Route, policy: Policy, snapshot: Snapshot) -> Optional[Found]:
+def _here(parts: EngineParts, route: Route, policy: Policy, snapshot: Snapshot) -> Optional[Found]:
     choice = parts.policies.choice(policy, snapshot)
     # _usable's test, without its call: this runs for every request.
     if choice is None or parts.outliers.all_ejected(snapshot.dc, snapshot.service, choice.instances):
@@ -76,7 +61,7 @@ def _here(parts: FailoverParts, route: Route, policy: Policy, snapshot: Snapshot
     return Found(route, policy, snapshot, choice)
 
 
-def find_now(parts: FailoverParts, route: Route, policy: Policy) -> Optional[Found]:
+def find_now(parts: EngineParts, route: Route, policy: Policy) -> Optional[Found]:
     """
     Where C{route} is served, when that is known without waiting: its own
     datacenter's snapshot is held and has an instance to use.  The usual
@@ -87,7 +72,7 @@ def find_now(parts: FailoverParts, route: Route, policy: Policy) -> Optional[Fou
     return None if snapshot is None else _here(parts, route, policy, snapshot)
 
 
-def find(parts: FailoverParts, route: Route, policy: Policy) -> Deferred[Found]:
+def find(parts: EngineParts, route: Route, policy: Policy) -> Deferred[Found]:
     """
     Where C{route} is served under C{policy}.
 
@@ -100,13 +85,13 @@ def find(parts: FailoverParts, route: Route, policy: Policy) -> Deferred[Found]:
 
 
 def _here_or_elsewhere(
-    snapshot: Snapshot, parts: FailoverParts, route: Route, policy: Policy
+    snapshot: Snapshot, parts: EngineParts, route: Route, policy: Policy
 ) -> Union[Found, Deferred[Found]]:
     # A snapshot with an instance to use costs no coroutine.
     return _here(parts, route, policy, snapshot) or Deferred.fromCoroutine(_elsewhere(parts, route, policy))
 
 
-async def _elsewhere(parts: FailoverParts, route: Route, policy: Policy) -> Found:
+async def _elsewhere(parts: EngineParts, route: Route, policy: Policy) -> Found:
     for dc in await _order(parts, route.dc, policy):
         try:
             other: Snapshot = await parts.discovery.lookup(dc, route.service)
@@ -121,7 +106,7 @@ async def _elsewhere(parts: FailoverParts, route: Route, policy: Policy) -> Foun
     raise NoUsableInstance(f"no usable instance of {route.service} in {route.dc} or its failover datacenters")
 
 
-async def _order(parts: FailoverParts, dc: str, policy: Policy) -> List[str]:
+async def _order(parts: EngineParts, dc: str, policy: Policy) -> List[str]:
     failover = policy.config.failover
     if not failover:
         return []

@@ -11,7 +11,7 @@ the C{Connection: upgrade} that makes it mean something.
 
 from __future__ import annotations
 
-from typing import Callable, FrozenSet, List, Optional, Set, Tuple
+from typing import Callable, Final, FrozenSet, List, Optional, Set, Tuple
 
 __all__ = [
     "HOP_BY_HOP", "NOTED", "RESPONSE_NOTED", "HeaderList", "NotedAt", "forward_headers", "response_headers",
@@ -20,7 +20,7 @@ __all__ = [
 
 HeaderList = List[Tuple[bytes, bytes]]
 
-HOP_BY_HOP: FrozenSet[bytes] = frozenset(
+HOP_BY_HOP: Final[FrozenSet[bytes]] = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -36,19 +36,19 @@ HOP_BY_HOP: FrozenSet[bytes] = frozenset(
 
 # Set by the gateway from what it knows, never passed on from the client
 # as they came (the forwarding chain is extended from trusted proxies).
-_FORWARDING: FrozenSet[bytes] = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
-_OURS: FrozenSet[bytes] = _FORWARDING | {b"x-real-ip", b"x-forwarded-host", b"x-forwarded-prefix", b"expect"}
+_FORWARDING: Final[FrozenSet[bytes]] = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
+_OURS: Final[FrozenSet[bytes]] = _FORWARDING | {b"x-real-ip", b"x-forwarded-host", b"x-forwarded-prefix", b"expect"}
 
 # Built once: every request would otherwise union them again.  With a body
 # the upstream connection redoes the framing, so Content-Length goes too.
-_NOT_FORWARDED = HOP_BY_HOP | _OURS
-_NOT_FORWARDED_WITH_BODY = _NOT_FORWARDED | {b"content-length"}
+_NOT_FORWARDED: Final = HOP_BY_HOP | _OURS
+_NOT_FORWARDED_WITH_BODY: Final = _NOT_FORWARDED | {b"content-length"}
 
 # The request header names the gateway acts on: framing, routing, the
 # forwarding rules.  A front notes them (lowercased) as the head arrives,
 # so the request path reads a short list -- usually just the Host --
 # instead of lowering every name again at each step.
-NOTED: FrozenSet[bytes] = _NOT_FORWARDED_WITH_BODY | {b"host"}
+NOTED: Final[FrozenSet[bytes]] = _NOT_FORWARDED_WITH_BODY | {b"host"}
 
 
 def header(headers: HeaderList, name: bytes) -> Optional[bytes]:
@@ -160,13 +160,13 @@ def forward_headers(
     return out, host is not None and b"host" not in named
 
 
-_PLACES = frozenset({b"location", b"content-location", b"set-cookie"})
+_PLACES: Final = frozenset({b"location", b"content-location", b"set-cookie"})
 
 # The response header names the gateway acts on: the framing, hop-by-hop
 # fields, places to rewrite.  An upstream connection notes where they are
 # as the head arrives (L{response_noted}'s shape), for the same reason as
 # L{NOTED}.
-RESPONSE_NOTED: FrozenSet[bytes] = HOP_BY_HOP | _PLACES | {b"content-length"}
+RESPONSE_NOTED: Final[FrozenSet[bytes]] = HOP_BY_HOP | _PLACES | {b"content-length"}
 
 # (lowercase name, index in the header list) of each noted field.
 NotedAt = List[Tuple[bytes, int]]

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Dict, List, Optional, Pattern, Tuple
+from typing import Dict, Final, List, Optional, Pattern, Tuple
 
 __all__ = ["Route", "RouteError", "parse_target", "host_matches", "route_request", "host_route"]
 
 # Consul's service and datacenter names: letters, digits, '-', '_', '.'.
-_NAME = re.compile(rb"[A-Za-z0-9_.\-]{1,255}")
+_NAME: Final = re.compile(rb"[A-Za-z0-9_.\-]{1,255}")
 
 # host[:port]: a registered name, an IPv4 address or a bracketed IPv6 one,
 # and nothing else (no userinfo, path, spaces or controls).
-_HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+_HOST: Final = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
 
 
 class RouteError(Exception):
@@ -80,8 +80,8 @@ class Route:
 
 # Names already checked, as every request names its datacenter and service
 # again; bounded, since clients choose what they name.
-_CHECKED: Dict[bytes, str] = {}
-_CHECKED_KEPT = 1024
+_CHECKED: Final[Dict[bytes, str]] = {}
+_CHECKED_KEPT: Final = 1024
 
 
 def _name(kind: str, raw: bytes) -> str:

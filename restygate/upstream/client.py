@@ -21,7 +21,7 @@ receives anything while idle.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Final, Optional, Tuple
 
 import httptools
 from OpenSSL import SSL
@@ -41,7 +41,7 @@ from restygate.tls import openssl_reason
 __all__ = ["UpstreamConnection", "UpstreamTLSError"]
 
 # An upstream's response head is held to the same bounds as a client's.
-MAX_RESPONSE_HEAD = 64 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 
 
 _TLS_FAILED = "TLS handshake with the upstream failed"

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from restygate.discovery.model import Instance
 from restygate.ops.views import IOutlierView
@@ -65,7 +65,6 @@ class _History:
         self.ejected_until = 0.0
 
 
-@implementer(IOutlierView)
 class Outliers:
     """
     Tracks instances' recent failures and decides which are ejected.
@@ -219,3 +218,8 @@ class Outliers:
             return False
         until = ejected.get(_key(dc, service, instance))
         return until is not None and until > self._clock.seconds()
+
+
+# Declared here, not with @implementer: a class decorator would keep mypyc
+# (setup.py) from compiling the class as a native one.
+classImplements(Outliers, IOutlierView)

@@ -54,7 +54,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IProt
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure as TwistedFailure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from restygate._compat import IOpenSSLTrustRoot
 from restygate.config import Config
@@ -101,7 +101,6 @@ class _Settings:
     trust: Optional[IOpenSSLTrustRoot]
 
 
-@implementer(IStreamClientEndpoint)
 class _InstanceEndpoint:
     """
     Connects to one instance, over TLS when it speaks HTTPS, with the
@@ -168,7 +167,6 @@ def _connect_failed(failure: TwistedFailure) -> UpstreamConnection:
     raise Failed(Failure.CONNECT_REFUSED, f"cannot connect: {failure.getErrorMessage()}")
 
 
-@implementer(IPoolView)
 class Upstream:
     """
     Connections to instances: a kept idle one when there is one, else a new one.
@@ -295,3 +293,9 @@ class Upstream:
                 transport.loseConnection()
         self._idle_by_key.clear()
         return succeed(None)
+
+
+# Declared here, not with @implementer: a class decorator would keep mypyc
+# (setup.py) from compiling the classes as native ones.
+classImplements(_InstanceEndpoint, IStreamClientEndpoint)
+classImplements(Upstream, IPoolView)
