@@ -277,12 +277,10 @@ class Watcher:
                 if self._on_unknown_datacenter is not None:
                     self._on_unknown_datacenter(self)
                     return False
+        # No line per failed query: twistd writes debug events too, and an
+        # outage is one line when it starts and one when it ends, with counts
+        # (Outage); each watch's errors are on /status and /metrics.
         error = describe(failure)
-        log.debug(
-            "Consul query for {dc}/{service} failed ({error}); {serving}",
-            dc=self.dc, service=self.service, error=error,
-            serving="serving the last known instances" if self.snapshot else "no instances known yet",
-        )
         self._fail_waiters(DiscoveryUnavailable(f"discovery failed for {self.dc}/{self.service}: {error}"))
         return True
 
