@@ -59,6 +59,7 @@ COMPILED = [
     "restygate/proxy/routing.py",
     "restygate/upstream/choice.py",
     "restygate/upstream/client.py",
+    "restygate/upstream/handler.py",
     "restygate/upstream/outliers.py",
     "restygate/upstream/pickers.py",
     "restygate/upstream/pool.py",

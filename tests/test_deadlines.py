@@ -20,7 +20,7 @@ class DeadlinesTests(TestCase):
 
     def test_due(self) -> None:
         """A started timer calls back when its time comes, not before, and once."""
-        self.deadlines.start(5, lambda: self.fired.append("a"))
+        self.deadlines.start(self.clock.seconds(), 5, lambda: self.fired.append("a"))
         self.clock.advance(4.9)
         self.assertEqual(self.fired, [])
         self.clock.advance(0.1)
@@ -33,10 +33,10 @@ class DeadlinesTests(TestCase):
         The next timer to start takes the parked one, moved to its own
         deadline: no new call is scheduled, and only the new owner is called.
         """
-        first = self.deadlines.start(5, lambda: self.fired.append("a"))
+        first = self.deadlines.start(self.clock.seconds(), 5, lambda: self.fired.append("a"))
         self.deadlines.stop(first)
         self.clock.advance(3)
-        second = self.deadlines.start(5, lambda: self.fired.append("b"))
+        second = self.deadlines.start(self.clock.seconds(), 5, lambda: self.fired.append("b"))
         self.assertIs(second, first)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.advance(4.9)
@@ -46,12 +46,12 @@ class DeadlinesTests(TestCase):
 
     def test_moved(self) -> None:
         """A running timer moved comes due at its new time, later or sooner."""
-        deadline = self.deadlines.start(5, lambda: self.fired.append("a"))
+        deadline = self.deadlines.start(self.clock.seconds(), 5, lambda: self.fired.append("a"))
         self.clock.advance(4)
-        self.deadlines.move(deadline, 10)
+        self.deadlines.move(deadline, self.clock.seconds(), 10)
         self.clock.advance(9.9)
         self.assertEqual(self.fired, [])
-        self.deadlines.move(deadline, 1)
+        self.deadlines.move(deadline, self.clock.seconds(), 1)
         self.clock.advance(1)
         self.assertEqual(self.fired, ["a"])
 
@@ -60,19 +60,19 @@ class DeadlinesTests(TestCase):
         A stopped timer never calls back; once its time passed it is done,
         and the next timer is a new one.
         """
-        first = self.deadlines.start(5, lambda: self.fired.append("a"))
+        first = self.deadlines.start(self.clock.seconds(), 5, lambda: self.fired.append("a"))
         self.deadlines.stop(first)
         self.clock.advance(5)
         self.assertEqual((self.fired, self.clock.getDelayedCalls()), ([], []))
-        second = self.deadlines.start(5, lambda: self.fired.append("b"))
+        second = self.deadlines.start(self.clock.seconds(), 5, lambda: self.fired.append("b"))
         self.assertIsNot(second, first)
         self.clock.advance(5)
         self.assertEqual(self.fired, ["b"])
 
     def test_close(self) -> None:
         """Closing cancels the parked timers and leaves running ones alone."""
-        parked = self.deadlines.start(5, lambda: self.fired.append("a"))
-        self.deadlines.start(5, lambda: self.fired.append("b"))
+        parked = self.deadlines.start(self.clock.seconds(), 5, lambda: self.fired.append("a"))
+        self.deadlines.start(self.clock.seconds(), 5, lambda: self.fired.append("b"))
         self.deadlines.stop(parked)
         self.deadlines.close()
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)

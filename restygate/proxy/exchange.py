@@ -33,6 +33,7 @@ from restygate.proxy.routing import Route, RouteError, route_request
 from restygate.proxy.tunnel import open_tunnel
 from restygate.upstream.choice import Choice
 from restygate.upstream.client import UpstreamConnection
+from restygate.upstream.handler import ResponseHandler
 from restygate.upstream.retry import may_retry
 
 __all__ = ["Exchange"]
@@ -40,7 +41,7 @@ __all__ = ["Exchange"]
 log = Logger()
 
 
-class Exchange:
+class Exchange(ResponseHandler):
     """Serves one L{Downstream}; also the L{ResponseHandler} of its attempts."""
 
     def __init__(self, engine: EngineParts, request: Downstream) -> None:
@@ -135,8 +136,8 @@ class Exchange:
         self._tried.append(instance)
         outliers.started(dc, service, instance)
         self._active = instance
-        self.upstream_sent = engine.clock.seconds()
-        self._timer = engine.deadlines.start(config.upstream_timeout, self._timed_out)
+        self.upstream_sent = now = engine.clock.seconds()
+        self._timer = engine.deadlines.start(now, config.upstream_timeout, self._timed_out)
         kept = engine.upstream.take_idle(instance, config.connect_timeout)
         if kept is not None:
             self._connected(kept)
@@ -168,18 +169,12 @@ class Exchange:
 
     def _release(self) -> None:
         """The current attempt is over: its timer stops, it no longer counts as in flight."""
-        # The timer stopped here, not through _stop_timer: a call less per request.
         timer, self._timer = self._timer, None
         if timer is not None:
             self.engine.deadlines.stop(timer)
         instance, self._active = self._active, None
         if instance is not None and self.route is not None:
             self.engine.outliers.ended(self.route.dc, self.route.service, instance)
-
-    def _stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            self.engine.deadlines.stop(timer)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -188,7 +183,8 @@ class Exchange:
                 self._stalled()
                 return
             self._progress = False
-            self._timer = self.engine.deadlines.start(self.policy.config.body_idle_timeout, self._timed_out)
+            self._timer = self.engine.deadlines.start(
+                self.engine.clock.seconds(), self.policy.config.body_idle_timeout, self._timed_out)
             return
         pending, self._pending = self._pending, None
         connection, self._connection = self._connection, None
@@ -246,10 +242,13 @@ class Exchange:
         route, instance = self.route, self.instance
         if route is not None and instance is not None:
             engine.outliers.succeeded(route.dc, route.service, instance)
+        now = engine.clock.seconds()
         if self.upstream_sent is not None:
-            self.upstream_latency = engine.clock.seconds() - self.upstream_sent
+            self.upstream_latency = now - self.upstream_sent
         if self.done:
-            self._stop_timer()
+            timer, self._timer = self._timer, None
+            if timer is not None:
+                engine.deadlines.stop(timer)
             return
         self._response_started = True
         request = self.request
@@ -260,9 +259,9 @@ class Exchange:
         self._progress = False
         # The response timeout's timer becomes the body's.
         if self._timer is not None:
-            engine.deadlines.move(self._timer, engine.config.body_idle_timeout)
+            engine.deadlines.move(self._timer, now, engine.config.body_idle_timeout)
         else:
-            self._timer = engine.deadlines.start(engine.config.body_idle_timeout, self._timed_out)
+            self._timer = engine.deadlines.start(now, engine.config.body_idle_timeout, self._timed_out)
 
     def _rewrite(self, name: bytes, value: bytes) -> bytes:
         # Made only for a response that names a place: most name none.

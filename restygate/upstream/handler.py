@@ -15,9 +15,12 @@ __all__ = ["HeaderList", "ResponseHandler", "BodySource"]
 HeaderList = List[Tuple[bytes, bytes]]
 
 
-class ResponseHandler(Protocol):
+class ResponseHandler:
     """
-    Where an upstream connection delivers one response.
+    Where an upstream connection delivers one response: the base class of
+    the engine's exchange, which overrides every method.  A class, not a
+    protocol: compiled (setup.py), the connection then calls the exchange
+    natively, not by looking each method up by name.
     """
 
     def response_interim(self, status: int, headers: HeaderList) -> None:
