@@ -191,7 +191,7 @@ class RetryBudgetTests(TestCase):
         self.assertEqual(sum(budget.try_retry() for _ in range(20)), 10)
         clock.advance(10)
         for _ in range(100):
-            budget.request()
+            budget.request(clock.seconds())
         self.assertEqual(sum(budget.try_retry() for _ in range(50)), 20)
         clock.advance(11)
         self.assertTrue(budget.try_retry())

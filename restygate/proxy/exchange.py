@@ -94,7 +94,7 @@ class Exchange(ResponseHandler):
             return
         # What the Deferred chain would do with an exception from it.
         try:
-            self._forward(found)
+            self._forward(found, self.started)
         except Exception:
             self._crashed(TwistedFailure())
 
@@ -108,7 +108,7 @@ class Exchange(ResponseHandler):
         elif not failure.check(CancelledError):
             failure.raiseException()
 
-    def _forward(self, found: Found) -> None:
+    def _forward(self, found: Found, now: Optional[float] = None) -> None:
         self._pending = None
         if self.done:
             return
@@ -121,11 +121,12 @@ class Exchange(ResponseHandler):
         self._headers, has_host = forward_headers(request.headers, route.prefix.encode("ascii"), request.client_ip.encode(
             "ascii"), request.secure, request.body is not None, self._upgrade, self.engine.trusted(), request.noted)
         self._host_pending = not has_host  # HTTP/1.0 clients may send no Host; HTTP/1.1 requires one
-        self.engine.budget.request()
-        self._attempt(choice.instances)
+        now = self.engine.clock.seconds() if now is None else now  # run()'s, when it was just read
+        self.engine.budget.request(now)
+        self._attempt(choice.instances, now)
 
     # -- attempts -------------------------------------------------------------
-    def _attempt(self, candidates: Tuple[Instance, ...]) -> None:
+    def _attempt(self, candidates: Tuple[Instance, ...], now: float) -> None:
         # Each attribute read once: compiled, every read of a part's is a lookup by name.
         engine, route, choice, policy, request = self.engine, self.route, self._choice, self.policy, self.request
         assert route is not None and choice is not None
@@ -136,7 +137,7 @@ class Exchange(ResponseHandler):
         self._tried.append(instance)
         outliers.started(dc, service, instance)
         self._active = instance
-        self.upstream_sent = now = engine.clock.seconds()
+        self.upstream_sent = now
         self._timer = engine.deadlines.start(now, config.upstream_timeout, self._timed_out)
         kept = engine.upstream.take_idle(instance, config.connect_timeout)
         if kept is not None:
@@ -208,9 +209,8 @@ class Exchange(ResponseHandler):
     def _retry(self, failure: Failure, detail: str) -> bool:
         """Try another instance if this failure, this request and the budget allow it."""
         route, choice, request = self.route, self._choice, self.request
-        body = request.body
         if route is None or choice is None or self.retries >= self.policy.config.retries or not may_retry(
-            failure.never_reached, failure.retriable, request.method, body
+            failure.never_reached, failure.retriable, request.method, request.body
         ):
             return False
         untried = tuple(i for i in choice.instances if i not in self._tried)
@@ -227,7 +227,7 @@ class Exchange(ResponseHandler):
             "{dc}/{service}: retrying on another instance after {upstream} failed: {error}",
             dc=route.dc, service=route.service, upstream=self.upstream, error=detail,
         )
-        self._attempt(untried)
+        self._attempt(untried, self.engine.clock.seconds())
         return True
 
     # -- the upstream's answer (ResponseHandler) ------------------------------

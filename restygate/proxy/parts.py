@@ -22,7 +22,7 @@ from restygate.discovery.model import IDiscovery
 from restygate.proxy.deadlines import Deadlines
 from restygate.proxy.observe import Completed, RequestObserver
 from restygate.proxy.policy import Policies
-from restygate.upstream.balancer import Balancer, IBalancer
+from restygate.upstream.pickers import Balancer
 from restygate.upstream.outliers import Outliers
 from restygate.upstream.pool import Upstream
 from restygate.upstream.retry import RetryBudget
@@ -67,7 +67,7 @@ class EngineParts:
         # Datacenters by network distance, for failover = "nearest" (Consul only).
         self.nearest = nearest
         self.outliers = Outliers(clock)
-        self.balancer: IBalancer = Balancer(self.outliers.inflight)
+        self.balancer = Balancer(self.outliers.inflight)
         self.budget = RetryBudget(clock)
         self.deadlines = Deadlines(clock)
         self.budget_refusals = 0

@@ -1,6 +1,8 @@
 """
 Picks the instance a request goes to, with the strategy its service's
-policy names (L{restygate.upstream.pickers}).
+policy names: L{IBalancer}, the interface of L{Balancer}, which lives with
+the strategies in L{restygate.upstream.pickers} so that, compiled, the
+engine calls it natively.
 
 The balancer keeps its own small state keyed by (datacenter, service),
 never inside a snapshot, so a new snapshot from Consul does not reset the
@@ -10,14 +12,13 @@ attempt start and end.
 
 from __future__ import annotations
 
-import random
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
-from zope.interface import Interface, implementer
+from zope.interface import Interface, classImplements
 
 from restygate.discovery.model import Instance
 from restygate.upstream.choice import Choice
-from restygate.upstream.pickers import PICKERS, PickState
+from restygate.upstream.pickers import Balancer
 
 __all__ = ["IBalancer", "Balancer"]
 
@@ -42,17 +43,7 @@ class IBalancer(Interface):
         """
 
 
-@implementer(IBalancer)
-class Balancer:
-    """
-    Every strategy of L{PICKERS}, sharing one state.
-    """
-
-    def __init__(
-        self, inflight: Callable[[str, str, Instance], int], rng: Optional[random.Random] = None
-    ) -> None:
-        self._state = PickState(inflight, rng)
-
-    def pick(self, strategy: str, dc: str, service: str, choice: Choice, among: Tuple[Instance, ...],
-             key: Optional[bytes] = None) -> Instance:
-        return PICKERS[strategy](self._state, dc, service, choice, among, key)
+# Declared here, not with @implementer: Balancer lives in the compiled
+# pickers module (setup.py), where neither a class decorator nor a zope
+# Interface may be.
+classImplements(Balancer, IBalancer)

@@ -26,7 +26,7 @@ from typing import Callable, Dict, FrozenSet, Optional, Tuple
 from restygate.discovery.model import Instance
 from restygate.upstream.choice import Choice
 
-__all__ = ["PICKERS", "PickState", "Picker"]
+__all__ = ["PICKERS", "PickState", "Picker", "Balancer"]
 
 
 class PickState:
@@ -108,3 +108,19 @@ PICKERS: Dict[str, Picker] = {
     "random": random_pick,
     "hash": hashed,
 }
+
+
+class Balancer:
+    """
+    Every strategy of L{PICKERS}, sharing one state
+    (L{restygate.upstream.balancer.IBalancer}).
+    """
+
+    def __init__(
+        self, inflight: Callable[[str, str, Instance], int], rng: Optional[random.Random] = None
+    ) -> None:
+        self._state = PickState(inflight, rng)
+
+    def pick(self, strategy: str, dc: str, service: str, choice: Choice, among: Tuple[Instance, ...],
+             key: Optional[bytes] = None) -> Instance:
+        return PICKERS[strategy](self._state, dc, service, choice, among, key)

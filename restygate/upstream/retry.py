@@ -54,8 +54,9 @@ class RetryBudget:
             self._retries[slot] = 0
         self._second = now
 
-    def request(self) -> None:
-        now = int(self._clock.seconds())
+    def request(self, when: float) -> None:
+        """Count a request, at C{when} (a clock reading)."""
+        now = int(when)
         # Nearly every request comes within the second of the one before:
         # nothing to advance, no call made.
         if now != self._second:
