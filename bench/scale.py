@@ -37,7 +37,9 @@ with `--workers 2` against it.  Then, in order:
     worker's /status), seconds until restygate reports no failing query, and
     a sweep of every route after.
 
-Results go to stdout and bench/results/scale-<time>.json.
+Each phase also reports the machine's CPU seconds meanwhile (busy, idle,
+and stolen by the hypervisor, from /proc/stat). Results go to stdout and
+bench/results/scale-<time>.json.
 """
 
 from __future__ import annotations
@@ -99,6 +101,18 @@ def put(port: int, path: str, body: Any) -> int:
         conn.close()
         setattr(_local, f"p{port}", None)
         return 0
+
+
+def machine_times() -> Dict[str, float]:
+    """
+    The whole machine's CPU seconds so far: busy (user, nice, system, irq,
+    softirq), idle, and stolen by the hypervisor (/proc/stat).
+    """
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (sum(fields[:3]) + fields[5] + fields[6]) / tick, "idle": (fields[3] + fields[4]) / tick,
+            "steal": fields[7] / tick}
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -446,7 +460,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rig.start(twistd)
         say(f"scale: {len(rig.pairs)} (dc, service) pairs registered, restygate up; logs in {base}")
         for phase in (phase_a, phase_b, phase_c, phase_e, phase_d):
+            before = machine_times()
             phase(rig, out)
+            after = machine_times()
+            # This VM's hypervisor takes CPU from it at times (steal): a
+            # phase's latencies mean little without how much it took.
+            spent = {k: round(after[k] - before[k], 1) for k in after}
+            out[phase.__name__[-1].upper()]["machine_cpu_s"] = spent
+            say(f"{phase.__name__[-1].upper()}: machine CPU seconds {spent}")
     finally:
         for note in rig.children.stop_all(10.0):
             say(note)
