@@ -56,7 +56,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from soak_procs import ROOT, Children, ensure_installed, free_ports, proc_memory, say, wait_listening  # noqa: E402
@@ -188,7 +188,7 @@ class Rig:
         match = re.search(rb"^" + re.escape(name.encode()) + rb" ([0-9.e+\-]+|NaN)$", body, re.M)
         return float(match.group(1)) if match else None
 
-    def series(self) -> Optional[set]:
+    def series(self) -> Optional[Set[Tuple[bytes, bytes]]]:
         """The (dc, service) label pairs /metrics has series for; None when it did not answer."""
         status, body = get(self.admin, "/metrics", fresh=True, timeout=60.0)
         return set(re.findall(rb'dc="([^"]*)",service="([^"]*)"', body)) if status == 200 else None
@@ -269,7 +269,7 @@ def wait_status(rig: Rig, path: str, want: int, limit: float) -> Optional[float]
 def phase_c(rig: Rig, out: Dict[str, Any]) -> None:
     args = rig.args
     stop = threading.Event()
-    probes: set = set()
+    probes: Set[Pair] = set()
     flips = [0]
 
     def flipper() -> None:
