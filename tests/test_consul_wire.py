@@ -15,6 +15,7 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from restygate.discovery.consul.wire import IDLE_TIMEOUT, AgentConnectionLost, AgentPool, agent_endpoint
@@ -86,6 +87,15 @@ class AgentPoolTests(TestCase):
         self.assertEqual(missing.status, 500)
         self.assertIn(b"No path to datacenter", missing.body)
         self.assertEqual(consul.connections.peak, 1)
+
+    async def test_new_connections_log_nothing(self) -> None:
+        events: List[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        agent, pool = await self.scripted([_OK, _OK])
+        await gatherResults([pool.get(b"/", b""), pool.get(b"/", b"")])
+        self.assertEqual(len(agent.connections), 2)
+        self.assertEqual([e for e in events if e.get("log_namespace", "").startswith("restygate.")], [])
 
     async def test_a_chunked_answer_is_read_whole(self) -> None:
         agent, pool = await self.scripted([

@@ -190,8 +190,7 @@ class BlockingLoop:
         now = self._clock.seconds()
         index = max(answer.index, 1)
         if index < self.index:
-            log.info("Consul index of {name} went backwards ({old} -> {new}); resetting", name=self.name,
-                     old=self.index, new=answer.index)
+            self._outage.went_backwards(self.name, self.index, answer.index)
             self.index = 0
         else:
             self.index = index

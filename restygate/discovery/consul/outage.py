@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from restygate.discovery.consul.answers import CONNECTION_LIMIT
+from restygate.pacing import LogBudget
 
 __all__ = ["Outage"]
 
@@ -32,6 +33,11 @@ class Outage:
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
+        # Every watch sees an agent restart or a snapshot restore at once.
+        self.resets = LogBudget(
+            clock, log, "... and Consul's index went backwards for {count} more queries in {seconds:g}s; "
+            "each reset"
+        )
         self.failing: Set[str] = set()
         self.failures = 0
         self.limited = 0
@@ -80,6 +86,14 @@ class Outage:
         self.since = None
         self.failures = 0
         self.limited = 0
+
+    def went_backwards(self, what: str, old: int, new: int) -> None:
+        """
+        Consul's index for C{what} went back (an agent restart, a snapshot
+        restore): its query starts again from 0.
+        """
+        self.resets("Consul index of {name} went backwards ({old} -> {new}); resetting",
+                     name=what, old=old, new=new)
 
     def forget(self, what: str) -> None:
         """

@@ -41,10 +41,10 @@ from restygate.discovery.consul.gate import ConsulGate
 from restygate.discovery.consul.names import ConsulNames
 from restygate.discovery.consul.outage import Outage
 from restygate.discovery.consul.ranking import Ranking
-from restygate.discovery.consul.watch import HealthSource, Watcher
+from restygate.discovery.consul.watch import HealthSource, Watcher, instance_changes
 from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot, UnknownDatacenter
 from restygate.ops.views import ConsulLoad, IConsulLoadView, IDiscoveryView, Watched
-from restygate.pacing import carry_on
+from restygate.pacing import LogBudget, carry_on
 
 __all__ = ["ConsulDiscovery"]
 
@@ -99,6 +99,8 @@ class ConsulDiscovery(Service):
         self.max_watched = max_watched
         self.dedicated = dedicated
         self.outage = outage or Outage(clock)
+        self._changes = instance_changes(clock)
+        self._stopped = LogBudget(clock, log, "... and {count} more watches unused were stopped in {seconds:g}s")
         self.names = names
         self._make_feed = feed
         self.feeds: Dict[str, ChangeFeed] = {}
@@ -206,6 +208,8 @@ class ConsulDiscovery(Service):
         for feed in self.feeds.values():
             feed.stop()
         self.feeds.clear()
+        for budget in (self._changes, self._stopped, self.outage.resets):
+            budget.stop()
         if self.names is not None and self.names.running:
             self.names.stopService()
         self._watchers.clear()
@@ -275,7 +279,7 @@ class ConsulDiscovery(Service):
             dc, service, self._source, self._clock, self._tags_of(dc, service), wait,
             self._rng, on_unknown_datacenter=self._unknown_datacenter,
             datacenter_grace=self.datacenter_grace, blocking=blocking, outage=self.outage,
-            on_change=self._changed,
+            on_change=self._changed, changes=self._changes,
         )
         watcher.start()
         if not blocking:
@@ -384,7 +388,7 @@ class ConsulDiscovery(Service):
         now = self._clock.seconds()
         for watcher in list(self._watchers.values()):
             if now - watcher.last_used >= self._idle_timeout:
-                log.info(
+                self._stopped(
                     "stopped watching {dc}/{service}: unused for {idle:.0f}s",
                     dc=watcher.dc, service=watcher.service, idle=now - watcher.last_used,
                 )

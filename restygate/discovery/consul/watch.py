@@ -26,8 +26,9 @@ from restygate.discovery.consul.client import Indexed
 from restygate.discovery.consul.loop import BlockingLoop, describe
 from restygate.discovery.consul.outage import Outage
 from restygate.discovery.model import DiscoveryUnavailable, Snapshot, UnknownDatacenter
+from restygate.pacing import LogBudget
 
-__all__ = ["Watcher", "HealthSource"]
+__all__ = ["Watcher", "HealthSource", "instance_changes"]
 
 log = Logger()
 
@@ -42,6 +43,13 @@ class HealthSource(Protocol):
         prompt: bool = False,
     ) -> Deferred[HealthAnswer]: ...
 
+
+
+def instance_changes(clock: IReactorTime) -> LogBudget:
+    """
+    The log budget for watches' instance changes (10 lines a second, then a count).
+    """
+    return LogBudget(clock, log, "... and {count} more services' instances changed in {seconds:g}s")
 
 class Watcher:
     """
@@ -73,8 +81,12 @@ class Watcher:
         datacenter_grace: float = 60.0,
         blocking: bool = True,
         outage: Optional[Outage] = None,
+        changes: Optional[LogBudget] = None,
     ) -> None:
         self.datacenter_grace = datacenter_grace
+        # Where "N passing instance(s)" goes: shared by every watch, so a
+        # change to thousands of services is a few lines and a count.
+        self._changes = changes or instance_changes(clock)
         # Told each time the snapshot is replaced (the daemon sends it on to its workers).
         self._on_change = on_change
         # The next fetch is for a change Consul recorded (the gate's prompt queue).
@@ -245,7 +257,7 @@ class Watcher:
             self.dc, self.service, answer.instances, self.loop.index, answer.registered, answer.warning
         )
         if current is not None:
-            log.info(
+            self._changes(
                 "{dc}/{service}: {count} passing instance(s)",
                 dc=self.dc, service=self.service, count=len(answer.instances),
             )

@@ -160,6 +160,9 @@ class _AgentConnection(Protocol):
 
 
 class _ConnectionFactory(Factory):
+    # Not a line per connection to the agent ("Starting factory ...").
+    noisy = False
+
     def __init__(self, pool: AgentPool) -> None:
         self._pool = pool
 
