@@ -139,11 +139,14 @@ class AgentPoolTests(TestCase):
         self.assertEqual(len(agent.connections), 2)
 
     async def test_bytes_after_the_answer_close_the_connection(self) -> None:
-        agent, pool = await self.scripted([_OK + b"HTTP/1.1 200 OK\r\n", _OK])
-        self.assertEqual((await pool.get(b"/", b"")).body, b"[]")
-        self.assertEqual(pool.idle, 0)
-        await pool.get(b"/", b"")
-        self.assertEqual(len(agent.connections), 2)
+        stray = b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\nX-Consul-Index: 1\r\n\r\noops"
+        for after in (b"HTTP/1.1 200 OK\r\n", stray):
+            agent, pool = await self.scripted([_OK + after, _OK])
+            answer = await pool.get(b"/", b"")
+            self.assertEqual((answer.status, answer.body, answer.headers[b"x-consul-index"]), (200, b"[]", b"7"))
+            self.assertEqual(pool.idle, 0)
+            await pool.get(b"/", b"")
+            self.assertEqual(len(agent.connections), 2)
 
     async def test_a_cancelled_query_aborts_its_connection(self) -> None:
         agent, pool = await self.scripted([])

@@ -130,9 +130,12 @@ class _AgentConnection(Protocol):
                 waiting.callback(done)
 
     def on_message_begin(self) -> None:
-        # Another answer after the one asked for, in the same read: the
-        # connection says things nobody asked; it answers no more.
-        self._spoiled = self._done is not None
+        if self._done is not None:
+            # Another answer after the one asked for, in the same read: the
+            # connection says things nobody asked; it answers no more, and
+            # what it says now must not touch the answer read.
+            self._spoiled = True
+            self._headers, self._body = {}, []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
@@ -145,7 +148,8 @@ class _AgentConnection(Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._done = AgentAnswer(self._parser.get_status_code(), self._headers, b"".join(self._body))
+        if self._done is None:
+            self._done = AgentAnswer(self._parser.get_status_code(), self._headers, b"".join(self._body))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._pool.lost(self)
