@@ -106,9 +106,8 @@ class ConsulClient:
         # bundle (the platform's store without one) and name its host.
         tls = BrowserLikePolicyForHTTPS(trust_root(ca))
         endpoint = agent_endpoint(reactor, address.scheme, address.host, address.port, tls.creatorForNetloc)
-        host = f"[{address.host}]" if ":" in address.host else address.host
         # Idle connections kept for reuse; the gate bounds those in use.
-        self._pool = AgentPool(reactor, endpoint, f"{host}:{address.port}", self.gate.limit)
+        self._pool = AgentPool(reactor, endpoint, self._base.partition("://")[2], self.gate.limit)
         self._headers = b"Accept: application/json\r\n"
         if token:
             self._headers += b"X-Consul-Token: " + token.encode("utf-8") + b"\r\n"
