@@ -97,6 +97,20 @@ class AgentPoolTests(TestCase):
         self.assertEqual(len(agent.connections), 2)
         self.assertEqual([e for e in events if e.get("log_namespace", "").startswith("restygate.")], [])
 
+    async def test_an_agent_named_by_host_name(self) -> None:
+        """
+        An agent named by a host name (not an address) is reached through
+        name resolution; the Host header names it as given.
+        """
+        agent = _ScriptedAgent([_OK])
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(agent)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        pool = AgentPool(reactor, agent_endpoint(reactor, "http", "localhost", number), f"localhost:{number}", 4)
+        self.addCleanup(self._close, pool, agent)
+        self.assertEqual((await pool.get(b"/v1/status/leader", b"")).status, 200)
+        self.assertIn(f"Host: localhost:{number}\r\n".encode(), agent.requests[0])
+
     async def test_a_chunked_answer_is_read_whole(self) -> None:
         agent, pool = await self.scripted([
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n",
