@@ -5,13 +5,16 @@ instead of one warning per watch per retry (thousands of lines a minute
 with thousands of watches).  The first answer after failures also brings
 every query waiting out its backoff forward (through the gate's background
 rate, so not as a herd): Consul is back, so is everything within seconds.
+Meanwhile one failing query a second is asked again whatever its backoff,
+so "Consul is back" is seen within a second of it answering, not when the
+luckiest of the backoffs (up to 30 s apart after a long outage) runs out.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional, Set
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from restygate.discovery.consul.answers import CONNECTION_LIMIT
@@ -31,8 +34,10 @@ class Outage:
     @ivar limited: 429 answers (the agent's connection cap) in this outage.
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, nudge_interval: float = 1.0) -> None:
         self._clock = clock
+        self._nudge_interval = nudge_interval
+        self._nudge: Optional[IDelayedCall] = None
         # Every watch sees an agent restart or a snapshot restore at once.
         self.resets = LogBudget(
             clock, log, "... and Consul's index went backwards for {count} more queries in {seconds:g}s; "
@@ -63,6 +68,7 @@ class Outage:
         if self.since is None:
             self.since = self._clock.seconds()
             self.outages += 1
+            self._nudge = self._clock.callLater(self._nudge_interval, self._ask_one)
             log.warn(
                 "Consul queries failing ({what}: {error}); serving the last known instances meanwhile",
                 what=what, error=error,
@@ -86,6 +92,22 @@ class Outage:
         self.since = None
         self.failures = 0
         self.limited = 0
+        if self._nudge is not None and self._nudge.active():
+            self._nudge.cancel()
+        self._nudge = None
+
+    def _ask_one(self) -> None:
+        """
+        Ask the longest-waiting failing query again now (it is taken off
+        the list; failing again puts it back at the end).
+        """
+        self._nudge = None
+        if self._retry:
+            what = next(iter(self._retry))
+            self._retry.pop(what)()
+        # It may have answered, and with it every other query: the outage is over.
+        if self.since is not None and self._nudge is None:
+            self._nudge = self._clock.callLater(self._nudge_interval, self._ask_one)
 
     def went_backwards(self, what: str, old: int, new: int) -> None:
         """

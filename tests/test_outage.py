@@ -1,0 +1,98 @@
+"""
+L{restygate.discovery.consul.outage.Outage} brings the queries of an outage
+back: one failing query asked again every second whatever its backoff, and
+every other one as soon as any answers.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import List
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from restygate.discovery.consul.client import Indexed
+from restygate.discovery.consul.loop import BlockingLoop
+from restygate.discovery.consul.outage import Outage
+
+
+class _Agent:
+    """
+    What the loops ask: refused while C{down}, else an answer at once
+    (the loops do not block here: each answer is counted, then they wait for
+    a refresh).
+    """
+
+    def __init__(self) -> None:
+        self.down = True
+        self.asked: List[str] = []
+
+    def query(self, name: str) -> "Deferred[Indexed]":
+        self.asked.append(name)
+        if self.down:
+            return fail(ConnectionRefusedError())
+        return succeed(Indexed(index=7, value=[]))
+
+
+class OutageNudgeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.outage = Outage(self.clock)
+        self.agent = _Agent()
+        self.answers: List[str] = []
+        rng = random.Random(4)
+        self.loops = [
+            BlockingLoop(
+                name, lambda index, urgent, name=name: self.agent.query(name),
+                lambda answer, name=name: self.answers.append(name), self.clock, self.outage, rng,
+                blocking=False,
+            )
+            for name in ("dc1/web", "dc1/api", "feed dc1")
+        ]
+        for loop in self.loops:
+            loop.start()
+
+    def test_a_long_outage_is_seen_to_end_within_a_second(self) -> None:
+        """
+        After minutes down, each loop's backoff is 15 to 30 s; Consul back
+        is still seen within a second, and every loop asks at once then.
+        """
+        self.clock.pump([1.0] * 300)
+        self.assertEqual(self.outage.failing, {"dc1/web", "dc1/api", "feed dc1"})
+        self.assertTrue(all(loop.errors > 6 for loop in self.loops), [loop.errors for loop in self.loops])
+        self.agent.down = False
+        self.clock.advance(1.0)
+        self.assertEqual(sorted(self.answers), ["dc1/api", "dc1/web", "feed dc1"])
+        self.assertEqual(self.outage.failing, set())
+        self.assertIsNone(self.outage.since)
+        # Nothing is left behind to ask again.
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_one_query_a_second_while_down(self) -> None:
+        """
+        The nudges add at most one query a second, in turn, to the loops'
+        own (backed off) retries.
+        """
+        self.clock.pump([1.0] * 120)
+        before = len(self.agent.asked)
+        self.clock.pump([1.0] * 60)
+        asked = self.agent.asked[before:]
+        # Each loop's own retries come 15 to 30 s apart by now: 3 loops x at most 4.
+        self.assertGreaterEqual(len(asked), 60)
+        self.assertLessEqual(len(asked), 60 + 12)
+        self.assertEqual({name for name in asked}, {"dc1/web", "dc1/api", "feed dc1"})
+
+    def test_a_stopped_loop_ends_its_part(self) -> None:
+        """
+        Loops stopped during an outage (unwatched, or the service stopping)
+        leave no nudge behind.
+        """
+        self.clock.advance(5.0)
+        for loop in self.loops:
+            loop.stop()
+        self.assertIsNone(self.outage.since)
+        self.clock.advance(5.0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
