@@ -143,6 +143,8 @@ class ScaleWireTests(ConsulWireCase):
         server = self.make_server()
         server.register_service("dc1", "n1", "10.0.0.1", "web", 80, service_id="w1")
         server.register_service("dc1", "n2", "10.0.0.2", "web", 81, service_id="w2")
+        # As the command line does after loading registrations: what it renders ahead must not outlive a change.
+        server.warm()
 
         async def health(name: str) -> List[Tuple[str, str, List[Tuple[str, str]]]]:
             _, body = await self.get(server, f"/v1/health/service/{name}")

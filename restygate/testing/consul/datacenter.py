@@ -128,6 +128,10 @@ class Datacenter:
             )
         return entries
 
+    def warm(self) -> None:
+        """Lay out and render every check now, as a loaded agent's state store has them ready."""
+        self.checks_in_state("any", ())
+
     def checks_in_state(self, state: str, node_meta: Sequence[Tuple[str, str]]) -> List[JSON]:
         """``/v1/health/state/<state>``: every check (``any``) or those in ``state``, node by node."""
         found: List[JSON] = []
