@@ -205,6 +205,13 @@ class WorkersTests(DaemonTestCase):
             for index in (0, 1)
         ]
         self.assertEqual(sum(served), 10.0)
+        # A scrape naming its samples gets just those, from the daemon and every worker.
+        code, some = self.get(self.admin("/metrics?name[]=restygate_workers_up&name[]=restygate_requests_total"))
+        samples = [line for line in some.decode().splitlines() if line and not line.startswith("#")]
+        self.assertEqual({line.split("{")[0].split(" ")[0] for line in samples},
+                         {"restygate_workers_up", "restygate_requests_total"})
+        self.assertEqual(sorted(samples), sorted(line for line in text.splitlines() if line.startswith(
+            ("restygate_workers_up ", "restygate_requests_total{"))))
         code, page = self.get(self.admin("/status"))
         self.assertIn(b'href="?worker=1"', page)
         code, page = self.get(self.admin("/status?worker=1"))

@@ -21,6 +21,7 @@ from twisted.web.server import Request, Site
 
 from restygate.ops.metrics import Metrics
 from restygate.ops.pages import gateway_page
+from restygate.ops.selection import asked
 from restygate.ops.status import gateway_status
 from restygate.ops.views import Inspected
 
@@ -171,7 +172,7 @@ class _Ready(_Endpoint):
 
 class _Metrics(_Endpoint):
     def render_GET(self, request: Request) -> bytes:
-        exposition = self._admin.metrics.exposition()
+        exposition = self._admin.metrics.exposition(asked(request.args))
         return answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), exposition)
 
 

@@ -24,13 +24,13 @@ from prometheus_client import (
     Counter,
     PlatformCollector,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
 from restygate.ops.consulmetrics import ConsulLoadCollector, WatchCollector
+from restygate.ops.selection import Names, registry_text
 from restygate.ops.series import RequestSeries, ServiceSeries
 from restygate.ops.views import IConsulLoadView, Inspected
 from restygate.proxy.observe import Completed
@@ -97,13 +97,14 @@ class Metrics:
             series = named[key] = ServiceSeries(dc, service)
         return series
 
-    def exposition(self) -> bytes:
+    def exposition(self, names: Names = None) -> bytes:
         """
-        The Prometheus text format of everything, as of now.
+        The Prometheus text format of everything as of now, or of the
+        samples C{names} asks for.
         """
-        lines = self.requests.exposition([self._unroutable])
+        lines = self.requests.exposition([self._unroutable], names)
         lines.append("")
-        return "\n".join(lines).encode("utf-8") + generate_latest(self.registry)
+        return "\n".join(lines).encode("utf-8") + registry_text(self.registry, names)
 
 
 class _StateCollector(Collector):

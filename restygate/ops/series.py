@@ -17,6 +17,7 @@ from typing import Dict, Final, Iterable, List, Optional, Tuple
 
 from prometheus_client.utils import floatToGoString
 
+from restygate.ops.selection import Names, wanted
 from restygate.proxy.observe import Completed
 
 __all__ = ["RequestSeries", "ServiceSeries", "LATENCY_BUCKETS"]
@@ -110,25 +111,31 @@ class RequestSeries:
     def __init__(self) -> None:
         self.services: Dict[Tuple[str, str], ServiceSeries] = {}
 
-    def exposition(self, extra: Iterable[ServiceSeries] = ()) -> List[str]:
+    def exposition(self, extra: Iterable[ServiceSeries] = (), names: Names = None) -> List[str]:
         """
         The families as Prometheus text lines (without line ends), the
-        series of C{extra} (the unroutable one) first.
+        series of C{extra} (the unroutable one) first; only the samples
+        named in C{names}, when given.
         """
         every = [*extra, *self.services.values()]
+        want = wanted(names)
         out: List[str] = []
         add = out.append
-        add("# HELP restygate_requests_total Requests answered, by status class.")
-        add("# TYPE restygate_requests_total counter")
-        for s in every:
-            for code, n in s.codes.items():
-                add(f'restygate_requests_total{{code="{code}",{s.dc},{s.service}}} {_number(n)}')
+        if want("restygate_requests_total"):
+            add("# HELP restygate_requests_total Requests answered, by status class.")
+            add("# TYPE restygate_requests_total counter")
+            for s in every:
+                for code, n in s.codes.items():
+                    add(f'restygate_requests_total{{code="{code}",{s.dc},{s.service}}} {_number(n)}')
         for name, text, pick in (
             ("restygate_request_duration_seconds", "Time from a request's arrival to its last response byte.",
              _duration),
             ("restygate_upstream_latency_seconds",
              "Time from sending a request upstream to the upstream's response headers.", _upstream),
         ):
+            buckets, counts, sums = want(f"{name}_bucket"), want(f"{name}_count"), want(f"{name}_sum")
+            if not (buckets or counts or sums):
+                continue
             add(f"# HELP {name} {text}")
             add(f"# TYPE {name} histogram")
             for s in every:
@@ -136,19 +143,24 @@ class RequestSeries:
                 cumulative = 0
                 for le, n in zip(_LE, tally.counts):
                     cumulative += n
-                    add(f'{name}_bucket{{{s.dc},le="{le}",{s.service}}} {_number(cumulative)}')
-                add(f"{name}_count{{{s.dc},{s.service}}} {_number(cumulative)}")
-                add(f"{name}_sum{{{s.dc},{s.service}}} {_number(tally.total)}")
-        add("# HELP restygate_upstream_retries_total Retries on another instance.")
-        add("# TYPE restygate_upstream_retries_total counter")
-        for s in every:
-            add(f"restygate_upstream_retries_total{{{s.dc},{s.service}}} {_number(s.retries)}")
-        add("# HELP restygate_upstream_errors_total Requests the gateway answered with an error of its own "
-            "about the upstream side.")
-        add("# TYPE restygate_upstream_errors_total counter")
-        for s in every:
-            for kind, n in (s.errors or {}).items():
-                add(f'restygate_upstream_errors_total{{{s.dc},kind="{_escape(kind)}",{s.service}}} {_number(n)}')
+                    if buckets:
+                        add(f'{name}_bucket{{{s.dc},le="{le}",{s.service}}} {_number(cumulative)}')
+                if counts:
+                    add(f"{name}_count{{{s.dc},{s.service}}} {_number(cumulative)}")
+                if sums:
+                    add(f"{name}_sum{{{s.dc},{s.service}}} {_number(tally.total)}")
+        if want("restygate_upstream_retries_total"):
+            add("# HELP restygate_upstream_retries_total Retries on another instance.")
+            add("# TYPE restygate_upstream_retries_total counter")
+            for s in every:
+                add(f"restygate_upstream_retries_total{{{s.dc},{s.service}}} {_number(s.retries)}")
+        if want("restygate_upstream_errors_total"):
+            add("# HELP restygate_upstream_errors_total Requests the gateway answered with an error of its own "
+                "about the upstream side.")
+            add("# TYPE restygate_upstream_errors_total counter")
+            for s in every:
+                for kind, n in (s.errors or {}).items():
+                    add(f'restygate_upstream_errors_total{{{s.dc},kind="{_escape(kind)}",{s.service}}} {_number(n)}')
         return out
 
 

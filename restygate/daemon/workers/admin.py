@@ -5,7 +5,8 @@ private loopback port; the parent reads them and answers for the whole:
 
  - C{/metrics}: every worker's series with a C{worker} label added (sum
    over it for gateway totals), plus the parent's C{restygate_workers_up}
-   and C{restygate_worker_restarts_total};
+   and C{restygate_worker_restarts_total} (only the samples C{name[]}
+   names, when it does: the workers are asked for just those);
  - C{/status}: the workers table and each worker's status document (JSON),
    or a page linking each worker's own page (C{?worker=N});
  - C{/healthz}: 200 while at least one worker is up;
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred, gatherResults
@@ -30,6 +31,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from restygate import __version__
 from restygate.ops.admin import AdminSite, answer, answer_html, answer_json
 from restygate.ops.pages import workers_page
+from restygate.ops.selection import Names, as_query, asked, registry_text
 from restygate._compat import quiet_pool
 __all__ = ["WorkerAdmin", "Worker", "Workers", "merge_expositions"]
 
@@ -170,18 +172,19 @@ class _Supervision(Collector):
         yield restarts
 
 
-def merge_expositions(parts: Sequence[Tuple[str, bytes]], *more: Collector) -> bytes:
+def merge_expositions(parts: Sequence[Tuple[str, bytes]], *more: Collector, names: Names = None) -> bytes:
     """
     One Prometheus text exposition from several workers' (after the series
-    of the C{more} collectors, which prometheus_client writes), each sample
-    labelled with its part's C{worker} value.
+    of the C{more} collectors, which prometheus_client writes, restricted
+    to C{names} when given), each sample labelled with its part's C{worker}
+    value.
 
     @param parts: (worker label value, that worker's exposition).
     """
     registry = CollectorRegistry(auto_describe=False)
     for collector in more:
         registry.register(collector)
-    return generate_latest(registry) + _merged(parts).encode("utf-8")
+    return registry_text(registry, names) + _merged(parts).encode("utf-8")
 
 
 class WorkerAdmin:
@@ -312,8 +315,12 @@ def _reason(body: bytes) -> str:
 class _Metrics(_Page):
     async def answer(self, request: Request) -> bytes:
         admin = self._admin
-        parts = [(str(worker.index), got[1]) for worker, got in await admin.fetch_all("/metrics") if got is not None]
-        body = merge_expositions(parts, _Supervision(admin), *admin.collectors)
+        names = asked(request.args)
+        parts = [
+            (str(worker.index), got[1])
+            for worker, got in await admin.fetch_all("/metrics" + as_query(names)) if got is not None
+        ]
+        body = merge_expositions(parts, _Supervision(admin), *admin.collectors, names=names)
         return answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), body)
 
 
