@@ -96,3 +96,42 @@ class OutageNudgeTests(SynchronousTestCase):
         self.assertIsNone(self.outage.since)
         self.clock.advance(5.0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class PromotedAfterAnOutageTests(SynchronousTestCase):
+    def test_a_watch_last_answered_before_an_outage_blocks_from_zero(self) -> None:
+        """
+        A watch kept fresh by its feed (no query of its own) that is given a
+        blocking query after an outage asks from index 0: the agent may have
+        restarted behind its last index, and a query blocking on that would
+        sit out its whole wait.  One that answered since blocks from its index.
+        """
+        clock = Clock()
+        outage = Outage(clock)
+        asked: List[int] = []
+        answers = {"index": 6295}
+
+        def query(index: int, urgent: bool) -> "Deferred[Indexed]":
+            asked.append(index)
+            if index:
+                return Deferred()  # blocks
+            return succeed(Indexed(index=answers["index"], value=[]))
+
+        fed = BlockingLoop("dc3/svc-0097", query, lambda answer: None, clock, outage, random.Random(1), blocking=False)
+        fed.start()
+        self.assertEqual((asked, fed.index), ([0], 6295))
+        # The agent restarts; the feed's query fails meanwhile and answers again after.
+        outage.failed("change feed of dc3", "Connection refused")
+        outage.succeeded("change feed of dc3")
+        answers["index"] = 4195
+        fed.block()
+        self.assertEqual(asked, [0, 0])
+        self.assertEqual(fed.index, 4195)
+        # Then blocking from the index the new agent gave.
+        clock.advance(1)
+        self.assertEqual(asked, [0, 0, 4195])
+
+        other = BlockingLoop("dc3/web", query, lambda answer: None, clock, outage, random.Random(1), blocking=False)
+        other.start()
+        other.block()
+        self.assertEqual(asked[-2:], [0, 4195])

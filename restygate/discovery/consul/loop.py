@@ -89,6 +89,8 @@ class BlockingLoop:
         self._bucket = TokenBucket(rate=pace, burst=3.0)
         self._backoff = Backoff(base=0.5, cap=30.0, rng=rng)
         self.index = 0
+        # Which of the outage's outages had begun by the last answer.
+        self._answered_in = outage.outages
         self.answers = 0
         self.last_success: Optional[float] = None
         self.last_error: Optional[str] = None
@@ -163,6 +165,11 @@ class BlockingLoop:
         since the last answer returns at once.
         """
         self.blocking = True
+        if self._answered_in != self._outage.outages:
+            # Its index is from before an outage: an agent that restarted may
+            # be behind it, and a query blocking on it would sit out its whole
+            # wait before showing anything.
+            self.index = 0
         if self.running and self._inflight is None and (self._next is None or not self._next.active()):
             self._ask()
 
@@ -195,6 +202,7 @@ class BlockingLoop:
         else:
             self.index = index
         self._backoff.reset()
+        self._answered_in = self._outage.outages
         self._outage.succeeded(self.name)
         self.answers += 1
         self.last_success = now
