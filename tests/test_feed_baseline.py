@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 
 from restygate.discovery.consul.checks import CheckStates
@@ -106,3 +107,32 @@ class FirstFullReadTests(FedWatchCase):
         self.clock.advance(0)
         self.assertEqual(len(self.source.queries), fetches)
         self.assertEqual(self.watcher.snapshot.instances, (A, B, C))  # type: ignore[union-attr]
+
+
+class FailedFullReadTests(FedWatchCase):
+    def test_a_failed_read_is_asked_again_once_consul_answers(self) -> None:
+        """
+        A full read that fails (Consul down) is part of the outage: asked
+        again when Consul answers anything, and not before (no loop while
+        it is down) but for the outage's one query a second.
+        """
+        self.feed.start()
+        self.assertEqual(len(self.states.full), 1)
+        self.states.full[-1].errback(ConnectionRefusedError())
+        self.assertEqual(len(self.states.full), 1)
+        # The one failing query the outage asks again a second later is this read.
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.states.full), 2)
+        self.states.full[-1].callback(Indexed(10, EVERY))
+        self.assertEqual(self.feed.full_answers, 1)
+        self.clock.advance(10.0)
+        self.assertEqual(len(self.states.full), 2)
+
+    def test_the_read_comes_back_with_any_answer(self) -> None:
+        self.feed.start()
+        self.states.full[-1].errback(ConnectionRefusedError())
+        self.states.feed[-1].errback(ConnectionRefusedError())
+        # The feed's own query answers first: the read is asked again with it.
+        self.clock.advance(0.5)
+        self.states.feed[-1].callback(Indexed(11, CheckStates()))
+        self.assertEqual(len(self.states.full), 2)

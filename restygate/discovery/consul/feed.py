@@ -23,7 +23,8 @@ Two full answers in turn also tell which instances are evidently gone (their
 checks, or their node's own, were in the first and are not in the second:
 deregistered meanwhile, during an outage too): those stop serving at once,
 and stay screened out of every answer to a fetch asked before that read,
-until the fetch it sends answers for itself.
+until the fetch it sends answers for itself.  A full read that fails is
+part of the outage: read again as soon as Consul answers.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from restygate.discovery.consul.answers import HealthAnswer
 from restygate.discovery.consul.checks import (
@@ -41,7 +43,7 @@ from restygate.discovery.consul.checks import (
 )
 from restygate.discovery.consul.client import ConsulClient, Indexed
 from restygate.discovery.consul.gate import ConsulGate
-from restygate.discovery.consul.loop import BlockingLoop
+from restygate.discovery.consul.loop import BlockingLoop, describe
 from restygate.discovery.consul.names import ConsulNames
 from restygate.discovery.consul.outage import Outage
 from restygate.discovery.consul.watch import Watcher
@@ -96,6 +98,8 @@ class ChangeFeed:
         self._wait = wait
         self._names = names
         self._gate = gate
+        self._outage = outage
+        self._full_name = f"full read of {dc}"
         self._started_at = 0.0
         self._baseline: Optional[IDelayedCall] = None
         # Fingerprints of every check (the last full answer) and of what is not passing.
@@ -156,6 +160,7 @@ class ChangeFeed:
             self._names.catalog_listeners.pop(self.dc.lower(), None)
         if self._full_asked is not None:
             self._full_asked.cancel()
+        self._outage.forget(self._full_name)
         self.loop.stop()
 
     @property
@@ -193,8 +198,17 @@ class ChangeFeed:
         # away out of every watch at once and finds what to fetch, so it must
         # not queue behind another datacenter's thousands of fetches.
         asked = self._client.check_states(self.dc, urgent=True)
-        self._full_asked = asked.addCallback(self._full_answer).addErrback(lambda _: None)
+        self._full_asked = asked.addCallbacks(self._full_answer, self._full_failed)
         self._full_asked.addCallback(self._full_done)
+
+    def _full_failed(self, failure: Failure) -> None:
+        # Read again as soon as Consul answers anything (or the outage's
+        # once-a-second retry), not in a loop meanwhile: until a read lands,
+        # nothing compares what went away, and no catalog change may come
+        # to ask for one.
+        if not failure.check(CancelledError):
+            self._outage.failed(self._full_name, describe(failure), getattr(failure.value, "status", None),
+                                self.catalog_changed)
 
     def _full_done(self, _: object) -> None:
         self._full_asked = None
@@ -203,6 +217,7 @@ class ChangeFeed:
             self.catalog_changed()
 
     def _full_answer(self, answer: Indexed) -> None:
+        self._outage.succeeded(self._full_name)
         states: CheckStates = answer.value
         self.full_answers += 1
         on_node_before, self._services_on_node = self._services_on_node, states.services_on_node()
