@@ -13,7 +13,7 @@ server (`python -m restygate.testing.consul`) enforcing
 (3 instances each, one per node, each with a passing check), and restygate
 with `--workers 2` against it.  Then, in order:
 
- A. every (dc, service) requested once (50 client threads): share answered
+ A. every (dc, service) requested once (50 client connections): share answered
     200, first-request p50/p99, the most connections restygate held to the
     agent (its own gauge, and the test server's count);
  B. idle for --idle seconds: Consul requests per minute, RSS of the daemon
@@ -46,6 +46,7 @@ bench/results/scale-<time>.json.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -56,7 +57,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -225,14 +225,64 @@ def consul_total(stats: Dict[str, Any], prefix: str = "GET ") -> int:
     return sum(v for k, v in stats.get("requests", {}).items() if k.startswith(prefix))
 
 
-def run_requests(rig: Rig, paths: Sequence[str], threads: int) -> List[Tuple[str, int, float]]:
-    def one(path: str) -> Tuple[str, int, float]:
-        start = time.monotonic()
-        status, _ = get(rig.port, path)
-        return path, status, time.monotonic() - start
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> Tuple[int, bool]:
+    """One GET on a kept-alive connection: its status, and whether the server closes after it."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("ascii"))
+    lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (line.partition(b":") for line in lines[1:] if line)}
+    if b"content-length" in headers:
+        await reader.readexactly(int(headers[b"content-length"]))
+    elif headers.get(b"transfer-encoding") == b"chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if not size:
+                break
+    return status, headers.get(b"connection") == b"close"
 
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, paths))
+
+async def _run(port: int, paths: Sequence[str], connections: int) -> List[Tuple[str, int, float]]:
+    results: List[Tuple[str, int, float]] = [("", 0, 0.0)] * len(paths)
+    todo = list(enumerate(paths))
+    todo.reverse()
+
+    async def client() -> None:
+        conn: Optional[Tuple[asyncio.StreamReader, asyncio.StreamWriter]] = None
+        while todo:
+            index, path = todo.pop()
+            start = time.monotonic()
+            status, close = 0, True
+            for _ in (0, 1):
+                try:
+                    if conn is None:
+                        conn = await asyncio.open_connection("127.0.0.1", port)
+                    status, close = await asyncio.wait_for(_exchange(*conn, path), 10.0)
+                    break
+                except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                        asyncio.TimeoutError, ValueError, IndexError):
+                    if conn is not None:
+                        conn[1].close()
+                    conn = None
+            if close and conn is not None:
+                conn[1].close()
+                conn = None
+            results[index] = (path, status, time.monotonic() - start)
+        if conn is not None:
+            conn[1].close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return results
+
+
+def run_requests(rig: Rig, paths: Sequence[str], connections: int) -> List[Tuple[str, int, float]]:
+    """
+    GET each path (in that order's results) over C{connections} kept-alive
+    connections from one asyncio loop: 50 Python threads with http.client
+    cost the two cores this bench shares with restygate 1.4-1.7 s of CPU in
+    phase A, and their wait for the GIL counted in every latency.
+    """
+    return asyncio.run(_run(rig.port, paths, connections))
 
 
 def phase_a(rig: Rig, out: Dict[str, Any]) -> None:
