@@ -12,7 +12,7 @@ from typing import List
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from restygate.discovery.channel import encode_error, encode_snapshot
+from restygate.discovery.channel import decode_snapshot, encode_error, encode_snapshot
 from restygate.discovery.model import DiscoveryUnavailable, Instance, Snapshot, UnknownService
 from restygate.discovery.remote import RemoteDiscovery
 
@@ -108,3 +108,28 @@ class InstanceIdentityTests(SynchronousTestCase):
             other = replace(a, **change)
             self.assertNotEqual(other, a, change)
             self.assertNotIn(other, table, change)
+
+
+class ChannelFormatTests(SynchronousTestCase):
+    """
+    A snapshot crosses the channel whole: every field, and one object per
+    instance however many of its tuples name it.
+    """
+
+    def test_round_trip(self) -> None:
+        a = Instance("10.0.0.1", 80, tags=("https", "v2"), meta=(("zone", "a"), ("v", "2")), id="a", node="n1",
+                     weight=3, warning_weight=0)
+        b = Instance("fd00::2", 8080, id="b", node="n2")
+        c = Instance("10.0.0.3", 80, id="c", node="n3")
+        snapshot = Snapshot("dc1", "Web", (a,), 42, registered=(a, b, c), warning=(b,))
+        version, back = decode_snapshot(encode_snapshot(9, snapshot))
+        self.assertEqual((version, back), (9, snapshot))
+        self.assertIs(back.instances[0], back.registered[0])
+        self.assertIs(back.warning[0], back.registered[1])
+        self.assertEqual(back.instances[0].netloc, "10.0.0.1:80")
+        self.assertEqual(back.warning[0].netloc, "[fd00::2]:8080")
+
+    def test_without_registered(self) -> None:
+        a = Instance("10.0.0.1", 80, id="a")
+        snapshot = Snapshot("dc1", "web", (a,), 1)
+        self.assertEqual(decode_snapshot(encode_snapshot(1, snapshot)), (1, snapshot))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from restygate.discovery.model import (
     DiscoveryError,
@@ -36,66 +36,72 @@ from restygate.discovery.model import (
     UnknownService,
 )
 
-__all__ = ["encode_snapshot", "decode_snapshot", "encode_error", "decode_error"]
-
-def _tuples(value: Any) -> Any:
-    # JSON has only lists; the model's values are tuples all the way down.
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
+__all__ = ["encode_snapshot", "decode_snapshot", "snapshot_from", "encode_error", "decode_error"]
 
 # Looked up once: dataclasses.fields() per instance cost the daemon ~5 % of its time
-# with thousands of first requests a second.
+# with thousands of first requests a second.  An instance goes as the list of
+# its init fields in this order.
 _INSTANCE_NAMES = tuple(f.name for f in dataclasses.fields(Instance) if f.init)
-_INSTANCE_FIELDS = frozenset(_INSTANCE_NAMES)
-_SNAPSHOT_NAMES = tuple(f.name for f in dataclasses.fields(Snapshot))
-_SNAPSHOT_FIELDS = frozenset(_SNAPSHOT_NAMES)
-
-
-def _instance(fields: Dict[str, Any], seen: Dict[Tuple[Any, ...], Instance]) -> Instance:
-    """
-    The instance C{fields} describe: the one already made when an earlier
-    list of the same snapshot had it (its passing instances are also among
-    the registered ones), so a worker holds one object per instance.
-    """
-    values = {k: _tuples(v) for k, v in fields.items() if k in _INSTANCE_FIELDS}
-    key = tuple(sorted(values.items()))
-    instance = seen.get(key)
-    if instance is None:
-        # Addresses and node names repeat across every service on a node.
-        for name in ("address", "node"):
-            if isinstance(values.get(name), str):
-                values[name] = sys.intern(values[name])
-        instance = seen[key] = Instance(**values)
-    return instance
-
-
-def _fields(instance: Instance) -> Dict[str, Any]:
-    return {name: getattr(instance, name) for name in _INSTANCE_NAMES}
+_INSTANCE_LISTS = ("instances", "registered", "warning")
+_SNAPSHOT_NAMES = tuple(f.name for f in dataclasses.fields(Snapshot) if f.name not in _INSTANCE_LISTS)
+_TAGS = _INSTANCE_NAMES.index("tags")
+_META = _INSTANCE_NAMES.index("meta")
+_ADDRESS = _INSTANCE_NAMES.index("address")
+_NODE = _INSTANCE_NAMES.index("node")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode_snapshot(version: int, snapshot: Snapshot) -> str:
     """
-    C{snapshot} as the JSON of one line, with its C{version}: every field of
-    L{Snapshot}, its instance tuples as lists of objects.
+    C{snapshot} as the JSON of one line, with its C{version}: its plain
+    fields, a table of its distinct instances (each the list of its fields)
+    and each instance tuple as indexes into it -- the passing instances are
+    among the registered ones, so each instance is written and read once.
     """
     data: Dict[str, Any] = {"version": version}
     for name in _SNAPSHOT_NAMES:
-        value = getattr(snapshot, name)
-        data[name] = [_fields(i) for i in value] if isinstance(value, tuple) else value
-    return json.dumps(data, separators=(",", ":"))
+        data[name] = getattr(snapshot, name)
+    where: Dict[Instance, int] = {}
+    table: List[List[Any]] = []
+    for name in _INSTANCE_LISTS:
+        indexes = []
+        for instance in getattr(snapshot, name):
+            index = where.get(instance)
+            if index is None:
+                index = where[instance] = len(table)
+                table.append([getattr(instance, field) for field in _INSTANCE_NAMES])
+            indexes.append(index)
+        data[name] = indexes
+    data["table"] = table
+    return _ENCODER.encode(data)
+
+
+def _instance(fields: List[Any]) -> Instance:
+    fields[_TAGS] = tuple(fields[_TAGS])
+    fields[_META] = tuple(tuple(pair) for pair in fields[_META])
+    # Addresses and node names repeat across every service on a node.
+    fields[_ADDRESS] = sys.intern(fields[_ADDRESS])
+    fields[_NODE] = sys.intern(fields[_NODE])
+    return Instance(*fields)
+
+
+def snapshot_from(data: Dict[str, Any]) -> Tuple[int, Snapshot]:
+    """
+    The version and snapshot of an L{encode_snapshot} line's JSON, parsed:
+    one object per instance, however many of its tuples name it.
+    """
+    table = [_instance(fields) for fields in data["table"]]
+    values: Dict[str, Any] = {name: data[name] for name in _SNAPSHOT_NAMES}
+    for name in _INSTANCE_LISTS:
+        values[name] = tuple(table[index] for index in data[name])
+    return data["version"], Snapshot(**values)
 
 
 def decode_snapshot(text: str) -> Tuple[int, Snapshot]:
     """
     The version and snapshot of an L{encode_snapshot} line.
     """
-    data = json.loads(text)
-    known = _SNAPSHOT_FIELDS
-    seen: Dict[Tuple[Any, ...], Instance] = {}
-    fields: Dict[str, Any] = {
-        k: tuple(_instance(i, seen) for i in v) if isinstance(v, list) else v for k, v in data.items() if k in known
-    }
-    return data["version"], Snapshot(**fields)
+    return snapshot_from(json.loads(text))
 
 
 def encode_error(error: BaseException) -> str:

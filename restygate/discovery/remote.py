@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import classImplements
 
 from restygate.config import Config
-from restygate.discovery.channel import decode_error, decode_snapshot
+from restygate.discovery.channel import decode_error, decode_snapshot, snapshot_from
 from restygate.discovery.model import DiscoveryUnavailable, IDiscovery, Snapshot
 from restygate.ops.views import IDiscoveryView, Watched
 
@@ -165,8 +165,9 @@ class RemoteDiscovery(Service):
         key = self._asked.pop(number, None)
         if key is None:
             return
-        if "snapshot" in data:
-            self._release(key, self._take(*decode_snapshot(json.dumps(data["snapshot"]))))
+        snapshot = data.get("snapshot")
+        if isinstance(snapshot, dict):
+            self._release(key, self._take(*snapshot_from(snapshot)))
         elif "version" in data:
             # The snapshot came as a `snap` line just before (it answered the waiters already).
             held = self._view.get(key)
