@@ -135,3 +135,33 @@ class PromotedAfterAnOutageTests(SynchronousTestCase):
         other.start()
         other.block()
         self.assertEqual(asked[-2:], [0, 4195])
+
+
+class OneQueryFailingTests(SynchronousTestCase):
+    def test_a_query_failing_on_its_own_keeps_its_backoff(self) -> None:
+        """
+        When Consul answers other queries, one that keeps failing (an ACL
+        that denies it, say) is asked again when its backoff says, not once
+        a second.
+        """
+        clock = Clock()
+        outage = Outage(clock)
+        denied: List[int] = []
+
+        def deny(index: int, urgent: bool) -> "Deferred[Indexed]":
+            denied.append(index)
+            return fail(ConnectionRefusedError())
+
+        def answer(index: int, urgent: bool) -> "Deferred[Indexed]":
+            return succeed(Indexed(index=index + 1, value=[]))
+
+        failing = BlockingLoop("dc1/secret", deny, lambda a: None, clock, outage, random.Random(5))
+        answering = BlockingLoop("dc1/web", answer, lambda a: None, clock, outage, random.Random(6), pace=2.0)
+        failing.start()
+        answering.start()
+        clock.pump([0.25] * 240)
+        # Backoffs of 0.5, 1, 2, 4, 8, 16, 30 s (halved at most by jitter) over 60 s: ten asks at most.
+        self.assertLessEqual(len(denied), 10)
+        self.assertGreaterEqual(len(denied), 5)
+        failing.stop()
+        answering.stop()

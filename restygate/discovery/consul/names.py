@@ -100,6 +100,7 @@ class ConsulNames(Service):
             self._refresher.stop()
         if self._listing is not None:
             self._listing.cancel()
+        self._outage.forget("datacenter list")
         for dc in self._dcs.values():
             if dc.loop is not None:
                 dc.loop.stop()

@@ -5,9 +5,10 @@ instead of one warning per watch per retry (thousands of lines a minute
 with thousands of watches).  The first answer after failures also brings
 every query waiting out its backoff forward (through the gate's background
 rate, so not as a herd): Consul is back, so is everything within seconds.
-Meanwhile one failing query a second is asked again whatever its backoff,
-so "Consul is back" is seen within a second of it answering, not when the
-luckiest of the backoffs (up to 30 s apart after a long outage) runs out.
+While nothing answers, one failing query a second is asked again whatever
+its backoff, so "Consul is back" is seen within a second of it answering,
+not when the luckiest of the backoffs (up to 30 s apart after a long
+outage) runs out.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Outage:
         self._clock = clock
         self._nudge_interval = nudge_interval
         self._nudge: Optional[IDelayedCall] = None
+        # Whether any query was answered since the last nudge.
+        self._answered = False
         # Every watch sees an agent restart or a snapshot restore at once.
         self.resets = LogBudget(
             clock, log, "... and Consul's index went backwards for {count} more queries in {seconds:g}s; "
@@ -68,13 +71,14 @@ class Outage:
         if self.since is None:
             self.since = self._clock.seconds()
             self.outages += 1
-            self._nudge = self._clock.callLater(self._nudge_interval, self._ask_one)
             log.warn(
                 "Consul queries failing ({what}: {error}); serving the last known instances meanwhile",
                 what=what, error=error,
             )
+        self._nudged()
 
     def succeeded(self, what: str) -> None:
+        self._answered = True
         if what not in self.failing:
             return
         self.failing.discard(what)
@@ -82,7 +86,11 @@ class Outage:
         retry, self._retry = self._retry, {}
         for again in retry.values():
             again()
+        self._settle()
+
+    def _settle(self) -> None:
         if self.failing or self.since is None:
+            self._nudged()
             return
         log.info(
             "Consul answers again after {seconds:.1f}s: {failures} failed queries ({limited} refused by the "
@@ -92,9 +100,20 @@ class Outage:
         self.since = None
         self.failures = 0
         self.limited = 0
-        if self._nudge is not None and self._nudge.active():
-            self._nudge.cancel()
-        self._nudge = None
+        self._nudged()
+
+    def _nudged(self) -> None:
+        """
+        Keep the once-a-second retry going while failing queries wait to be
+        asked again, and only then (nothing is left behind once they stop).
+        """
+        wanted = self.since is not None and bool(self._retry)
+        if wanted and self._nudge is None:
+            self._nudge = self._clock.callLater(self._nudge_interval, self._ask_one)
+        elif not wanted and self._nudge is not None:
+            if self._nudge.active():
+                self._nudge.cancel()
+            self._nudge = None
 
     def _ask_one(self) -> None:
         """
@@ -102,12 +121,15 @@ class Outage:
         the list; failing again puts it back at the end).
         """
         self._nudge = None
-        if self._retry:
+        if self._answered:
+            # Consul answers others: what fails is this query's own
+            # trouble (an ACL, say), and its backoff decides.
+            self._answered = False
+        elif self._retry:
             what = next(iter(self._retry))
             self._retry.pop(what)()
         # It may have answered, and with it every other query: the outage is over.
-        if self.since is not None and self._nudge is None:
-            self._nudge = self._clock.callLater(self._nudge_interval, self._ask_one)
+        self._nudged()
 
     def went_backwards(self, what: str, old: int, new: int) -> None:
         """
@@ -121,6 +143,7 @@ class Outage:
         """
         C{what} stopped (unwatched) while failing: it no longer holds the outage open.
         """
+        # Not an answer from Consul: the others wait for their own turn.
         self._retry.pop(what, None)
-        if what in self.failing:
-            self.succeeded(what)
+        self.failing.discard(what)
+        self._settle()
