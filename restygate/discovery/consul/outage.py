@@ -25,6 +25,9 @@ __all__ = ["Outage"]
 
 log = Logger()
 
+#: Seconds between the retries of one failing query while nothing answers.
+NUDGE_INTERVAL = 1.0
+
 
 class Outage:
     """
@@ -35,9 +38,8 @@ class Outage:
     @ivar limited: 429 answers (the agent's connection cap) in this outage.
     """
 
-    def __init__(self, clock: IReactorTime, nudge_interval: float = 1.0) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._nudge_interval = nudge_interval
         self._nudge: Optional[IDelayedCall] = None
         # Whether any query was answered since the last nudge.
         self._answered = False
@@ -109,7 +111,7 @@ class Outage:
         """
         wanted = self.since is not None and bool(self._retry)
         if wanted and self._nudge is None:
-            self._nudge = self._clock.callLater(self._nudge_interval, self._ask_one)
+            self._nudge = self._clock.callLater(NUDGE_INTERVAL, self._ask_one)
         elif not wanted and self._nudge is not None:
             if self._nudge.active():
                 self._nudge.cancel()
