@@ -55,10 +55,30 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(self.started, ["b0"])
         self.request(gate, "u", urgent=True)
         self.assertEqual(self.started, ["b0", "u"])
+        # The urgent one went at once, and took the next paced turn: Consul
+        # sees the rate from both together.
+        self.clock.advance(0.25)
+        self.assertEqual(self.started, ["b0", "u"])
         for step in range(1, 5):
             self.clock.advance(0.25)
             self.assertEqual(len(self.started), 2 + step)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_urgent_ones_hold_the_paced_back_a_second_at_most(self) -> None:
+        """
+        A cold start's first fetches (far more than the rate) all go at
+        once, and the paced requests after them wait one second's worth, not
+        until the rate has paid for every first fetch.
+        """
+        gate = ConsulGate(self.clock, limit=10_000, rate=10.0)
+        for n in range(1000):
+            self.request(gate, f"u{n}", urgent=True)
+        self.assertEqual(len(self.started), 1000)
+        self.request(gate, "b")
+        self.clock.pump([0.05] * 20)
+        self.assertEqual(self.started[-1:], ["u999"])
+        self.clock.pump([0.05] * 6)
+        self.assertEqual(self.started[-1:], ["b"])
 
     def test_cancel_before_and_after_the_turn(self) -> None:
         gate = ConsulGate(self.clock, limit=1, rate=1000.0)

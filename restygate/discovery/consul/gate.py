@@ -5,7 +5,9 @@ that, whatever the number of watched services; first fetches a client request
 waits for go ahead of everything else; background queries (re-issued
 blocking queries, refreshes, retries, re-fetches after an index reset) are
 also paced to C{consul-max-rps} (a token bucket holding a tenth of a
-second's worth), so a herd becomes a queue, not a burst.
+second's worth), so a herd becomes a queue, not a burst.  Urgent ones take
+from the same bucket without waiting for it, so the paced ones make room
+for them.
 Prompt ones (a change feed's re-issued query, the fetch of a service whose
 change it saw) share that pace but go ahead of the other background ones,
 which are not starved: one that has waited L{AGED} seconds goes first.
@@ -39,6 +41,10 @@ AGED = 1.0
 #: other while the average stays within the rate.
 BURST_SECONDS = 0.1
 
+#: Urgent requests past the rate hold the paced ones back by this many
+#: seconds' worth at most: a cold start's thousands of first fetches must not
+#: stall refreshes and retries for a minute after.
+URGENT_DEBT = 1.0
 #: An agent that refused a connection (429: its per-client cap, below
 #: consul-max-connections) is trusted with one connection more per this many
 #: seconds without another refusal.
@@ -136,6 +142,12 @@ class ConsulGate:
         while self._urgent:
             ticket = self._urgent.popleft()
             if not ticket.cancelled:
+                # It goes now whatever the bucket holds, but counts: the paced
+                # ones wait for it (at most URGENT_DEBT seconds' worth), so
+                # Consul never sees more than the rate from both together
+                # unless first fetches alone need more.
+                self._refill()
+                self._tokens = max(-self.rate * URGENT_DEBT, self._tokens - 1)
                 return ticket
         for queue in (self._prompt, self._background):
             while queue and queue[0].cancelled:
@@ -143,13 +155,7 @@ class ConsulGate:
         if not self._prompt and not self._background:
             self.close()
             return None
-        now = self._clock.seconds()
-        # Refilled a little slower than the rate by what the bucket holds
-        # beyond one, so no second ever sees more starts than strict spacing
-        # at the rate would give (C{consul-max-rps}, plus the one at its edge).
-        refill = self.rate - (self._burst - 1)
-        self._tokens = min(self._burst, self._tokens + (now - self._filled) * refill)
-        self._filled = now
+        now, refill = self._refill()
         # (A hair below a whole token is rounding, not a reason to wait.)
         if self._tokens < 1 - 1e-9:
             if self._timer is None or not self._timer.active():
@@ -158,6 +164,20 @@ class ConsulGate:
         self._tokens -= 1
         aged = bool(self._background) and now - self._background[0].queued >= AGED
         return (self._prompt if self._prompt and not aged else self._background).popleft()
+
+    def _refill(self) -> Tuple[float, float]:
+        """
+        Fill the bucket for the time since it was last filled; the time now
+        and the refill rate.
+        """
+        now = self._clock.seconds()
+        # Refilled a little slower than the rate by what the bucket holds
+        # beyond one, so no second ever sees more starts than strict spacing
+        # at the rate would give (C{consul-max-rps}, plus the one at its edge).
+        refill = self.rate - (self._burst - 1)
+        self._tokens = min(self._burst, self._tokens + (now - self._filled) * refill)
+        self._filled = now
+        return now, refill
 
     def close(self) -> None:
         """
