@@ -6,6 +6,7 @@ a Twisted release moves one, this is the only module to mend.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
 from typing import Any, Optional, Type, TypeVar
@@ -16,6 +17,7 @@ from typing import Any, Optional, Type, TypeVar
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.endpoints import SSL4ServerEndpoint, _WrappingProtocol
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.process import ProcessWriter
 from twisted.internet.tcp import Connection as TCPConnection, Port
 from twisted.python import log as legacy_log
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
@@ -34,6 +36,8 @@ __all__ = [
     "QuietClientFactory",
     "quiet_pool",
     "send_now",
+    "write_now",
+    "write_to_child_now",
     "read_directly",
     "lean_reactor",
     "install",
@@ -124,6 +128,51 @@ def send_now(transport: Any, data: bytes) -> None:
         return
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to a pipe between restygate's own processes -- a
+    L{ProcessWriter}, or a C{StandardIO} (whose writer it uses) -- straight
+    to the pipe when nothing is queued before it.
+
+    Twisted queues every write until the reactor's turn ends.  A worker
+    that takes fifty new requests in one turn then sent the daemon fifty
+    lookups in one write at its end, and the daemon's answers came back
+    the same way: each first request waited for the whole batch at every
+    step.  What the pipe does not take now is queued the usual way.
+    """
+    writer = getattr(transport, "_writer", transport)
+    if (
+        not isinstance(writer, ProcessWriter)
+        or writer.dataBuffer
+        or writer._tempDataBuffer
+        or not writer.connected
+        or writer.disconnecting
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = os.write(writer.fd, data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        # Twisted's own write path notices and reports the broken pipe.
+        writer.write(data)
+        return
+    if sent < len(data):
+        writer.write(data[sent:])
+
+
+def write_to_child_now(process: Any, fd: int, data: bytes) -> None:
+    """
+    L{write_now} to a child process's pipe C{fd} (its standard input: 0).
+    """
+    pipe = getattr(process, "pipes", {}).get(fd)
+    if pipe is None:
+        process.writeToChild(fd, data)
+    else:
+        write_now(pipe, data)
 
 
 def read_directly(protocol: Any) -> None:

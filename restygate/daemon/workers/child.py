@@ -43,7 +43,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
-from restygate._compat import adopt_listening_socket, install as install_lean_reactor, server_tls_context
+from restygate._compat import adopt_listening_socket, install as install_lean_reactor, server_tls_context, write_now
 from restygate.config import Config
 from restygate.daemon.assembly import make_gateway
 from restygate.daemon.gcpolicy import CollectionPolicy
@@ -236,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Mapping[str, str] = os.e
     # From Consul, discovery runs in the parent; this worker routes with its snapshots.
     remote = (
         None if config.catalog
-        else RemoteDiscovery(lambda line: control.write(line), reactor, config.discovery_timeout)
+        else RemoteDiscovery(lambda line: write_now(control, line), reactor, config.discovery_timeout)
     )
     gateway = make_gateway(
         config,

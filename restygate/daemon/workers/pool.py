@@ -36,6 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python.failure import Failure
 
+from restygate._compat import write_to_child_now
 from restygate.config import Config
 from restygate.daemon.reload import Reloader
 from restygate.front.listeners import Listener
@@ -141,7 +142,7 @@ class WorkerProcess(ProcessProtocol):
     def send(self, line: bytes) -> None:
         """One line to the worker's standard input, while it is open."""
         if self._stdin_open and self.transport is not None:
-            self.transport.writeToChild(0, line)
+            write_to_child_now(self.transport, 0, line)
 
     def heartbeat(self, now: float) -> None:
         """

@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from restygate._compat import send_now
 from restygate.h1parse import PURE_PYTHON, HttpResponseParser
 
 __all__ = ["AgentAnswer", "AgentPool", "AgentConnectionLost", "AgentProtocolError", "IDLE_TIMEOUT"]
@@ -93,8 +94,9 @@ class _AgentConnection(Protocol):
     def ask(self, head: bytes) -> Deferred[AgentAnswer]:
         waiting: Deferred[AgentAnswer] = Deferred(self._cancel)
         self._waiting, self._answered, self._headers, self._body = waiting, False, {}, []
-        transport: Any = self.transport
-        transport.write(head)
+        # Now, not when the reactor's turn ends: a turn that starts fifty
+        # first fetches would otherwise send them all only after the last.
+        send_now(self.transport, head)
         return waiting
 
     def _cancel(self, waiting: Deferred[AgentAnswer]) -> None:
