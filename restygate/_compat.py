@@ -9,7 +9,8 @@ import errno
 import os
 import socket
 import sys
-from typing import Any, Optional, Type, TypeVar
+from functools import partial
+from typing import Any, Callable, Optional, Type, TypeVar
 
 # What trustRootFromCertificates and platformTrust return: Twisted does not
 # re-export the interface from a public module, and our TLS settings are
@@ -118,16 +119,24 @@ def send_now(transport: Any, data: bytes) -> None:
     ):
         transport.write(data)
         return
+    _through(transport.socket.send, transport.write, data)
+
+
+def _through(raw: Callable[[bytes], int], queue: Callable[[bytes], None], data: bytes) -> None:
+    """
+    Hand C{data} to C{raw} (a non-blocking send or write); what it does not
+    take goes to C{queue}, the transport's own write.
+    """
     try:
-        sent = transport.socket.send(data)
+        sent = raw(data)
     except BlockingIOError:
         sent = 0
     except OSError:
         # Twisted's own write path notices and reports the broken connection.
-        transport.write(data)
+        queue(data)
         return
     if sent < len(data):
-        transport.write(data[sent:])
+        queue(data[sent:])
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -152,16 +161,7 @@ def write_now(transport: Any, data: bytes) -> None:
     ):
         transport.write(data)
         return
-    try:
-        sent = os.write(writer.fd, data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        # Twisted's own write path notices and reports the broken pipe.
-        writer.write(data)
-        return
-    if sent < len(data):
-        writer.write(data[sent:])
+    _through(partial(os.write, writer.fd), writer.write, data)
 
 
 def write_to_child_now(process: Any, fd: int, data: bytes) -> None:
