@@ -119,13 +119,13 @@ def send_now(transport: Any, data: bytes) -> None:
     ):
         transport.write(data)
         return
-    _through(transport.socket.send, transport.write, data)
+    _through(transport.socket.send, transport, data)
 
 
-def _through(raw: Callable[[bytes], int], queue: Callable[[bytes], None], data: bytes) -> None:
+def _through(raw: Callable[[bytes], int], transport: Any, data: bytes) -> None:
     """
     Hand C{data} to C{raw} (a non-blocking send or write); what it does not
-    take goes to C{queue}, the transport's own write.
+    take goes to C{transport}'s own write queue.
     """
     try:
         sent = raw(data)
@@ -133,10 +133,10 @@ def _through(raw: Callable[[bytes], int], queue: Callable[[bytes], None], data: 
         sent = 0
     except OSError:
         # Twisted's own write path notices and reports the broken connection.
-        queue(data)
+        transport.write(data)
         return
     if sent < len(data):
-        queue(data[sent:])
+        transport.write(data[sent:])
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -161,7 +161,7 @@ def write_now(transport: Any, data: bytes) -> None:
     ):
         transport.write(data)
         return
-    _through(partial(os.write, writer.fd), writer.write, data)
+    _through(partial(os.write, writer.fd), writer, data)
 
 
 def write_to_child_now(process: Any, fd: int, data: bytes) -> None:
