@@ -13,7 +13,7 @@ import random
 from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 __all__ = ["TokenBucket", "Backoff", "LogBudget", "carry_on"]
 
@@ -83,9 +83,9 @@ class Backoff:
 
 class LogBudget:
     """
-    At most C{burst} lines of one kind per C{interval} seconds; the lines
-    past that are counted, and the count is logged once (C{summary}, with
-    C{{count}} and C{{seconds}}) when the interval ends.  A change Consul
+    At most C{burst} lines of one kind a second; the lines past that are
+    counted, and the count is logged once (C{summary}, with C{{count}} and
+    C{{seconds}}) when the second ends.  A change Consul
     makes to every service (an agent restart, a deregistered node, a
     thousand services unused for the idle timeout) is then a few example
     lines and one count, not thousands of lines that each cost the log's
@@ -93,16 +93,12 @@ class LogBudget:
     while discovery waited).
     """
 
-    def __init__(
-        self, clock: IReactorTime, logger: Logger, summary: str, burst: int = 10, interval: float = 1.0,
-        level: LogLevel = LogLevel.info,
-    ) -> None:
+    def __init__(self, clock: IReactorTime, logger: Logger, summary: str, burst: int = 10) -> None:
         self._clock = clock
         self._log = logger
         self._summary = summary
         self._burst = burst
-        self._interval = interval
-        self._level = level
+        self._interval = 1.0
         self._started = float("-inf")
         self._written = 0
         self._held = 0
@@ -114,7 +110,7 @@ class LogBudget:
             self._started, self._written = now, 0
         if self._written < self._burst:
             self._written += 1
-            self._log.emit(self._level, format, **fields)
+            self._log.info(format, **fields)
             return
         self._held += 1
         if self._report is None:
@@ -123,7 +119,7 @@ class LogBudget:
     def _tell(self) -> None:
         self._report = None
         held, self._held = self._held, 0
-        self._log.emit(self._level, self._summary, count=held, seconds=self._interval)
+        self._log.info(self._summary, count=held, seconds=self._interval)
 
     def stop(self) -> None:
         """

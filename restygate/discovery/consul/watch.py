@@ -44,12 +44,12 @@ class HealthSource(Protocol):
     ) -> Deferred[HealthAnswer]: ...
 
 
-
 def instance_changes(clock: IReactorTime) -> LogBudget:
     """
     The log budget for watches' instance changes (10 lines a second, then a count).
     """
     return LogBudget(clock, log, "... and {count} more services' instances changed in {seconds:g}s")
+
 
 class Watcher:
     """
