@@ -12,6 +12,7 @@ from prometheus_client.samples import Sample
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from restygate.ops.metrics import error_kind
+from restygate.ops.selection import MAX_NAMES
 from restygate.ops.series import RequestSeries, ServiceSeries
 from restygate.proxy.failure import Failure
 from restygate.proxy.observe import Completed
@@ -103,6 +104,14 @@ class RequestMetricsTests(TestCase):
         self.assertNotIn("_bucket", text)
         response, body = await rig.admin("/metrics?name[]=nothing_of_ours")
         self.assertEqual((response.code, Scrape(body.decode("utf-8")).samples), (200, []))
+
+    async def test_too_many_names_is_a_400_not_a_cut(self) -> None:
+        rig = GatewayRig(self, admin=ADMIN)
+        asked = "&".join(f"name[]=n{k}" for k in range(MAX_NAMES))
+        response, _ = await rig.admin("/metrics?" + asked)
+        self.assertEqual(response.code, 200)
+        response, body = await rig.admin("/metrics?" + asked + "&name[]=restygate_instances")
+        self.assertEqual((response.code, body), (400, f"{MAX_NAMES + 1} name[] arguments: at most {MAX_NAMES}\n".encode()))
 
     async def test_histogram_counts_equal_requests(self) -> None:
         """

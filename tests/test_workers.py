@@ -212,6 +212,8 @@ class WorkersTests(DaemonTestCase):
                          {"restygate_workers_up", "restygate_requests_total"})
         self.assertEqual(sorted(samples), sorted(line for line in text.splitlines() if line.startswith(
             ("restygate_workers_up ", "restygate_requests_total{"))))
+        code, _ = self.get(self.admin("/metrics?" + "&".join(f"name[]=n{k}" for k in range(300))))
+        self.assertEqual(code, 400)
         code, page = self.get(self.admin("/status"))
         self.assertIn(b'href="?worker=1"', page)
         code, page = self.get(self.admin("/status?worker=1"))

@@ -21,11 +21,13 @@ from twisted.web.server import Request, Site
 
 from restygate.ops.metrics import Metrics
 from restygate.ops.pages import gateway_page
-from restygate.ops.selection import asked
+from restygate.ops.selection import TooManyNames, asked
 from restygate.ops.status import gateway_status
 from restygate.ops.views import Inspected
 
-__all__ = ["Admin", "AdminSite", "ADMIN_LOG_PREFIX", "PROBE_INTERVAL", "answer", "answer_html", "answer_json"]
+__all__ = [
+    "Admin", "AdminSite", "ADMIN_LOG_PREFIX", "PROBE_INTERVAL", "answer", "answer_html", "answer_json", "refuse_names",
+]
 
 log = Logger()
 
@@ -124,6 +126,14 @@ class Admin(Service):
             )
 
 
+def refuse_names(request: Request, error: TooManyNames) -> bytes:
+    """
+    A scrape that named too many samples: 400 and a log line.
+    """
+    log.warn("admin {path}: {error}", path=request.path, error=error)
+    return answer(request, 400, b"text/plain; charset=utf-8", f"{error}\n".encode("ascii"))
+
+
 def answer(request: Request, status: int, content_type: bytes, body: bytes) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type)
@@ -172,8 +182,11 @@ class _Ready(_Endpoint):
 
 class _Metrics(_Endpoint):
     def render_GET(self, request: Request) -> bytes:
-        exposition = self._admin.metrics.exposition(asked(request.args))
-        return answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), exposition)
+        try:
+            names = asked(request.args)
+        except TooManyNames as e:
+            return refuse_names(request, e)
+        return answer(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), self._admin.metrics.exposition(names))
 
 
 class _Status(_Endpoint):

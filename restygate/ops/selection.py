@@ -15,10 +15,21 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Names", "asked", "as_query", "wanted", "registry_text"]
+__all__ = ["Names", "TooManyNames", "asked", "as_query", "wanted", "registry_text", "MAX_NAMES"]
 
-# Admin callers are operators, but a URL may still name thousands.
+#: Admin callers are operators, but a URL may still name thousands (and the
+#: daemon passes them on to every worker in its own URL).
 MAX_NAMES = 256
+
+
+class TooManyNames(ValueError):
+    """
+    A scrape named more than L{MAX_NAMES} samples: answered 400, not
+    silently cut short.
+    """
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} name[] arguments: at most {MAX_NAMES}")
 
 Names = Optional[FrozenSet[str]]
 
@@ -27,11 +38,15 @@ def asked(args: Mapping[bytes, Sequence[bytes]]) -> Names:
     """
     The sample names a request's C{name[]} arguments ask for; L{None} for
     every sample (no C{name[]} at all).
+
+    @raise TooManyNames: past L{MAX_NAMES}.
     """
     values = args.get(b"name[]")
     if not values:
         return None
-    return frozenset(v.decode("utf-8", "replace") for v in values[:MAX_NAMES])
+    if len(values) > MAX_NAMES:
+        raise TooManyNames(len(values))
+    return frozenset(v.decode("utf-8", "replace") for v in values)
 
 
 def as_query(names: Names) -> str:

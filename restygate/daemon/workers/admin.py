@@ -29,9 +29,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from restygate import __version__
-from restygate.ops.admin import AdminSite, answer, answer_html, answer_json
+from restygate.ops.admin import AdminSite, answer, answer_html, answer_json, refuse_names
 from restygate.ops.pages import workers_page
-from restygate.ops.selection import Names, as_query, asked, registry_text
+from restygate.ops.selection import Names, TooManyNames, as_query, asked, registry_text
 from restygate._compat import quiet_pool
 __all__ = ["WorkerAdmin", "Worker", "Workers", "merge_expositions"]
 
@@ -315,7 +315,10 @@ def _reason(body: bytes) -> str:
 class _Metrics(_Page):
     async def answer(self, request: Request) -> bytes:
         admin = self._admin
-        names = asked(request.args)
+        try:
+            names = asked(request.args)
+        except TooManyNames as e:
+            return refuse_names(request, e)
         parts = [
             (str(worker.index), got[1])
             for worker, got in await admin.fetch_all("/metrics" + as_query(names)) if got is not None
