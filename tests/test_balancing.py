@@ -83,7 +83,7 @@ class WeightTests(TestCase):
         await self.check_split("random", seed=12)
 
     async def test_least_request(self) -> None:
-        await self.check_split("least-request", count=1000, seed=12)
+        await self.check_split("least-request", seed=12)
 
     async def test_hash(self) -> None:
         await self.check_split("hash", hashed=True, count=1000)
